@@ -1,0 +1,172 @@
+//! The benchmark corpus that `../shared/NOTES.md` defines, shared by every benchmark so that
+//! figures compare across benchmarks and over time.
+//!
+//! Row `g`: an application timestamp prefix from a clock starting 2026-11-22T00:00:00Z that
+//! advances 8.64 ms per row, then the Loghub line (all 16 `*_2k.log` files in name order,
+//! cycled) with every run of three or more digits replaced by a six-digit number derived from
+//! a hash of `g` (and of the run's position, so two runs of a row differ). Identity: container
+//! `g % 100` (`pod-<g % 100>`, namespace `ns-<g % 10>`, container `app`), stream `stderr` when
+//! `g % 10 == 9`. A row with `g % 1000003 == 7` ends with ` req-7f3a9c1e5b`.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+
+pub const START_NS: i64 = 1_795_305_600_000_000_000; // 2026-11-22T00:00:00Z
+pub const STEP_NS: i64 = 8_640_000; // 8.64 ms: 10 million rows span 24 h
+pub const NEEDLE: &str = "req-7f3a9c1e5b";
+pub const CONTAINERS: u64 = 100;
+
+pub fn loghub_dir() -> PathBuf {
+    std::env::var_os("WAKE_LOGHUB_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/loghub"))
+}
+
+pub struct Corpus {
+    lines: Vec<String>,
+}
+
+fn splitmix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+/// Days since 1970-01-01 to (year, month, day).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(month <= 2), month, day)
+}
+
+pub struct Row {
+    pub time_ns: i64,
+    pub body: String,
+    pub container: u64,
+    pub stream: &'static str,
+}
+
+impl Corpus {
+    pub fn load() -> Corpus {
+        let dir = loghub_dir();
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("cannot read the Loghub samples in {}: {e}", dir.display()))
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|path| path.to_string_lossy().ends_with("_2k.log"))
+            .collect();
+        files.sort();
+        let mut lines = Vec::new();
+        for file in files {
+            let bytes = std::fs::read(&file).unwrap_or_else(|e| panic!("reading {}: {e}", file.display()));
+            lines.extend(String::from_utf8_lossy(&bytes).lines().map(str::to_string));
+        }
+        assert!(!lines.is_empty(), "no Loghub lines under {}", dir.display());
+        Corpus { lines }
+    }
+
+    pub fn time_ns(g: u64) -> i64 {
+        START_NS + g as i64 * STEP_NS
+    }
+
+    pub fn row(&self, g: u64) -> Row {
+        let time_ns = Self::time_ns(g);
+        let mut body = String::with_capacity(200);
+        let secs = time_ns.div_euclid(1_000_000_000);
+        let millis = time_ns.rem_euclid(1_000_000_000) / 1_000_000;
+        let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
+        let second_of_day = secs.rem_euclid(86_400);
+        body.push_str(&format!(
+            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03} ",
+            second_of_day / 3600,
+            second_of_day / 60 % 60,
+            second_of_day % 60
+        ));
+        let line = &self.lines[(g % self.lines.len() as u64) as usize];
+        let bytes = line.as_bytes();
+        let mut run = 0u64;
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i].is_ascii_digit() {
+                let start = i;
+                while i < bytes.len() && bytes[i].is_ascii_digit() {
+                    i += 1;
+                }
+                if i - start >= 3 {
+                    let number = splitmix64(g.wrapping_mul(64).wrapping_add(run)) % 900_000 + 100_000;
+                    body.push_str(&number.to_string());
+                    run += 1;
+                } else {
+                    body.push_str(&line[start..i]);
+                }
+            } else {
+                let start = i;
+                while i < bytes.len() && !bytes[i].is_ascii_digit() {
+                    i += 1;
+                }
+                body.push_str(&line[start..i]);
+            }
+        }
+        if g % 1_000_003 == 7 {
+            body.push(' ');
+            body.push_str(NEEDLE);
+        }
+        Row { time_ns, body, container: g % CONTAINERS, stream: if g % 10 == 9 { "stderr" } else { "stdout" } }
+    }
+
+    /// Rows `first..first + count` as one OTLP request, one resource per container.
+    pub fn request(&self, first: u64, count: u64) -> (ExportLogsServiceRequest, u64) {
+        let mut per_container: Vec<Vec<LogRecord>> = (0..CONTAINERS).map(|_| Vec::new()).collect();
+        let mut raw_bytes = 0;
+        for g in first..first + count {
+            let row = self.row(g);
+            raw_bytes += row.body.len() as u64;
+            per_container[row.container as usize].push(LogRecord {
+                time_unix_nano: row.time_ns as u64,
+                observed_time_unix_nano: row.time_ns as u64,
+                body: Some(AnyValue { value: Some(any_value::Value::StringValue(row.body)) }),
+                attributes: vec![string_attribute("log.iostream", row.stream)],
+                ..Default::default()
+            });
+        }
+        let resource_logs = per_container
+            .into_iter()
+            .enumerate()
+            .filter(|(_, records)| !records.is_empty())
+            .map(|(container, log_records)| ResourceLogs {
+                resource: Some(Resource {
+                    attributes: vec![
+                        string_attribute("k8s.namespace.name", &format!("ns-{}", container % 10)),
+                        string_attribute("k8s.pod.name", &format!("pod-{container}")),
+                        string_attribute("k8s.container.name", "app"),
+                        string_attribute("k8s.node.name", "node-1"),
+                    ],
+                    ..Default::default()
+                }),
+                scope_logs: vec![ScopeLogs { log_records, ..Default::default() }],
+                ..Default::default()
+            })
+            .collect();
+        (ExportLogsServiceRequest { resource_logs }, raw_bytes)
+    }
+}
+
+fn string_attribute(key: &str, value: &str) -> KeyValue {
+    KeyValue {
+        key: key.to_string(),
+        value: Some(AnyValue { value: Some(any_value::Value::StringValue(value.to_string())) }),
+        ..Default::default()
+    }
+}

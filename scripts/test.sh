@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Runs Wake's full test suite: unit tests of every crate and the end-to-end tests in tests/,
+# which spawn the real `wake` binary and talk to it with real OpenTelemetry SDKs.
+# Installs what the end-to-end tests need (the Python OpenTelemetry SDK from PyPI) first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Build products and the Python environment live outside the checkout so that a later run on
+# the same machine reuses them; a fresh machine simply builds them.
+cache_dir="${WAKE_CACHE_DIR:-/var/tmp/wake-cache}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/wake-target}"
+mkdir -p "$cache_dir"
+
+venv="$cache_dir/venv"
+if ! "$venv/bin/python" -c 'import opentelemetry.sdk, opentelemetry.exporter.otlp.proto.grpc, opentelemetry.exporter.otlp.proto.http' 2>/dev/null; then
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check opentelemetry-sdk opentelemetry-exporter-otlp
+fi
+export WAKE_TEST_PYTHON="$venv/bin/python"
+
+cargo test --workspace --locked "$@"

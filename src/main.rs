@@ -1,0 +1,66 @@
+//! The `wake` binary: parses arguments, builds the configuration, and runs a component of the
+//! library crates. Everything else lives in `storage/`, `query/` and `collector/`.
+
+mod config;
+mod server;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "wake", version, about = "Keeps container logs, metrics and traces after the containers are gone")]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, env = "WAKE_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the store: OTLP receivers, durable Parquet + tantivy storage, SQL query API.
+    Server(config::ServerArgs),
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let result = match cli.command {
+        Command::Server(args) => config::ServerConfig::load(&args).and_then(|config| {
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("wake")
+                .build()?
+                .block_on(server::run(config))
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("wake: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! `wake server`: opens the store and serves OTLP/gRPC, OTLP/HTTP and the query/admin API
+//! until SIGTERM or Ctrl-C, then drains the listeners and flushes the store.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus::{Encoder, Registry, TextEncoder};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{error, info};
+use wake_query::QueryEngine;
+use wake_storage::Store;
+
+use crate::config::ServerConfig;
+
+#[derive(Clone)]
+struct AdminState {
+    registry: Registry,
+    store: Arc<Store>,
+}
+
+async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
+    let mut body = Vec::new();
+    match TextEncoder::new().encode(&state.registry.gather(), &mut body) {
+        Ok(()) => (StatusCode::OK, [(header::CONTENT_TYPE, TextEncoder::new().format_type().to_string())], body),
+        Err(error) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain".to_string())],
+            error.to_string().into_bytes(),
+        ),
+    }
+}
+
+async fn ready(State(state): State<AdminState>) -> impl IntoResponse {
+    if state.store.is_shutting_down() {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+    } else {
+        (StatusCode::OK, "ready\n")
+    }
+}
+
+/// Flushes every buffered row to Parquet now, as Loki's `/flush` does: for benchmarks and
+/// before maintenance.
+async fn flush(State(state): State<AdminState>) -> impl IntoResponse {
+    match state.store.flush_all().await {
+        Ok(()) => (StatusCode::OK, axum::Json(serde_json::json!({ "flushed": true }))),
+        Err(error) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({ "error": error.to_string() })),
+        ),
+    }
+}
+
+fn admin_router(state: AdminState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/api/v1/admin/flush", axum::routing::post(flush))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .with_state(state)
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| format!("binding the {what} listener to {addr}"))
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = terminate => info!("SIGTERM received, shutting down"),
+        _ = tokio::signal::ctrl_c() => info!("interrupt received, shutting down"),
+    }
+}
+
+pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
+    let registry = Registry::new();
+    let store_config = config.store.clone();
+    let store_registry = registry.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(store_config, &store_registry))
+        .await
+        .context("opening the store")?
+        .context("opening the store")?;
+    let background = store.start_background();
+    let engine = Arc::new(QueryEngine::new(store.clone(), &registry).context("starting the query engine")?);
+
+    let grpc_listener = bind(config.otlp_grpc_addr, "OTLP/gRPC").await?;
+    let http_listener = bind(config.otlp_http_addr, "OTLP/HTTP").await?;
+    let query_listener = bind(config.http_addr, "query HTTP").await?;
+    info!(
+        otlp_grpc_addr = %grpc_listener.local_addr()?,
+        otlp_http_addr = %http_listener.local_addr()?,
+        http_addr = %query_listener.local_addr()?,
+        data_dir = %config.store.data_dir.display(),
+        "listening"
+    );
+
+    let (stop_sender, stop) = watch::channel(false);
+    let stopped = |mut stop: watch::Receiver<bool>| async move {
+        let _ = stop.wait_for(|stopped| *stopped).await;
+    };
+
+    let grpc = tonic::transport::Server::builder()
+        .add_routes(wake_storage::receiver::grpc_routes(store.clone()))
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(grpc_listener), stopped(stop.clone()));
+    let otlp_http = axum::serve(http_listener, wake_storage::receiver::http_router(store.clone()))
+        .with_graceful_shutdown(stopped(stop.clone()));
+    let query_app = wake_query::router(engine).merge(admin_router(AdminState { registry, store: store.clone() }));
+    let query_http = axum::serve(query_listener, query_app).with_graceful_shutdown(stopped(stop.clone()));
+
+    let grpc = tokio::spawn(grpc);
+    let otlp_http = tokio::spawn(otlp_http.into_future());
+    let query_http = tokio::spawn(query_http.into_future());
+    shutdown_signal().await;
+    let _ = stop_sender.send(true);
+
+    let (grpc, otlp_http, query_http) = tokio::join!(grpc, otlp_http, query_http);
+    grpc.context("OTLP/gRPC server task")?.context("OTLP/gRPC server")?;
+    otlp_http.context("OTLP/HTTP server task")?.context("OTLP/HTTP server")?;
+    query_http.context("query server task")?.context("query server")?;
+
+    store.shutdown().await.context("flushing the store at shutdown")?;
+    background.abort();
+    info!("stopped");
+    Ok(())
+}

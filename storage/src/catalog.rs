@@ -1,0 +1,342 @@
+//! The catalog: which Parquet files (and indexes) make up each table, and up to which WAL
+//! sequence number each signal is in them.
+//!
+//! It is persisted as `manifest.json`, replaced atomically (write, fsync, rename, fsync dir).
+//! A file is part of the store exactly when the manifest names it: files a crash left behind
+//! before their manifest commit are deleted at start-up, and a file replaced by compaction is
+//! deleted only when the last query holding it lets go (see [`DataFile`]'s `Drop`).
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::error::{Error, Result};
+use crate::schema::Signal;
+use crate::wal::sync_dir;
+
+const MANIFEST: &str = "manifest.json";
+const MANIFEST_VERSION: u32 = 1;
+pub(crate) const PARQUET_EXTENSION: &str = "parquet";
+pub(crate) const INDEX_EXTENSION: &str = "index";
+
+/// One Parquet file of a table, with what queries need to prune it without opening it.
+#[derive(Debug)]
+pub struct DataFile {
+    pub signal: Signal,
+    /// Absolute path of the Parquet file.
+    pub path: PathBuf,
+    /// The tantivy index over `body`, for log files written with one.
+    pub index_dir: Option<PathBuf>,
+    pub size_bytes: u64,
+    pub index_bytes: u64,
+    pub num_rows: u64,
+    /// Bounds of the signal's time column, inclusive.
+    pub min_time_ns: i64,
+    pub max_time_ns: i64,
+    pub row_group_row_counts: Vec<u64>,
+    /// Set once compaction replaced the file; the last holder deletes it.
+    retired: AtomicBool,
+}
+
+impl DataFile {
+    pub(crate) fn new(signal: Signal, path: PathBuf, index_dir: Option<PathBuf>, stats: FileStats) -> DataFile {
+        DataFile {
+            signal,
+            path,
+            index_dir,
+            size_bytes: stats.size_bytes,
+            index_bytes: stats.index_bytes,
+            num_rows: stats.num_rows,
+            min_time_ns: stats.min_time_ns,
+            max_time_ns: stats.max_time_ns,
+            row_group_row_counts: stats.row_group_row_counts,
+            retired: AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn retire(&self) {
+        self.retired.store(true, Ordering::SeqCst);
+    }
+
+    /// The hour partition directory the file lives in.
+    pub(crate) fn partition_dir(&self) -> Option<&Path> {
+        self.path.parent()
+    }
+}
+
+impl Drop for DataFile {
+    fn drop(&mut self) {
+        if self.retired.load(Ordering::SeqCst) {
+            remove_file_and_index(&self.path, self.index_dir.as_deref());
+        }
+    }
+}
+
+pub(crate) fn remove_file_and_index(path: &Path, index_dir: Option<&Path>) {
+    if let Err(error) = fs::remove_file(path)
+        && error.kind() != std::io::ErrorKind::NotFound
+    {
+        warn!(path = %path.display(), %error, "could not delete replaced parquet file");
+    }
+    if let Some(dir) = index_dir
+        && let Err(error) = fs::remove_dir_all(dir)
+        && error.kind() != std::io::ErrorKind::NotFound
+    {
+        warn!(path = %dir.display(), %error, "could not delete replaced index");
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct FileStats {
+    pub size_bytes: u64,
+    #[serde(default)]
+    pub index_bytes: u64,
+    pub num_rows: u64,
+    pub min_time_ns: i64,
+    pub max_time_ns: i64,
+    pub row_group_row_counts: Vec<u64>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ManifestFile {
+    version: u32,
+    /// Per signal, the highest WAL sequence number whose rows are in the files below.
+    flushed_seq: BTreeMap<String, u64>,
+    files: Vec<ManifestEntry>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ManifestEntry {
+    signal: String,
+    /// Relative to the data dir.
+    path: String,
+    index: Option<String>,
+    #[serde(flatten)]
+    stats: FileStats,
+}
+
+/// The in-memory catalog; every change is followed by [`Catalog::commit`].
+pub(crate) struct Catalog {
+    data_dir: PathBuf,
+    files: [Vec<Arc<DataFile>>; 3],
+    flushed_seq: [u64; 3],
+}
+
+fn slot(signal: Signal) -> usize {
+    match signal {
+        Signal::Logs => 0,
+        Signal::Metrics => 1,
+        Signal::Spans => 2,
+    }
+}
+
+impl Catalog {
+    /// Loads the manifest (an absent one means an empty store) and removes files it does not name.
+    pub fn open(data_dir: &Path) -> Result<Catalog> {
+        let manifest_path = data_dir.join(MANIFEST);
+        let mut catalog = Catalog { data_dir: data_dir.to_path_buf(), files: Default::default(), flushed_seq: [0; 3] };
+        match fs::read(&manifest_path) {
+            Ok(bytes) => {
+                let manifest: ManifestFile = serde_json::from_slice(&bytes)
+                    .map_err(|e| Error::Manifest { path: manifest_path.clone(), reason: e.to_string() })?;
+                if manifest.version != MANIFEST_VERSION {
+                    return Err(Error::Manifest {
+                        path: manifest_path,
+                        reason: format!("version {} is not supported (expected {MANIFEST_VERSION})", manifest.version),
+                    });
+                }
+                for (name, seq) in manifest.flushed_seq {
+                    let signal = name.parse::<Signal>().map_err(|reason| Error::Manifest { path: manifest_path.clone(), reason })?;
+                    catalog.flushed_seq[slot(signal)] = seq;
+                }
+                for entry in manifest.files {
+                    let signal = entry
+                        .signal
+                        .parse::<Signal>()
+                        .map_err(|reason| Error::Manifest { path: manifest_path.clone(), reason })?;
+                    let path = data_dir.join(&entry.path);
+                    if !path.exists() {
+                        // Never silently: a missing file is lost data, and the operator must know.
+                        warn!(path = %path.display(), "file named by the manifest is missing; dropped from the catalog");
+                        continue;
+                    }
+                    let index_dir = entry.index.map(|index| data_dir.join(index)).filter(|dir| dir.exists());
+                    catalog.files[slot(signal)].push(Arc::new(DataFile::new(signal, path, index_dir, entry.stats)));
+                }
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => return Err(Error::io(manifest_path, error)),
+        }
+        catalog.remove_orphans()?;
+        Ok(catalog)
+    }
+
+    fn remove_orphans(&self) -> Result<()> {
+        let known: HashSet<PathBuf> = self
+            .files
+            .iter()
+            .flatten()
+            .flat_map(|file| std::iter::once(file.path.clone()).chain(file.index_dir.clone()))
+            .collect();
+        for signal in Signal::ALL {
+            let root = self.data_dir.join(signal.table_name());
+            let mut stack = vec![root];
+            while let Some(dir) = stack.pop() {
+                let Ok(entries) = fs::read_dir(&dir) else { continue };
+                for entry in entries.flatten() {
+                    let path = entry.path();
+                    let extension = path.extension().and_then(|e| e.to_str());
+                    let is_data = matches!(extension, Some(PARQUET_EXTENSION) | Some(INDEX_EXTENSION) | Some("tmp"));
+                    if is_data && !known.contains(&path) {
+                        info!(path = %path.display(), "removing file left by an interrupted flush or compaction");
+                        remove_file_and_index(&path, path.is_dir().then_some(path.as_path()));
+                    } else if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) && !is_data {
+                        stack.push(path);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn files(&self, signal: Signal) -> &[Arc<DataFile>] {
+        &self.files[slot(signal)]
+    }
+
+    pub fn flushed_seq(&self, signal: Signal) -> u64 {
+        self.flushed_seq[slot(signal)]
+    }
+
+    pub fn max_flushed_seq(&self) -> u64 {
+        self.flushed_seq.iter().copied().max().unwrap_or(0)
+    }
+
+    /// Adds a flush's files and records that the signal is in Parquet up to `flushed_seq`.
+    /// On failure nothing changes, in memory or on disk.
+    pub fn add_flushed(&mut self, signal: Signal, files: Vec<Arc<DataFile>>, flushed_seq: u64) -> Result<()> {
+        let previous_len = self.files[slot(signal)].len();
+        let previous_seq = self.flushed_seq[slot(signal)];
+        self.files[slot(signal)].extend(files);
+        self.flushed_seq[slot(signal)] = previous_seq.max(flushed_seq);
+        let committed = self.commit();
+        if committed.is_err() {
+            self.files[slot(signal)].truncate(previous_len);
+            self.flushed_seq[slot(signal)] = previous_seq;
+        }
+        committed
+    }
+
+    /// Swaps compacted inputs for their output.
+    /// On failure nothing changes, in memory or on disk.
+    pub fn replace(&mut self, signal: Signal, inputs: &[Arc<DataFile>], outputs: Vec<Arc<DataFile>>) -> Result<()> {
+        let previous = self.files[slot(signal)].clone();
+        let files = &mut self.files[slot(signal)];
+        files.retain(|file| !inputs.iter().any(|input| Arc::ptr_eq(file, input)));
+        files.extend(outputs);
+        if let Err(error) = self.commit() {
+            self.files[slot(signal)] = previous;
+            return Err(error);
+        }
+        for input in inputs {
+            input.retire();
+        }
+        Ok(())
+    }
+
+    fn relative(&self, path: &Path) -> String {
+        path.strip_prefix(&self.data_dir).unwrap_or(path).to_string_lossy().into_owned()
+    }
+
+    fn commit(&self) -> Result<()> {
+        let manifest = ManifestFile {
+            version: MANIFEST_VERSION,
+            flushed_seq: Signal::ALL
+                .into_iter()
+                .map(|signal| (signal.table_name().to_string(), self.flushed_seq[slot(signal)]))
+                .collect(),
+            files: self
+                .files
+                .iter()
+                .flatten()
+                .map(|file| ManifestEntry {
+                    signal: file.signal.table_name().to_string(),
+                    path: self.relative(&file.path),
+                    index: file.index_dir.as_deref().map(|dir| self.relative(dir)),
+                    stats: FileStats {
+                        size_bytes: file.size_bytes,
+                        index_bytes: file.index_bytes,
+                        num_rows: file.num_rows,
+                        min_time_ns: file.min_time_ns,
+                        max_time_ns: file.max_time_ns,
+                        row_group_row_counts: file.row_group_row_counts.clone(),
+                    },
+                })
+                .collect(),
+        };
+        let path = self.data_dir.join(MANIFEST);
+        let temporary = self.data_dir.join(format!("{MANIFEST}.tmp"));
+        let bytes = serde_json::to_vec(&manifest).map_err(|e| Error::Manifest { path: path.clone(), reason: e.to_string() })?;
+        fs::write(&temporary, &bytes)
+            .and_then(|()| fs::File::open(&temporary)?.sync_all())
+            .map_err(|e| Error::io(&temporary, e))?;
+        fs::rename(&temporary, &path).map_err(|e| Error::io(&path, e))?;
+        sync_dir(&self.data_dir)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats() -> FileStats {
+        FileStats { size_bytes: 3, index_bytes: 0, num_rows: 1, min_time_ns: 1, max_time_ns: 2, row_group_row_counts: vec![1] }
+    }
+
+    #[test]
+    fn manifest_round_trips_and_orphans_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let partition = dir.path().join("logs/2026-11-23/05");
+        fs::create_dir_all(&partition).unwrap();
+        let kept = partition.join("a.parquet");
+        let orphan = partition.join("b.parquet");
+        let orphan_index = partition.join("b.index");
+        let mut catalog = Catalog::open(dir.path()).unwrap();
+        fs::write(&kept, b"abc").unwrap();
+        fs::write(&orphan, b"abc").unwrap();
+        fs::create_dir_all(&orphan_index).unwrap();
+        let file = Arc::new(DataFile::new(Signal::Logs, kept.clone(), None, stats()));
+        catalog.add_flushed(Signal::Logs, vec![file], 42).unwrap();
+        drop(catalog);
+
+        let catalog = Catalog::open(dir.path()).unwrap();
+        assert_eq!(catalog.flushed_seq(Signal::Logs), 42);
+        assert_eq!(catalog.flushed_seq(Signal::Spans), 0);
+        assert_eq!(catalog.files(Signal::Logs).len(), 1);
+        assert_eq!(catalog.files(Signal::Logs)[0].path, kept);
+        assert!(kept.exists());
+        assert!(!orphan.exists() && !orphan_index.exists());
+    }
+
+    #[test]
+    fn replaced_files_are_deleted_when_the_last_reader_lets_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.parquet");
+        fs::write(&path, b"x").unwrap();
+        let mut catalog = Catalog::open(dir.path()).unwrap();
+        let old = Arc::new(DataFile::new(Signal::Spans, path.clone(), None, stats()));
+        catalog.add_flushed(Signal::Spans, vec![old.clone()], 1).unwrap();
+        let reader = old.clone();
+        catalog.replace(Signal::Spans, &[old.clone()], vec![]).unwrap();
+        drop(old);
+        assert!(path.exists(), "a query still holds it");
+        drop(reader);
+        assert!(!path.exists());
+    }
+}

@@ -1,0 +1,113 @@
+//! Configuration of the store, with one named default per field.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Root of the WAL, the Parquet files, the indexes and the manifest.
+    pub data_dir: PathBuf,
+    /// Largest accepted request body, counted after decompression (OTLP recommends 20 MiB).
+    pub max_request_bytes: usize,
+    /// Buffered rows of a signal are flushed to Parquet once this old...
+    pub flush_interval_secs: u64,
+    /// ...or once they take this much memory, whichever comes first.
+    pub flush_max_bytes: usize,
+    /// Above this much buffered (unflushed) data across signals, ingest answers "retry later".
+    pub max_buffered_bytes: usize,
+    /// Ingest answers "retry later" while the data dir's file system has less free space.
+    pub min_free_disk_bytes: u64,
+    /// A partition with at least this many files smaller than `compaction_target_bytes` is compacted.
+    pub compaction_min_files: usize,
+    /// Files at least this large are left alone by compaction.
+    pub compaction_target_bytes: u64,
+    /// Rows per Parquet row group.
+    pub row_group_rows: usize,
+    /// zstd level of the Parquet pages.
+    pub zstd_level: i32,
+    /// Build a tantivy index over log bodies at flush.
+    pub fulltext_index: bool,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            data_dir: default_data_dir(),
+            max_request_bytes: 20 * 1024 * 1024,
+            flush_interval_secs: 10,
+            flush_max_bytes: 128 * 1024 * 1024,
+            max_buffered_bytes: 1024 * 1024 * 1024,
+            min_free_disk_bytes: 64 * 1024 * 1024,
+            compaction_min_files: 4,
+            compaction_target_bytes: 256 * 1024 * 1024,
+            row_group_rows: 128 * 1024,
+            zstd_level: 3,
+            fulltext_index: true,
+        }
+    }
+}
+
+pub fn default_data_dir() -> PathBuf {
+    PathBuf::from("./wake-data")
+}
+
+impl StoreConfig {
+    pub fn validate(&self) -> Result<()> {
+        let fail = |message: String| Err(Error::Config(message));
+        if self.data_dir.as_os_str().is_empty() {
+            return fail("data_dir must not be empty".into());
+        }
+        if self.max_request_bytes < 1024 {
+            return fail(format!("max_request_bytes must be at least 1024, got {}", self.max_request_bytes));
+        }
+        if self.flush_interval_secs == 0 {
+            return fail("flush_interval_secs must be at least 1".into());
+        }
+        if self.flush_max_bytes < 1024 * 1024 {
+            return fail(format!("flush_max_bytes must be at least 1 MiB, got {}", self.flush_max_bytes));
+        }
+        if self.max_buffered_bytes < self.flush_max_bytes {
+            return fail(format!(
+                "max_buffered_bytes ({}) must be at least flush_max_bytes ({})",
+                self.max_buffered_bytes, self.flush_max_bytes
+            ));
+        }
+        if self.compaction_min_files < 2 {
+            return fail("compaction_min_files must be at least 2".into());
+        }
+        if self.row_group_rows < 1024 {
+            return fail(format!("row_group_rows must be at least 1024, got {}", self.row_group_rows));
+        }
+        if !(1..=22).contains(&self.zstd_level) {
+            return fail(format!("zstd_level must be between 1 and 22, got {}", self.zstd_level));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        StoreConfig::default().validate().expect("default config must validate");
+    }
+
+    #[test]
+    fn rejects_buffer_smaller_than_flush_size() {
+        let config = StoreConfig { max_buffered_bytes: 2 * 1024 * 1024, ..StoreConfig::default() };
+        let message = config.validate().unwrap_err().to_string();
+        assert!(message.contains("max_buffered_bytes"), "{message}");
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let error = serde_json::from_str::<StoreConfig>(r#"{"data_dirr": "/x"}"#).unwrap_err();
+        assert!(error.to_string().contains("unknown field"), "{error}");
+    }
+}

@@ -1,0 +1,41 @@
+//! Wake's store: receives OTLP logs, metrics and traces, makes each batch durable before it is
+//! acknowledged, and keeps the signals as Parquet files with a tantivy index over log bodies.
+//!
+//! Data moves through the modules in this order: a receiver decodes a request, [`convert`]
+//! turns it into Arrow rows, the [`Store`] appends it to the write-ahead log (group commit) and
+//! buffers the rows, and a background flush writes them as Parquet (+ index) files that the
+//! catalog records in an atomically replaced manifest. Queries take a [`TableSnapshot`]: the
+//! files and the buffered rows, consistent with each other.
+//!
+//! # Layout
+//! - `config`: [`StoreConfig`], defaults and validation.
+//! - `error`: [`Error`] and the [`ErrorClass`] that decides HTTP/gRPC status and retryability.
+//! - `schema`: the fixed Arrow schemas of the `logs`, `metrics` and `spans` tables.
+//! - `convert`: OTLP requests to Arrow record batches; invalid records are counted, not stored.
+//! - `wal`: the write-ahead log, its group-commit thread and replay.
+//! - `store`: ingest, buffers, flush, compaction, snapshots and shutdown.
+//! - `writer`: hour-partitioned, sorted Parquet files and their full-text indexes.
+//! - `catalog`: the manifest of files, and when replaced files may be deleted.
+//! - `fulltext`: the tantivy index over log bodies, and the same matching in memory.
+//! - `receiver`: OTLP/gRPC services and OTLP/HTTP routes.
+//! - `metrics`: the store's Prometheus self-metrics.
+
+mod catalog;
+mod config;
+mod convert;
+mod error;
+pub mod fulltext;
+mod metrics;
+pub mod receiver;
+pub mod schema;
+mod store;
+mod wal;
+mod writer;
+
+pub use catalog::DataFile;
+pub use config::StoreConfig;
+pub use convert::any_value_to_string;
+pub use error::{Error, ErrorClass, Result};
+pub use metrics::StorageMetrics;
+pub use schema::Signal;
+pub use store::{IngestOutcome, OtlpRequest, Store, TableSnapshot, now_ns};

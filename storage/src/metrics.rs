@@ -1,0 +1,112 @@
+//! The store's self-metrics, registered on the registry that `/metrics` serves.
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+use crate::error::{Error, Result};
+use crate::wal::WalMetrics;
+
+#[derive(Clone)]
+pub struct StorageMetrics {
+    pub records_ingested: IntCounterVec,
+    pub bytes_ingested: IntCounterVec,
+    pub records_rejected: IntCounterVec,
+    pub requests: IntCounterVec,
+    pub buffered_bytes: IntGaugeVec,
+    pub files: IntGaugeVec,
+    pub stored_bytes: IntGaugeVec,
+    pub flush_duration: HistogramVec,
+    pub compaction_duration: Histogram,
+    pub wal: WalMetrics,
+}
+
+fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, collector: T) -> Result<T> {
+    registry
+        .register(Box::new(collector.clone()))
+        .map_err(|e| Error::Internal(format!("registering a metric: {e}")))?;
+    Ok(collector)
+}
+
+fn metric_error(error: prometheus::Error) -> Error {
+    Error::Internal(format!("defining a metric: {error}"))
+}
+
+impl StorageMetrics {
+    pub fn new(registry: &Registry) -> Result<StorageMetrics> {
+        let counter = |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec> {
+            register(registry, IntCounterVec::new(Opts::new(name, help), labels).map_err(metric_error)?)
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec> {
+            register(registry, IntGaugeVec::new(Opts::new(name, help), labels).map_err(metric_error)?)
+        };
+        let duration_buckets = vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+        Ok(StorageMetrics {
+            records_ingested: counter(
+                "wake_server_records_ingested_total",
+                "Records (log records, data points, spans) acknowledged, by signal",
+                &["signal"],
+            )?,
+            bytes_ingested: counter(
+                "wake_server_ingested_bytes_total",
+                "Uncompressed OTLP protobuf bytes acknowledged, by signal",
+                &["signal"],
+            )?,
+            records_rejected: counter(
+                "wake_server_records_rejected_total",
+                "Records refused as invalid and reported in partial_success, by signal",
+                &["signal"],
+            )?,
+            requests: counter(
+                "wake_server_otlp_requests_total",
+                "OTLP export requests, by signal, transport and outcome",
+                &["signal", "transport", "outcome"],
+            )?,
+            buffered_bytes: gauge(
+                "wake_server_buffered_bytes",
+                "Acknowledged rows held in memory until the next flush, by signal",
+                &["signal"],
+            )?,
+            files: gauge("wake_server_files", "Parquet files in the catalog, by signal", &["signal"])?,
+            stored_bytes: gauge(
+                "wake_server_stored_bytes",
+                "Bytes on disk of Parquet files and their indexes, by signal",
+                &["signal"],
+            )?,
+            flush_duration: register(
+                registry,
+                HistogramVec::new(
+                    HistogramOpts::new("wake_server_flush_duration_seconds", "Time to write buffered rows to Parquet")
+                        .buckets(duration_buckets.clone()),
+                    &["signal"],
+                )
+                .map_err(metric_error)?,
+            )?,
+            compaction_duration: register(
+                registry,
+                Histogram::with_opts(
+                    HistogramOpts::new("wake_server_compaction_duration_seconds", "Time to merge a partition's small files")
+                        .buckets(duration_buckets),
+                )
+                .map_err(metric_error)?,
+            )?,
+            wal: WalMetrics {
+                bytes_written: register(
+                    registry,
+                    IntCounter::new("wake_server_wal_written_bytes_total", "Bytes appended to the write-ahead log")
+                        .map_err(metric_error)?,
+                )?,
+                fsyncs: register(
+                    registry,
+                    IntCounter::new("wake_server_wal_fsyncs_total", "Group commits (fsyncs) of the write-ahead log")
+                        .map_err(metric_error)?,
+                )?,
+                size_bytes: register(
+                    registry,
+                    IntGauge::new("wake_server_wal_size_bytes", "Bytes of write-ahead log segments on disk")
+                        .map_err(metric_error)?,
+                )?,
+            },
+        })
+    }
+}

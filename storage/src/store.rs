@@ -1,0 +1,511 @@
+//! The store: accepts OTLP requests durably, buffers their rows, flushes them to Parquet,
+//! compacts small files, and hands consistent snapshots to queries.
+//!
+//! Life of a request: convert to Arrow (so bad records are known before anything is written)
+//! → append to the WAL and wait for its group fsync → the WAL thread puts the rows in the
+//! signal's buffer → acknowledge. A background task flushes a buffer when it is old or large
+//! enough, records in the manifest that the signal is in Parquet up to the last flushed
+//! sequence number, and only then drops those rows from memory and lets the WAL forget them.
+//! A query's snapshot is taken under the same lock, so a row is seen either in the buffer or
+//! in a file, never both and never neither.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arrow::record_batch::RecordBatch;
+use bytes::Bytes;
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use parking_lot::Mutex;
+use prost::Message;
+use tracing::{debug, error, info, warn};
+
+use crate::catalog::{Catalog, DataFile};
+use crate::config::StoreConfig;
+use crate::convert::{self, Converted};
+use crate::error::{Error, Result};
+use crate::metrics::StorageMetrics;
+use crate::schema::Signal;
+use crate::wal::{self, DurableRecord, Wal};
+use crate::writer;
+
+/// A decoded OTLP export request of any signal.
+#[derive(Debug, Clone)]
+pub enum OtlpRequest {
+    Logs(ExportLogsServiceRequest),
+    Metrics(ExportMetricsServiceRequest),
+    Traces(ExportTraceServiceRequest),
+}
+
+impl OtlpRequest {
+    pub fn signal(&self) -> Signal {
+        match self {
+            OtlpRequest::Logs(_) => Signal::Logs,
+            OtlpRequest::Metrics(_) => Signal::Metrics,
+            OtlpRequest::Traces(_) => Signal::Spans,
+        }
+    }
+
+    pub fn decode_protobuf(signal: Signal, bytes: &[u8]) -> Result<OtlpRequest> {
+        let invalid = |e: prost::DecodeError| Error::InvalidRequest(format!("malformed OTLP protobuf: {e}"));
+        Ok(match signal {
+            Signal::Logs => OtlpRequest::Logs(ExportLogsServiceRequest::decode(bytes).map_err(invalid)?),
+            Signal::Metrics => OtlpRequest::Metrics(ExportMetricsServiceRequest::decode(bytes).map_err(invalid)?),
+            Signal::Spans => OtlpRequest::Traces(ExportTraceServiceRequest::decode(bytes).map_err(invalid)?),
+        })
+    }
+
+    pub fn decode_json(signal: Signal, bytes: &[u8]) -> Result<OtlpRequest> {
+        let invalid = |e: serde_json::Error| Error::InvalidRequest(format!("malformed OTLP/JSON: {e}"));
+        Ok(match signal {
+            Signal::Logs => OtlpRequest::Logs(serde_json::from_slice(bytes).map_err(invalid)?),
+            Signal::Metrics => OtlpRequest::Metrics(serde_json::from_slice(bytes).map_err(invalid)?),
+            Signal::Spans => OtlpRequest::Traces(serde_json::from_slice(bytes).map_err(invalid)?),
+        })
+    }
+
+    fn encode_protobuf(&self) -> Vec<u8> {
+        match self {
+            OtlpRequest::Logs(request) => request.encode_to_vec(),
+            OtlpRequest::Metrics(request) => request.encode_to_vec(),
+            OtlpRequest::Traces(request) => request.encode_to_vec(),
+        }
+    }
+
+    fn convert(&self, received_at_ns: i64) -> Result<Converted> {
+        match self {
+            OtlpRequest::Logs(request) => convert::logs_to_batch(request, received_at_ns),
+            OtlpRequest::Metrics(request) => convert::metrics_to_batch(request, received_at_ns),
+            OtlpRequest::Traces(request) => convert::spans_to_batch(request),
+        }
+    }
+}
+
+/// What happened to an accepted request's records.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IngestOutcome {
+    pub accepted: u64,
+    pub rejected: u64,
+    pub error_message: String,
+}
+
+/// A consistent view of one table for one query.
+#[derive(Debug, Clone)]
+pub struct TableSnapshot {
+    pub signal: Signal,
+    /// Holding these keeps the files on disk even if compaction replaces them meanwhile.
+    pub files: Vec<Arc<DataFile>>,
+    /// Acknowledged rows not yet in Parquet.
+    pub buffered: Vec<RecordBatch>,
+}
+
+struct Buffered {
+    seq: u64,
+    batch: RecordBatch,
+    bytes: usize,
+}
+
+#[derive(Default)]
+struct SignalBuffer {
+    entries: Vec<Buffered>,
+    bytes: usize,
+    oldest: Option<Instant>,
+}
+
+impl SignalBuffer {
+    fn push(&mut self, seq: u64, batch: RecordBatch) {
+        let bytes = batch.get_array_memory_size();
+        self.bytes += bytes;
+        self.oldest.get_or_insert_with(Instant::now);
+        self.entries.push(Buffered { seq, batch, bytes });
+    }
+
+    fn drop_through(&mut self, seq: u64) {
+        self.entries.retain(|entry| entry.seq > seq);
+        self.bytes = self.entries.iter().map(|entry| entry.bytes).sum();
+        if self.entries.is_empty() {
+            self.oldest = None;
+        }
+    }
+}
+
+struct State {
+    buffers: [SignalBuffer; 3],
+    catalog: Catalog,
+}
+
+fn slot(signal: Signal) -> usize {
+    match signal {
+        Signal::Logs => 0,
+        Signal::Metrics => 1,
+        Signal::Spans => 2,
+    }
+}
+
+pub struct Store {
+    config: StoreConfig,
+    state: Arc<Mutex<State>>,
+    wal: Wal,
+    metrics: StorageMetrics,
+    shutting_down: AtomicBool,
+    /// Flushes and compactions run one at a time.
+    maintenance: tokio::sync::Mutex<()>,
+    next_file_id: AtomicU64,
+}
+
+pub fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+impl Store {
+    /// Opens the data dir: loads the catalog, replays the WAL into the buffers, and starts the
+    /// WAL thread. Call [`Store::start_background`] from within a tokio runtime afterwards.
+    pub fn open(config: StoreConfig, registry: &prometheus::Registry) -> Result<Arc<Store>> {
+        config.validate()?;
+        let data_dir = config.data_dir.clone();
+        std::fs::create_dir_all(&data_dir).map_err(|e| Error::io(&data_dir, e))?;
+        let metrics = StorageMetrics::new(registry)?;
+        let catalog = Catalog::open(&data_dir)?;
+
+        let wal_dir = data_dir.join("wal");
+        let records = wal::replay(&wal_dir)?;
+        let mut state = State { buffers: Default::default(), catalog };
+        let mut max_seq = state.catalog.max_flushed_seq();
+        let mut replayed = 0u64;
+        for record in records {
+            max_seq = max_seq.max(record.seq);
+            if record.seq <= state.catalog.flushed_seq(record.signal) {
+                continue;
+            }
+            let request = OtlpRequest::decode_protobuf(record.signal, &record.payload).map_err(|e| Error::WalCorrupt {
+                path: wal_dir.clone(),
+                offset: record.seq,
+                reason: e.to_string(),
+            })?;
+            let converted = request.convert(record.received_at_ns)?;
+            replayed += converted.accepted();
+            state.buffers[slot(record.signal)].push(record.seq, converted.batch);
+        }
+        for signal in Signal::ALL {
+            let files = state.catalog.files(signal);
+            metrics.files.with_label_values(&[signal.table_name()]).set(files.len() as i64);
+            metrics
+                .stored_bytes
+                .with_label_values(&[signal.table_name()])
+                .set(files.iter().map(|f| f.size_bytes + f.index_bytes).sum::<u64>() as i64);
+            metrics
+                .buffered_bytes
+                .with_label_values(&[signal.table_name()])
+                .set(state.buffers[slot(signal)].bytes as i64);
+        }
+        info!(data_dir = %data_dir.display(), replayed_rows = replayed, next_seq = max_seq + 1, "store opened");
+
+        let state = Arc::new(Mutex::new(state));
+        let sink_state = state.clone();
+        let sink_metrics = metrics.clone();
+        let sink = Box::new(move |records: Vec<DurableRecord>| {
+            let mut state = sink_state.lock();
+            for record in records {
+                let buffer = &mut state.buffers[slot(record.signal)];
+                buffer.push(record.seq, record.batch);
+                sink_metrics.buffered_bytes.with_label_values(&[record.signal.table_name()]).set(buffer.bytes as i64);
+            }
+        });
+        let wal = Wal::start(&wal_dir, max_seq + 1, metrics.wal.clone(), sink)?;
+        Ok(Arc::new(Store {
+            config,
+            state,
+            wal,
+            metrics,
+            shutting_down: AtomicBool::new(false),
+            maintenance: tokio::sync::Mutex::new(()),
+            next_file_id: AtomicU64::new(0),
+        }))
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.config.data_dir
+    }
+
+    pub fn metrics(&self) -> &StorageMetrics {
+        &self.metrics
+    }
+
+    /// Makes the request's valid records durable and visible, then returns what was accepted.
+    /// `raw_protobuf` is the request's own protobuf encoding when the caller has it, which
+    /// saves encoding it again for the WAL.
+    pub async fn ingest(&self, request: OtlpRequest, raw_protobuf: Option<Bytes>) -> Result<IngestOutcome> {
+        let signal = request.signal();
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return Err(Error::ShuttingDown);
+        }
+        let buffered_bytes = self.buffered_bytes();
+        if buffered_bytes > self.config.max_buffered_bytes {
+            return Err(Error::Backpressure { buffered_bytes });
+        }
+        self.check_free_space()?;
+
+        let received_at_ns = now_ns();
+        let (converted, payload) = tokio::task::spawn_blocking(move || -> Result<(Converted, Bytes)> {
+            let converted = request.convert(received_at_ns)?;
+            let payload = match raw_protobuf {
+                Some(raw) => raw,
+                None if converted.accepted() > 0 => Bytes::from(request.encode_protobuf()),
+                None => Bytes::new(),
+            };
+            Ok((converted, payload))
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("conversion task failed: {e}")))??;
+
+        let outcome = IngestOutcome {
+            accepted: converted.accepted(),
+            rejected: converted.rejected,
+            error_message: converted.error_message,
+        };
+        let label = [signal.table_name()];
+        if outcome.accepted > 0 {
+            let payload_len = payload.len() as u64;
+            self.wal.append(signal, received_at_ns, payload, converted.batch).await?;
+            self.metrics.records_ingested.with_label_values(&label).inc_by(outcome.accepted);
+            self.metrics.bytes_ingested.with_label_values(&label).inc_by(payload_len);
+        }
+        if outcome.rejected > 0 {
+            self.metrics.records_rejected.with_label_values(&label).inc_by(outcome.rejected);
+            debug!(%signal, rejected = outcome.rejected, reason = %outcome.error_message, "rejected records");
+        }
+        Ok(outcome)
+    }
+
+    fn buffered_bytes(&self) -> usize {
+        self.state.lock().buffers.iter().map(|buffer| buffer.bytes).sum()
+    }
+
+    fn check_free_space(&self) -> Result<()> {
+        let path = &self.config.data_dir;
+        let stats = rustix::fs::statvfs(path.as_path()).map_err(|e| Error::io(path, e.into()))?;
+        let available_bytes = stats.f_bavail.saturating_mul(stats.f_frsize);
+        if available_bytes < self.config.min_free_disk_bytes {
+            return Err(Error::DiskFull {
+                path: path.clone(),
+                available_bytes,
+                required_bytes: self.config.min_free_disk_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// A consistent view of a table: its files and its buffered rows.
+    pub fn snapshot(&self, signal: Signal) -> TableSnapshot {
+        let state = self.state.lock();
+        TableSnapshot {
+            signal,
+            files: state.catalog.files(signal).to_vec(),
+            buffered: state.buffers[slot(signal)].entries.iter().map(|entry| entry.batch.clone()).collect(),
+        }
+    }
+
+    /// Runs flushes and compactions until the store shuts down.
+    pub fn start_background(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let store = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut last_compaction = Instant::now();
+            loop {
+                tick.tick().await;
+                if store.shutting_down.load(Ordering::SeqCst) {
+                    break;
+                }
+                for signal in Signal::ALL {
+                    if store.flush_due(signal)
+                        && let Err(error) = store.flush(signal).await
+                    {
+                        // The rows stay buffered (and in the WAL): the next tick tries again.
+                        warn!(%signal, %error, "flush failed; will retry");
+                    }
+                }
+                if last_compaction.elapsed() >= Duration::from_secs(10) {
+                    last_compaction = Instant::now();
+                    for signal in Signal::ALL {
+                        if let Err(error) = store.compact(signal).await {
+                            warn!(%signal, %error, "compaction failed; will retry");
+                        }
+                    }
+                }
+            }
+        })
+    }
+
+    fn flush_due(&self, signal: Signal) -> bool {
+        let state = self.state.lock();
+        let buffer = &state.buffers[slot(signal)];
+        buffer.bytes >= self.config.flush_max_bytes
+            || buffer
+                .oldest
+                .is_some_and(|oldest| oldest.elapsed() >= Duration::from_secs(self.config.flush_interval_secs))
+    }
+
+    fn file_name(&self, kind: &str) -> String {
+        format!("{}-{kind}-{}", now_ns(), self.next_file_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Writes a signal's buffered rows to Parquet and drops them from memory and the WAL.
+    pub async fn flush(&self, signal: Signal) -> Result<()> {
+        let _maintenance = self.maintenance.lock().await;
+        let (batches, through_seq) = {
+            let state = self.state.lock();
+            let buffer = &state.buffers[slot(signal)];
+            let Some(last) = buffer.entries.last() else { return Ok(()) };
+            (buffer.entries.iter().map(|entry| entry.batch.clone()).collect::<Vec<_>>(), last.seq)
+        };
+        let started = Instant::now();
+        let rows: usize = batches.iter().map(|batch| batch.num_rows()).sum();
+        let data_dir = self.config.data_dir.clone();
+        let config = self.config.clone();
+        let name = self.file_name("f");
+        let files = tokio::task::spawn_blocking(move || writer::write_partitioned(&data_dir, signal, &batches, &config, &name))
+            .await
+            .map_err(|e| Error::Internal(format!("flush task failed: {e}")))??;
+        let file_count = files.len();
+        {
+            let mut state = self.state.lock();
+            if let Err(error) = state.catalog.add_flushed(signal, files.clone(), through_seq) {
+                for file in &files {
+                    file.retire();
+                }
+                return Err(error);
+            }
+            state.buffers[slot(signal)].drop_through(through_seq);
+            self.update_gauges(&state, signal);
+        }
+        self.truncate_wal();
+        let elapsed = started.elapsed();
+        self.metrics.flush_duration.with_label_values(&[signal.table_name()]).observe(elapsed.as_secs_f64());
+        info!(%signal, rows, files = file_count, through_seq, elapsed_ms = elapsed.as_millis() as u64, "flushed");
+        Ok(())
+    }
+
+    fn update_gauges(&self, state: &State, signal: Signal) {
+        let label = [signal.table_name()];
+        let files = state.catalog.files(signal);
+        self.metrics.files.with_label_values(&label).set(files.len() as i64);
+        self.metrics
+            .stored_bytes
+            .with_label_values(&label)
+            .set(files.iter().map(|f| f.size_bytes + f.index_bytes).sum::<u64>() as i64);
+        self.metrics.buffered_bytes.with_label_values(&label).set(state.buffers[slot(signal)].bytes as i64);
+    }
+
+    fn truncate_wal(&self) {
+        let state = self.state.lock();
+        let lowest_buffered = state
+            .buffers
+            .iter()
+            .filter_map(|buffer| buffer.entries.first().map(|entry| entry.seq))
+            .min()
+            .unwrap_or(u64::MAX);
+        self.wal.truncate(lowest_buffered);
+    }
+
+    /// Flushes every signal.
+    pub async fn flush_all(&self) -> Result<()> {
+        for signal in Signal::ALL {
+            self.flush(signal).await?;
+        }
+        Ok(())
+    }
+
+    /// Merges the small files of each hour partition into one.
+    pub async fn compact(&self, signal: Signal) -> Result<()> {
+        let _maintenance = self.maintenance.lock().await;
+        let groups = {
+            let state = self.state.lock();
+            small_file_groups(state.catalog.files(signal), &self.config)
+        };
+        for inputs in groups {
+            let started = Instant::now();
+            let data_dir = self.config.data_dir.clone();
+            let config = self.config.clone();
+            let name = self.file_name("c");
+            let task_inputs = inputs.clone();
+            let outputs = tokio::task::spawn_blocking(move || {
+                let batches = writer::read_files(&task_inputs)?;
+                writer::write_partitioned(&data_dir, signal, &batches, &config, &name)
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("compaction task failed: {e}")))??;
+            let mut state = self.state.lock();
+            if let Err(error) = state.catalog.replace(signal, &inputs, outputs.clone()) {
+                for output in &outputs {
+                    output.retire();
+                }
+                return Err(error);
+            }
+            self.update_gauges(&state, signal);
+            let elapsed = started.elapsed();
+            self.metrics.compaction_duration.observe(elapsed.as_secs_f64());
+            info!(
+                %signal,
+                inputs = inputs.len(),
+                rows = inputs.iter().map(|f| f.num_rows).sum::<u64>(),
+                elapsed_ms = elapsed.as_millis() as u64,
+                "compacted"
+            );
+        }
+        Ok(())
+    }
+
+    /// Stops accepting requests and flushes everything buffered, so the next start replays
+    /// nothing. Requests still in the WAL queue stay in the WAL and are replayed then.
+    pub async fn shutdown(&self) -> Result<()> {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        let flushed = self.flush_all().await;
+        match &flushed {
+            Ok(()) => info!("store flushed and closed"),
+            Err(error) => error!(%error, "flush at shutdown failed; the write-ahead log keeps the rows"),
+        }
+        flushed
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+}
+
+/// Partitions with enough small files to be worth merging, each capped in total size.
+fn small_file_groups(files: &[Arc<DataFile>], config: &StoreConfig) -> Vec<Vec<Arc<DataFile>>> {
+    let mut by_partition: std::collections::BTreeMap<PathBuf, Vec<Arc<DataFile>>> = Default::default();
+    for file in files {
+        if file.size_bytes < config.compaction_target_bytes
+            && let Some(dir) = file.partition_dir()
+        {
+            by_partition.entry(dir.to_path_buf()).or_default().push(file.clone());
+        }
+    }
+    by_partition
+        .into_values()
+        .filter(|group| group.len() >= config.compaction_min_files)
+        .map(|group| {
+            let mut total = 0;
+            group
+                .into_iter()
+                .take_while(|file| {
+                    total += file.size_bytes;
+                    total <= config.compaction_target_bytes.saturating_mul(2)
+                })
+                .collect::<Vec<_>>()
+        })
+        .filter(|group| group.len() >= 2)
+        .collect()
+}
