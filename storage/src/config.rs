@@ -23,7 +23,8 @@ pub struct StoreConfig {
     pub min_free_disk_bytes: u64,
     /// A partition with at least this many files smaller than `compaction_target_bytes` is compacted.
     pub compaction_min_files: usize,
-    /// Files at least this large are left alone by compaction.
+    /// Compaction merges small files into files of about this size; larger files are left
+    /// alone. Bounded because a merge holds its inputs in memory.
     pub compaction_target_bytes: u64,
     /// Rows per Parquet row group.
     pub row_group_rows: usize,
@@ -43,7 +44,7 @@ impl Default for StoreConfig {
             max_buffered_bytes: 1024 * 1024 * 1024,
             min_free_disk_bytes: 64 * 1024 * 1024,
             compaction_min_files: 4,
-            compaction_target_bytes: 256 * 1024 * 1024,
+            compaction_target_bytes: 64 * 1024 * 1024,
             row_group_rows: 128 * 1024,
             zstd_level: 3,
             fulltext_index: true,

@@ -483,7 +483,9 @@ impl Store {
     }
 }
 
-/// Partitions with enough small files to be worth merging, each capped in total size.
+/// Per hour partition, the smallest files whose sizes add up to at most the compaction target,
+/// when there are enough of them. Merging the smallest first keeps write amplification low: a
+/// file near the target is rewritten only once enough data has gathered around it.
 fn small_file_groups(files: &[Arc<DataFile>], config: &StoreConfig) -> Vec<Vec<Arc<DataFile>>> {
     let mut by_partition: std::collections::BTreeMap<PathBuf, Vec<Arc<DataFile>>> = Default::default();
     for file in files {
@@ -495,17 +497,136 @@ fn small_file_groups(files: &[Arc<DataFile>], config: &StoreConfig) -> Vec<Vec<A
     }
     by_partition
         .into_values()
-        .filter(|group| group.len() >= config.compaction_min_files)
-        .map(|group| {
+        .filter_map(|mut candidates| {
+            candidates.sort_by_key(|file| file.size_bytes);
             let mut total = 0;
-            group
+            let group: Vec<_> = candidates
                 .into_iter()
                 .take_while(|file| {
                     total += file.size_bytes;
-                    total <= config.compaction_target_bytes.saturating_mul(2)
+                    total <= config.compaction_target_bytes
                 })
-                .collect::<Vec<_>>()
+                .collect();
+            (group.len() >= config.compaction_min_files).then_some(group)
         })
-        .filter(|group| group.len() >= 2)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::FileStats;
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, any_value};
+    use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+
+    fn logs(bodies: &[&str]) -> OtlpRequest {
+        let log_records = bodies
+            .iter()
+            .map(|body| LogRecord {
+                time_unix_nano: 1_795_305_600_000_000_000,
+                body: Some(AnyValue { value: Some(any_value::Value::StringValue(body.to_string())) }),
+                ..Default::default()
+            })
+            .collect();
+        OtlpRequest::Logs(ExportLogsServiceRequest {
+            resource_logs: vec![ResourceLogs {
+                scope_logs: vec![ScopeLogs { log_records, ..Default::default() }],
+                ..Default::default()
+            }],
+        })
+    }
+
+    fn rows(snapshot: &TableSnapshot) -> (u64, usize) {
+        (
+            snapshot.files.iter().map(|f| f.num_rows).sum(),
+            snapshot.buffered.iter().map(|b| b.num_rows()).sum(),
+        )
+    }
+
+    fn open(dir: &Path) -> Arc<Store> {
+        let config = StoreConfig { data_dir: dir.to_path_buf(), min_free_disk_bytes: 0, ..StoreConfig::default() };
+        Store::open(config, &prometheus::Registry::new()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn reopening_after_a_crash_shows_every_acknowledged_row_exactly_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let outcome = store.ingest(logs(&["a", "b", "c"]), None).await.unwrap();
+        assert_eq!((outcome.accepted, outcome.rejected), (3, 0));
+        store.flush(Signal::Logs).await.unwrap();
+        store.ingest(logs(&["d", "e"]), None).await.unwrap();
+        assert_eq!(rows(&store.snapshot(Signal::Logs)), (3, 2));
+        // No shutdown: the rows of the second request exist only in the WAL.
+        drop(store);
+
+        let store = open(dir.path());
+        assert_eq!(rows(&store.snapshot(Signal::Logs)), (3, 2), "flushed rows are not replayed again");
+        store.flush(Signal::Logs).await.unwrap();
+        store.ingest(logs(&["f"]), None).await.unwrap();
+        drop(store);
+
+        let store = open(dir.path());
+        assert_eq!(rows(&store.snapshot(Signal::Logs)), (5, 1));
+        store.shutdown().await.unwrap();
+        drop(store);
+        let store = open(dir.path());
+        assert_eq!(rows(&store.snapshot(Signal::Logs)), (6, 0));
+        assert!(store.ingest(logs(&["g"]), None).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn compaction_keeps_every_row_and_the_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        for body in ["alpha one", "beta two", "gamma three", "delta four"] {
+            store.ingest(logs(&[body]), None).await.unwrap();
+            store.flush(Signal::Logs).await.unwrap();
+        }
+        let before = store.snapshot(Signal::Logs);
+        assert_eq!(before.files.len(), 4);
+        let replaced: Vec<PathBuf> = before.files.iter().map(|f| f.path.clone()).collect();
+        drop(before);
+        store.compact(Signal::Logs).await.unwrap();
+        let after = store.snapshot(Signal::Logs);
+        assert_eq!(after.files.len(), 1);
+        assert_eq!(rows(&after), (4, 0));
+        assert!(replaced.iter().all(|path| !path.exists()), "inputs are deleted once unused");
+        let index = crate::fulltext::FullTextIndex::open(after.files[0].index_dir.as_ref().unwrap()).unwrap();
+        assert_eq!(index.search("gamma").unwrap().len(), 1);
+        drop(after);
+        drop(store);
+        let store = open(dir.path());
+        assert_eq!(rows(&store.snapshot(Signal::Logs)), (4, 0));
+    }
+
+    fn file(partition: &str, name: &str, size_bytes: u64) -> Arc<DataFile> {
+        let stats = FileStats {
+            size_bytes,
+            index_bytes: 0,
+            num_rows: 1,
+            min_time_ns: 0,
+            max_time_ns: 0,
+            row_group_row_counts: vec![1],
+        };
+        Arc::new(DataFile::new(Signal::Logs, PathBuf::from(partition).join(name), None, stats))
+    }
+
+    #[test]
+    fn compaction_merges_the_smallest_files_of_a_partition_up_to_the_target() {
+        let config = StoreConfig { compaction_min_files: 3, compaction_target_bytes: 100, ..StoreConfig::default() };
+        let files = vec![
+            file("a", "big", 90),
+            file("a", "s1", 10),
+            file("a", "s2", 20),
+            file("a", "s3", 30),
+            file("a", "done", 100),
+            file("b", "s1", 5),
+            file("b", "s2", 5),
+        ];
+        let groups = small_file_groups(&files, &config);
+        assert_eq!(groups.len(), 1, "partition b has too few files");
+        let names: Vec<_> = groups[0].iter().map(|f| f.path.file_name().unwrap().to_str().unwrap()).collect();
+        assert_eq!(names, vec!["s1", "s2", "s3"]);
+    }
 }
