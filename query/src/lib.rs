@@ -1,1 +1,27 @@
-//! placeholder
+//! Wake's query side: DataFusion SQL over the store's `logs`, `metrics` and `spans` tables.
+//!
+//! A query sees one consistent [`wake_storage::TableSnapshot`] per table: the Parquet files
+//! and the rows acknowledged but not yet flushed. Scans prune files by the time column's
+//! bounds before opening them, push the remaining filters into the Parquet reader (row-group
+//! statistics, page index, bloom filters), and answer `matches(body, '<query>')` from each
+//! file's tantivy index: a file without hits is never opened, and only the hit rows are read.
+//!
+//! # Layout
+//! - `engine`: [`QueryEngine`], the read-only `SessionContext` and query metrics.
+//! - `table`: [`WakeTable`], the `TableProvider` that plans scans over a snapshot.
+//! - `fulltext`: the `matches` function, the index search and the plan node that reports it.
+//! - `http`: `POST /api/v1/sql` and `GET /api/v1/sql` (JSON or CSV).
+//! - `json`: Arrow values as JSON (timestamps as RFC 3339, maps as objects).
+//! - `error`: [`Error`] and the HTTP status each kind of failure maps to.
+
+mod engine;
+mod error;
+pub mod fulltext;
+mod http;
+pub mod json;
+mod table;
+
+pub use engine::{QueryConfig, QueryEngine, QueryOutput};
+pub use error::{Error, Result};
+pub use http::router;
+pub use table::WakeTable;
