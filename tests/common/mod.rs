@@ -1,0 +1,404 @@
+//! Harness of the end-to-end tests: spawns the real `wake` binary on port 0 with a data dir of
+//! the test's choosing, learns its addresses from the `listening` log line, and talks to its
+//! query and admin API. On failure, helpers put the server's log in the panic message.
+
+// Each test file is its own crate and uses a different part of this module.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
+use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use prost::Message;
+use serde_json::Value;
+
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+const STOP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A running `wake server`. Dropping it kills the process.
+pub struct WakeServer {
+    child: Child,
+    pub grpc_addr: SocketAddr,
+    pub otlp_http_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    log: Arc<Mutex<String>>,
+    client: reqwest::blocking::Client,
+}
+
+struct Addresses {
+    grpc: SocketAddr,
+    otlp_http: SocketAddr,
+    http: SocketAddr,
+}
+
+/// The addresses in a JSON `listening` line, or `None` for any other line.
+fn listening_addresses(line: &str) -> Option<Addresses> {
+    let json: Value = serde_json::from_str(line).ok()?;
+    let fields = json.get("fields")?;
+    if fields.get("message")?.as_str()? != "listening" {
+        return None;
+    }
+    let addr = |name: &str| fields.get(name)?.as_str()?.parse::<SocketAddr>().ok();
+    Some(Addresses { grpc: addr("otlp_grpc_addr")?, otlp_http: addr("otlp_http_addr")?, http: addr("http_addr")? })
+}
+
+impl WakeServer {
+    /// Starts `wake server` on port 0 over `data_dir` and waits until it listens.
+    pub fn start(data_dir: &Path, extra_args: &[&str]) -> WakeServer {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_wake"));
+        command
+            .args(["server", "--data-dir"])
+            .arg(data_dir)
+            .args([
+                "--otlp-grpc-addr",
+                "127.0.0.1:0",
+                "--otlp-http-addr",
+                "127.0.0.1:0",
+                "--http-addr",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+            ])
+            .args(extra_args)
+            // The `listening` line is logged at info; a caller's RUST_LOG must not hide it.
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        // Settings from the environment would silently change what a test exercises.
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("WAKE_") {
+                command.env_remove(name);
+            }
+        }
+        let mut child = command.spawn().expect("spawning the wake binary");
+
+        let log = Arc::new(Mutex::new(String::new()));
+        let (found, addresses) = mpsc::channel();
+        let stderr = child.stderr.take().expect("piped stderr");
+        let reader_log = log.clone();
+        // Reads stderr to its end so that the server never blocks on a full pipe.
+        thread::spawn(move || {
+            let mut reader = BufReader::new(stderr);
+            let mut found = Some(found);
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                match reader.read_until(b'\n', &mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+                let text = String::from_utf8_lossy(&line);
+                reader_log.lock().unwrap().push_str(&text);
+                if let Some(addresses) = found.as_ref().and_then(|_| listening_addresses(text.trim_end())) {
+                    let _ = found.take().expect("checked above").send(addresses);
+                }
+            }
+        });
+
+        let addresses = match addresses.recv_timeout(START_TIMEOUT) {
+            Ok(addresses) => addresses,
+            Err(error) => {
+                let exit = child.try_wait().ok().flatten();
+                let _ = child.kill();
+                let _ = child.wait();
+                // Give the reader a moment to collect the last lines.
+                thread::sleep(Duration::from_millis(200));
+                panic!(
+                    "wake server did not log `listening` ({error}); exit status {exit:?}; stderr:\n{}",
+                    log.lock().unwrap()
+                );
+            }
+        };
+        let client = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .expect("building the HTTP client");
+        WakeServer {
+            child,
+            grpc_addr: addresses.grpc,
+            otlp_http_addr: addresses.otlp_http,
+            http_addr: addresses.http,
+            log,
+            client,
+        }
+    }
+
+    /// Everything the server wrote to stderr so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// The last lines of the log, for panic messages.
+    pub fn log_tail(&self) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `http://127.0.0.1:port`, as gRPC clients and exporters want it.
+    pub fn grpc_endpoint(&self) -> String {
+        format!("http://{}", self.grpc_addr)
+    }
+
+    /// The OTLP/HTTP URL of `path`, e.g. `/v1/logs`.
+    pub fn otlp_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.otlp_http_addr)
+    }
+
+    /// The query/admin API URL of `path`.
+    pub fn api_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http_addr)
+    }
+
+    pub fn client(&self) -> &reqwest::blocking::Client {
+        &self.client
+    }
+
+    /// Runs `sql` and returns the whole JSON answer; panics with the body unless it is 200.
+    pub fn sql(&self, sql: &str) -> Value {
+        let (status, body) = self.sql_response(sql);
+        if status != 200 {
+            panic!("SQL {sql:?} answered {status}: {body}\nserver log tail:\n{}", self.log_tail());
+        }
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("SQL {sql:?} answered non-JSON ({e}): {body}"))
+    }
+
+    /// Runs `sql` and returns the status and body, whatever they are.
+    pub fn sql_response(&self, sql: &str) -> (u16, String) {
+        let response = self
+            .client
+            .post(self.api_url("/api/v1/sql"))
+            .json(&serde_json::json!({ "sql": sql }))
+            .send()
+            .unwrap_or_else(|e| panic!("SQL {sql:?} failed: {e}\nserver log tail:\n{}", self.log_tail()));
+        let status = response.status().as_u16();
+        (status, response.text().unwrap_or_default())
+    }
+
+    /// The rows of the answer to `sql`.
+    pub fn sql_rows(&self, sql: &str) -> Vec<Vec<Value>> {
+        let answer = self.sql(sql);
+        let rows = answer
+            .get("rows")
+            .and_then(Value::as_array)
+            .unwrap_or_else(|| panic!("SQL {sql:?} answered without rows: {answer}"));
+        rows.iter()
+            .map(|row| row.as_array().unwrap_or_else(|| panic!("row is not an array: {row}")).clone())
+            .collect()
+    }
+
+    /// The rows of the answer to `sql` as objects keyed by column name.
+    pub fn sql_objects(&self, sql: &str) -> Vec<serde_json::Map<String, Value>> {
+        let answer = self.sql(sql);
+        let columns: Vec<String> = answer["columns"]
+            .as_array()
+            .unwrap_or_else(|| panic!("SQL {sql:?} answered without columns: {answer}"))
+            .iter()
+            .map(|c| c.as_str().expect("column names are strings").to_string())
+            .collect();
+        answer["rows"]
+            .as_array()
+            .unwrap_or_else(|| panic!("SQL {sql:?} answered without rows: {answer}"))
+            .iter()
+            .map(|row| columns.iter().cloned().zip(row.as_array().expect("rows are arrays").iter().cloned()).collect())
+            .collect()
+    }
+
+    /// The single integer `sql` answers (e.g. a `count(*)`).
+    pub fn count(&self, sql: &str) -> u64 {
+        let rows = self.sql_rows(sql);
+        match rows.as_slice() {
+            [row] if row.len() == 1 => as_u64(&row[0]).unwrap_or_else(|| panic!("SQL {sql:?} answered {row:?}")),
+            _ => panic!("SQL {sql:?} answered {} rows, expected one: {rows:?}", rows.len()),
+        }
+    }
+
+    /// Polls `sql` (a single count) until it answers `expected`; panics with the last answer.
+    pub fn wait_for_count(&self, sql: &str, expected: u64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let actual = self.count(sql);
+            if actual == expected {
+                return;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "SQL {sql:?} answered {actual}, expected {expected} within {timeout:?}\nserver log tail:\n{}",
+                    self.log_tail()
+                );
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Writes every buffered row to Parquet now.
+    pub fn flush(&self) {
+        let response = self.client.post(self.api_url("/api/v1/admin/flush")).send().expect("POST /api/v1/admin/flush");
+        let status = response.status();
+        let body = response.text().unwrap_or_default();
+        assert_eq!(status, 200, "flush answered {body}\nserver log tail:\n{}", self.log_tail());
+    }
+
+    /// SIGKILL: the process gets no chance to flush anything.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        self.child.wait().expect("waiting for the killed server");
+    }
+
+    /// SIGTERM, then waits for the graceful shutdown to finish.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let pid = self.child.id();
+        assert!(send_signal(pid, "TERM"), "sending SIGTERM to {pid}");
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("polling the server") {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("wake server did not stop within {STOP_TIMEOUT:?} of SIGTERM\nserver log tail:\n{}", self.log_tail());
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for WakeServer {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Sends `signal` (e.g. `TERM`) to `pid` with the `kill` command, which keeps the tests free of
+/// `unsafe` (the workspace denies it).
+fn send_signal(pid: u32, signal: &str) -> bool {
+    Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
+/// A JSON number (or a numeric string) as u64.
+pub fn as_u64(value: &Value) -> Option<u64> {
+    value.as_u64().or_else(|| value.as_str()?.parse().ok())
+}
+
+/// A JSON number (or a numeric string) as f64.
+pub fn as_f64(value: &Value) -> Option<f64> {
+    value.as_f64().or_else(|| value.as_str()?.parse().ok())
+}
+
+pub fn now_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_nanos() as u64
+}
+
+// ---------------------------------------------------------------------------------------------
+// OTLP status messages
+
+/// `google.rpc.Status`, the body of OTLP/HTTP refusals and the details of gRPC ones.
+#[derive(Clone, PartialEq, Message)]
+pub struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    pub code: i32,
+    #[prost(string, tag = "2")]
+    pub message: String,
+    #[prost(message, repeated, tag = "3")]
+    pub details: Vec<ProtoAny>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct ProtoAny {
+    #[prost(string, tag = "1")]
+    pub type_url: String,
+    #[prost(bytes = "vec", tag = "2")]
+    pub value: Vec<u8>,
+}
+
+/// `google.rpc.RetryInfo`, how long a refused client should wait.
+#[derive(Clone, PartialEq, Message)]
+pub struct RetryInfo {
+    #[prost(message, optional, tag = "1")]
+    pub retry_delay: Option<ProtoDuration>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct ProtoDuration {
+    #[prost(int64, tag = "1")]
+    pub seconds: i64,
+    #[prost(int32, tag = "2")]
+    pub nanos: i32,
+}
+
+// ---------------------------------------------------------------------------------------------
+// OTLP request builders
+
+pub fn string_value(value: &str) -> AnyValue {
+    AnyValue { value: Some(any_value::Value::StringValue(value.to_string())) }
+}
+
+pub fn attribute(key: &str, value: &str) -> KeyValue {
+    KeyValue { key: key.to_string(), value: Some(string_value(value)), ..Default::default() }
+}
+
+/// A log request of one resource (`service.name` = `service`) and one scope.
+pub fn log_request(service: &str, records: Vec<LogRecord>) -> ExportLogsServiceRequest {
+    ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            resource: Some(Resource { attributes: vec![attribute("service.name", service)], ..Default::default() }),
+            scope_logs: vec![ScopeLogs {
+                scope: Some(InstrumentationScope { name: "wake-tests".into(), ..Default::default() }),
+                log_records: records,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+/// A log record whose `seq` attribute identifies it; `body_bytes` pads the body.
+pub fn seq_record(seq: u64, body_bytes: usize) -> LogRecord {
+    let mut body = format!("record {seq} ");
+    // Varied filler, so that nothing downstream can compress the size test away.
+    let mut state = seq.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    while body.len() < body_bytes {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        body.push(char::from(b'a' + (state % 26) as u8));
+    }
+    LogRecord {
+        time_unix_nano: now_ns(),
+        severity_number: 9,
+        severity_text: "INFO".into(),
+        body: Some(string_value(&body)),
+        attributes: vec![attribute("seq", &seq.to_string())],
+        ..Default::default()
+    }
+}
+
+/// The field `name` of the `fields` of every JSON log line whose message is `message`.
+pub fn log_field(log: &str, message: &str, name: &str) -> Vec<Value> {
+    log.lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|json| json["fields"]["message"] == message)
+        .map(|json| json["fields"][name].clone())
+        .collect()
+}
