@@ -20,7 +20,10 @@ use std::time::{Duration, Instant};
 use prost::Message;
 
 fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// Server CPU seconds so far (user + system), from /proc/<pid>/stat.
@@ -30,7 +33,10 @@ fn cpu_seconds(pid: u32) -> f64 {
     let after = &stat[stat.rfind(')').expect("stat format") + 2..];
     let fields: Vec<&str> = after.split_whitespace().collect();
     let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-    let hz = Command::new("getconf").arg("CLK_TCK").output().ok()
+    let hz = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
         .and_then(|o| String::from_utf8(o.stdout).ok())
         .and_then(|s| s.trim().parse::<f64>().ok())
         .unwrap_or(100.0);
@@ -55,7 +61,15 @@ fn dir_bytes(dir: &Path, filter: &dyn Fn(&Path) -> bool) -> u64 {
 
 fn start_server(data_dir: &Path) -> (Child, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_wake"))
-        .args(["server", "--otlp-grpc-addr", "127.0.0.1:0", "--otlp-http-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        .args([
+            "server",
+            "--otlp-grpc-addr",
+            "127.0.0.1:0",
+            "--otlp-http-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+        ])
         .arg("--data-dir")
         .arg(data_dir)
         .env("RUST_LOG", "warn,wake=info")
@@ -77,7 +91,9 @@ fn start_server(data_dir: &Path) -> (Child, String, String) {
             }
         }
     });
-    let (otlp, http) = receiver.recv_timeout(Duration::from_secs(60)).expect("server did not start");
+    let (otlp, http) = receiver
+        .recv_timeout(Duration::from_secs(60))
+        .expect("server did not start");
     (child, otlp, http)
 }
 
@@ -103,10 +119,14 @@ fn main() {
     let started = Instant::now();
     let workers: Vec<_> = (0..clients)
         .map(|_| {
-            let (corpus, next_batch, raw_bytes) = (corpus.clone(), next_batch.clone(), raw_bytes.clone());
+            let (corpus, next_batch, raw_bytes) =
+                (corpus.clone(), next_batch.clone(), raw_bytes.clone());
             let url = format!("http://{otlp_addr}/v1/logs");
             std::thread::spawn(move || {
-                let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(120)).build().unwrap();
+                let client = reqwest::blocking::Client::builder()
+                    .timeout(Duration::from_secs(120))
+                    .build()
+                    .unwrap();
                 loop {
                     let first = next_batch.fetch_add(1, Ordering::SeqCst) * batch_rows;
                     if first >= rows {
@@ -124,7 +144,9 @@ fn main() {
                         match response.status().as_u16() {
                             200 => break,
                             429 | 503 => std::thread::sleep(Duration::from_millis(200)),
-                            other => panic!("batch at row {first}: HTTP {other}: {:?}", response.text()),
+                            other => {
+                                panic!("batch at row {first}: HTTP {other}: {:?}", response.text())
+                            }
                         }
                     }
                     raw_bytes.fetch_add(raw, Ordering::Relaxed);
@@ -136,8 +158,14 @@ fn main() {
         worker.join().expect("client thread");
     }
     let acked = started.elapsed();
-    let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(600)).build().unwrap();
-    let flush = client.post(format!("http://{http_addr}/api/v1/admin/flush")).send().expect("flush");
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(600))
+        .build()
+        .unwrap();
+    let flush = client
+        .post(format!("http://{http_addr}/api/v1/admin/flush"))
+        .send()
+        .expect("flush");
     assert!(flush.status().is_success(), "flush: {:?}", flush.text());
     let total = started.elapsed();
     let cpu = cpu_seconds(pid) - cpu_before;
@@ -151,14 +179,26 @@ fn main() {
     let stored_rows = count["rows"][0][0].as_u64().unwrap_or(0);
     assert_eq!(stored_rows, rows, "every sent row must be stored");
 
-    let parquet = dir_bytes(&data_dir, &|p| p.extension().is_some_and(|e| e == "parquet"));
-    let index = dir_bytes(&data_dir, &|p| p.ancestors().any(|a| a.extension().is_some_and(|e| e == "index")));
+    let parquet = dir_bytes(&data_dir, &|p| {
+        p.extension().is_some_and(|e| e == "parquet")
+    });
+    let index = dir_bytes(&data_dir, &|p| {
+        p.ancestors()
+            .any(|a| a.extension().is_some_and(|e| e == "index"))
+    });
     let raw = raw_bytes.load(Ordering::Relaxed);
     let mb = raw as f64 / 1e6;
     println!("ingest benchmark: {rows} rows, {clients} clients, {batch_rows} rows per request");
     println!("raw log text:          {mb:.1} MB");
-    println!("wall time (acked):     {:.2} s; with final flush {:.2} s", acked.as_secs_f64(), total.as_secs_f64());
-    println!("lines/s (wall, acked): {:.0}", rows as f64 / acked.as_secs_f64());
+    println!(
+        "wall time (acked):     {:.2} s; with final flush {:.2} s",
+        acked.as_secs_f64(),
+        total.as_secs_f64()
+    );
+    println!(
+        "lines/s (wall, acked): {:.0}",
+        rows as f64 / acked.as_secs_f64()
+    );
     println!("server CPU:            {cpu:.2} s (user+system, incl. flush and index)");
     println!("MB/s per server core:  {:.1}", mb / cpu);
     println!(
@@ -173,6 +213,9 @@ fn main() {
 }
 
 fn terminate(server: &mut Child) {
-    let _ = Command::new("kill").arg("-TERM").arg(server.id().to_string()).status();
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(server.id().to_string())
+        .status();
     let _ = server.wait();
 }

@@ -75,7 +75,8 @@ impl ServerConfig {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("reading config file {}", path.display()))?;
-                serde_yaml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))?
+                serde_yaml::from_str(&text)
+                    .with_context(|| format!("parsing config file {}", path.display()))?
             }
             None => ServerConfig::default(),
         };
@@ -110,7 +111,11 @@ mod tests {
     fn flags_override_the_file_which_overrides_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("wake.yaml");
-        std::fs::write(&path, "http_addr: 127.0.0.1:9000\nstore:\n  data_dir: /from/file\n  flush_interval_secs: 3\n").unwrap();
+        std::fs::write(
+            &path,
+            "http_addr: 127.0.0.1:9000\nstore:\n  data_dir: /from/file\n  flush_interval_secs: 3\n",
+        )
+        .unwrap();
         let args = ServerArgs {
             config: Some(path),
             data_dir: Some(PathBuf::from("/from/flag")),
@@ -128,10 +133,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("wake.yaml");
         std::fs::write(&path, "store:\n  data_dri: /typo\n").unwrap();
-        let error = ServerConfig::load(&ServerArgs { config: Some(path), ..ServerArgs::default() }).unwrap_err();
+        let error = ServerConfig::load(&ServerArgs {
+            config: Some(path),
+            ..ServerArgs::default()
+        })
+        .unwrap_err();
         assert!(format!("{error:#}").contains("unknown field"), "{error:#}");
 
-        let error = ServerConfig::load(&ServerArgs { flush_interval_secs: Some(0), ..ServerArgs::default() }).unwrap_err();
-        assert!(format!("{error:#}").contains("flush_interval_secs"), "{error:#}");
+        let error = ServerConfig::load(&ServerArgs {
+            flush_interval_secs: Some(0),
+            ..ServerArgs::default()
+        })
+        .unwrap_err();
+        assert!(
+            format!("{error:#}").contains("flush_interval_secs"),
+            "{error:#}"
+        );
     }
 }

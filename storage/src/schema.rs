@@ -293,7 +293,10 @@ mod tests {
             let schema = signal.schema();
             assert!(schema.field_with_name(signal.time_column()).is_ok());
             for (_, column) in PROMOTED_RESOURCE_ATTRIBUTES {
-                assert!(schema.field_with_name(column).is_ok(), "{signal} lacks {column}");
+                assert!(
+                    schema.field_with_name(column).is_ok(),
+                    "{signal} lacks {column}"
+                );
             }
         }
     }

@@ -63,7 +63,9 @@ struct AppendRequest {
 enum Command {
     Append(AppendRequest),
     /// Delete sealed segments whose records all have a sequence number below the given one.
-    Truncate { below_seq: u64 },
+    Truncate {
+        below_seq: u64,
+    },
 }
 
 /// Handle to the WAL thread. Dropping every handle stops the thread after it drains its queue.
@@ -89,7 +91,9 @@ fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
         let entry = entry.map_err(|e| Error::io(dir, e))?;
         let name = entry.file_name();
-        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".wal")) else { continue };
+        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".wal")) else {
+            continue;
+        };
         if let Ok(first_seq) = stem.parse::<u64>() {
             segments.push((first_seq, entry.path()));
         }
@@ -119,8 +123,12 @@ pub fn replay(dir: &Path) -> Result<Vec<WalRecord>> {
                 "write-ahead log segment ends in a torn or corrupt record; unacknowledged tail dropped"
             );
             if is_last {
-                let file = OpenOptions::new().write(true).open(path).map_err(|e| Error::io(path, e))?;
-                file.set_len(valid_len as u64).map_err(|e| Error::io(path, e))?;
+                let file = OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .map_err(|e| Error::io(path, e))?;
+                file.set_len(valid_len as u64)
+                    .map_err(|e| Error::io(path, e))?;
                 file.sync_all().map_err(|e| Error::io(path, e))?;
             }
         }
@@ -133,8 +141,18 @@ fn parse_segment(data: &[u8]) -> (Vec<WalRecord>, usize) {
     let mut records = Vec::new();
     let mut offset = 0;
     while data.len() - offset >= HEADER_BYTES {
-        let len = u32::from_le_bytes([data[offset], data[offset + 1], data[offset + 2], data[offset + 3]]) as usize;
-        let crc = u32::from_le_bytes([data[offset + 4], data[offset + 5], data[offset + 6], data[offset + 7]]);
+        let len = u32::from_le_bytes([
+            data[offset],
+            data[offset + 1],
+            data[offset + 2],
+            data[offset + 3],
+        ]) as usize;
+        let crc = u32::from_le_bytes([
+            data[offset + 4],
+            data[offset + 5],
+            data[offset + 6],
+            data[offset + 7],
+        ]);
         let start = offset + HEADER_BYTES;
         if !(PAYLOAD_PREFIX_BYTES..=MAX_RECORD_BYTES).contains(&len) || data.len() - start < len {
             break;
@@ -143,7 +161,9 @@ fn parse_segment(data: &[u8]) -> (Vec<WalRecord>, usize) {
         if crc32fast::hash(payload) != crc {
             break;
         }
-        let Some(signal) = Signal::from_wal_tag(payload[0]) else { break };
+        let Some(signal) = Signal::from_wal_tag(payload[0]) else {
+            break;
+        };
         let mut seq = [0u8; 8];
         seq.copy_from_slice(&payload[1..9]);
         let mut received = [0u8; 8];
@@ -159,7 +179,13 @@ fn parse_segment(data: &[u8]) -> (Vec<WalRecord>, usize) {
     (records, offset)
 }
 
-fn encode_record(buffer: &mut Vec<u8>, signal: Signal, seq: u64, received_at_ns: i64, payload: &[u8]) {
+fn encode_record(
+    buffer: &mut Vec<u8>,
+    signal: Signal,
+    seq: u64,
+    received_at_ns: i64,
+    payload: &[u8],
+) {
     let len = (PAYLOAD_PREFIX_BYTES + payload.len()) as u32;
     let mut hasher = crc32fast::Hasher::new();
     let prefix_start = buffer.len() + HEADER_BYTES;
@@ -230,10 +256,24 @@ impl Wal {
     }
 
     /// Appends a record and waits until it is durable and visible in the store's buffers.
-    pub async fn append(&self, signal: Signal, received_at_ns: i64, payload: Bytes, batch: RecordBatch) -> Result<u64> {
+    pub async fn append(
+        &self,
+        signal: Signal,
+        received_at_ns: i64,
+        payload: Bytes,
+        batch: RecordBatch,
+    ) -> Result<u64> {
         let (reply, response) = oneshot::channel();
-        let request = AppendRequest { signal, received_at_ns, payload, batch, reply };
-        self.sender.send(Command::Append(request)).map_err(|_| Error::ShuttingDown)?;
+        let request = AppendRequest {
+            signal,
+            received_at_ns,
+            payload,
+            batch,
+            reply,
+        };
+        self.sender
+            .send(Command::Append(request))
+            .map_err(|_| Error::ShuttingDown)?;
         response.await.map_err(|_| Error::ShuttingDown)?
     }
 
@@ -281,7 +321,11 @@ impl Writer {
                 let mut replies = Vec::with_capacity(group.len());
                 for (offset, request) in group.drain(..).enumerate() {
                     let seq = first_seq + offset as u64;
-                    durable.push(DurableRecord { signal: request.signal, seq, batch: request.batch });
+                    durable.push(DurableRecord {
+                        signal: request.signal,
+                        seq,
+                        batch: request.batch,
+                    });
                     replies.push((request.reply, seq));
                 }
                 (self.sink)(durable);
@@ -326,10 +370,17 @@ impl Writer {
         let Some(active) = self.active.as_mut() else {
             return Err(Error::Internal("no active write-ahead log segment".into()));
         };
-        let written = active.file.write_all(&self.scratch).and_then(|()| active.file.sync_data());
+        let written = active
+            .file
+            .write_all(&self.scratch)
+            .and_then(|()| active.file.sync_data());
         if let Err(source) = written {
             let path = active.path.clone();
-            if let Err(truncate_error) = active.file.set_len(active.len).and_then(|()| active.file.sync_data()) {
+            if let Err(truncate_error) = active
+                .file
+                .set_len(active.len)
+                .and_then(|()| active.file.sync_data())
+            {
                 // The file may now end in a partial record: start a fresh segment so that the
                 // partial record stays at a segment's tail, where replay expects and drops it.
                 error!(path = %path.display(), error = %truncate_error, "could not cut back a failed write-ahead log append");
@@ -362,13 +413,21 @@ impl Writer {
             .map_err(|e| Error::io(&path, e))?;
         let len = file.metadata().map_err(|e| Error::io(&path, e))?.len();
         sync_dir(&self.dir)?;
-        self.active = Some(ActiveSegment { file, path, first_seq, last_seq: None, len });
+        self.active = Some(ActiveSegment {
+            file,
+            path,
+            first_seq,
+            last_seq: None,
+            len,
+        });
         Ok(())
     }
 
     fn seal_active(&mut self) {
         if let Some(active) = self.active.take() {
-            let last_seq = active.last_seq.unwrap_or(active.first_seq.saturating_sub(1));
+            let last_seq = active
+                .last_seq
+                .unwrap_or(active.first_seq.saturating_sub(1));
             self.sealed.push((active.first_seq, last_seq, active.path));
         }
     }
@@ -404,7 +463,9 @@ impl Writer {
 }
 
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(dir, e))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(dir, e))
 }
 
 #[cfg(test)]
@@ -430,14 +491,23 @@ mod tests {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let sink_seen = seen.clone();
         let sink: DurableSink = Box::new(move |records| {
-            sink_seen.lock().unwrap().extend(records.into_iter().map(|r| r.seq));
+            sink_seen
+                .lock()
+                .unwrap()
+                .extend(records.into_iter().map(|r| r.seq));
         });
         let wal = Wal::start(dir.path(), 7, metrics(), sink).unwrap();
         let mut tasks = Vec::new();
         for i in 0..20u8 {
             let wal = wal.clone();
             tasks.push(tokio::spawn(async move {
-                wal.append(Signal::Metrics, i as i64, Bytes::from(vec![i; 10]), empty_batch()).await
+                wal.append(
+                    Signal::Metrics,
+                    i as i64,
+                    Bytes::from(vec![i; 10]),
+                    empty_batch(),
+                )
+                .await
             }));
         }
         let mut seqs: Vec<u64> = Vec::new();
@@ -446,7 +516,11 @@ mod tests {
         }
         seqs.sort();
         assert_eq!(seqs, (7..27).collect::<Vec<_>>());
-        assert_eq!(*seen.lock().unwrap(), (7..27).collect::<Vec<_>>(), "sink sees seqs in order");
+        assert_eq!(
+            *seen.lock().unwrap(),
+            (7..27).collect::<Vec<_>>(),
+            "sink sees seqs in order"
+        );
         drop(wal);
 
         let records = replay(dir.path()).unwrap();
@@ -470,7 +544,10 @@ mod tests {
         fs::write(&path, &data).unwrap();
 
         let records = replay(dir.path()).unwrap();
-        assert_eq!(records.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(
+            records.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
         assert_eq!(fs::metadata(&path).unwrap().len(), intact as u64);
     }
 
@@ -494,8 +571,14 @@ mod tests {
         let wal = Wal::start(dir.path(), 9, metrics(), Box::new(|_| {})).unwrap();
         wal.truncate(5);
         // A later append is a barrier: the truncate command ahead of it has run.
-        wal.append(Signal::Logs, 0, Bytes::from_static(b"x"), empty_batch()).await.unwrap();
-        let remaining: Vec<u64> = list_segments(dir.path()).unwrap().into_iter().map(|(s, _)| s).collect();
+        wal.append(Signal::Logs, 0, Bytes::from_static(b"x"), empty_batch())
+            .await
+            .unwrap();
+        let remaining: Vec<u64> = list_segments(dir.path())
+            .unwrap()
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
         assert_eq!(remaining, vec![5, 9]);
     }
 }

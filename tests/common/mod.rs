@@ -48,7 +48,11 @@ fn listening_addresses(line: &str) -> Option<Addresses> {
         return None;
     }
     let addr = |name: &str| fields.get(name)?.as_str()?.parse::<SocketAddr>().ok();
-    Some(Addresses { grpc: addr("otlp_grpc_addr")?, otlp_http: addr("otlp_http_addr")?, http: addr("http_addr")? })
+    Some(Addresses {
+        grpc: addr("otlp_grpc_addr")?,
+        otlp_http: addr("otlp_http_addr")?,
+        http: addr("http_addr")?,
+    })
 }
 
 impl WakeServer {
@@ -99,7 +103,10 @@ impl WakeServer {
                 }
                 let text = String::from_utf8_lossy(&line);
                 reader_log.lock().unwrap().push_str(&text);
-                if let Some(addresses) = found.as_ref().and_then(|_| listening_addresses(text.trim_end())) {
+                if let Some(addresses) = found
+                    .as_ref()
+                    .and_then(|_| listening_addresses(text.trim_end()))
+                {
                     let _ = found.take().expect("checked above").send(addresses);
                 }
             }
@@ -172,9 +179,13 @@ impl WakeServer {
     pub fn sql(&self, sql: &str) -> Value {
         let (status, body) = self.sql_response(sql);
         if status != 200 {
-            panic!("SQL {sql:?} answered {status}: {body}\nserver log tail:\n{}", self.log_tail());
+            panic!(
+                "SQL {sql:?} answered {status}: {body}\nserver log tail:\n{}",
+                self.log_tail()
+            );
         }
-        serde_json::from_str(&body).unwrap_or_else(|e| panic!("SQL {sql:?} answered non-JSON ({e}): {body}"))
+        serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("SQL {sql:?} answered non-JSON ({e}): {body}"))
     }
 
     /// Runs `sql` and returns the status and body, whatever they are.
@@ -184,7 +195,12 @@ impl WakeServer {
             .post(self.api_url("/api/v1/sql"))
             .json(&serde_json::json!({ "sql": sql }))
             .send()
-            .unwrap_or_else(|e| panic!("SQL {sql:?} failed: {e}\nserver log tail:\n{}", self.log_tail()));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "SQL {sql:?} failed: {e}\nserver log tail:\n{}",
+                    self.log_tail()
+                )
+            });
         let status = response.status().as_u16();
         (status, response.text().unwrap_or_default())
     }
@@ -197,7 +213,11 @@ impl WakeServer {
             .and_then(Value::as_array)
             .unwrap_or_else(|| panic!("SQL {sql:?} answered without rows: {answer}"));
         rows.iter()
-            .map(|row| row.as_array().unwrap_or_else(|| panic!("row is not an array: {row}")).clone())
+            .map(|row| {
+                row.as_array()
+                    .unwrap_or_else(|| panic!("row is not an array: {row}"))
+                    .clone()
+            })
             .collect()
     }
 
@@ -214,7 +234,13 @@ impl WakeServer {
             .as_array()
             .unwrap_or_else(|| panic!("SQL {sql:?} answered without rows: {answer}"))
             .iter()
-            .map(|row| columns.iter().cloned().zip(row.as_array().expect("rows are arrays").iter().cloned()).collect())
+            .map(|row| {
+                columns
+                    .iter()
+                    .cloned()
+                    .zip(row.as_array().expect("rows are arrays").iter().cloned())
+                    .collect()
+            })
             .collect()
     }
 
@@ -222,8 +248,13 @@ impl WakeServer {
     pub fn count(&self, sql: &str) -> u64 {
         let rows = self.sql_rows(sql);
         match rows.as_slice() {
-            [row] if row.len() == 1 => as_u64(&row[0]).unwrap_or_else(|| panic!("SQL {sql:?} answered {row:?}")),
-            _ => panic!("SQL {sql:?} answered {} rows, expected one: {rows:?}", rows.len()),
+            [row] if row.len() == 1 => {
+                as_u64(&row[0]).unwrap_or_else(|| panic!("SQL {sql:?} answered {row:?}"))
+            }
+            _ => panic!(
+                "SQL {sql:?} answered {} rows, expected one: {rows:?}",
+                rows.len()
+            ),
         }
     }
 
@@ -247,10 +278,19 @@ impl WakeServer {
 
     /// Writes every buffered row to Parquet now.
     pub fn flush(&self) {
-        let response = self.client.post(self.api_url("/api/v1/admin/flush")).send().expect("POST /api/v1/admin/flush");
+        let response = self
+            .client
+            .post(self.api_url("/api/v1/admin/flush"))
+            .send()
+            .expect("POST /api/v1/admin/flush");
         let status = response.status();
         let body = response.text().unwrap_or_default();
-        assert_eq!(status, 200, "flush answered {body}\nserver log tail:\n{}", self.log_tail());
+        assert_eq!(
+            status,
+            200,
+            "flush answered {body}\nserver log tail:\n{}",
+            self.log_tail()
+        );
     }
 
     /// SIGKILL: the process gets no chance to flush anything.
@@ -271,7 +311,10 @@ impl WakeServer {
             if Instant::now() >= deadline {
                 let _ = self.child.kill();
                 let _ = self.child.wait();
-                panic!("wake server did not stop within {STOP_TIMEOUT:?} of SIGTERM\nserver log tail:\n{}", self.log_tail());
+                panic!(
+                    "wake server did not stop within {STOP_TIMEOUT:?} of SIGTERM\nserver log tail:\n{}",
+                    self.log_tail()
+                );
             }
             thread::sleep(Duration::from_millis(50));
         }
@@ -307,7 +350,10 @@ pub fn as_f64(value: &Value) -> Option<f64> {
 }
 
 pub fn now_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_nanos() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_nanos() as u64
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -351,20 +397,32 @@ pub struct ProtoDuration {
 // OTLP request builders
 
 pub fn string_value(value: &str) -> AnyValue {
-    AnyValue { value: Some(any_value::Value::StringValue(value.to_string())) }
+    AnyValue {
+        value: Some(any_value::Value::StringValue(value.to_string())),
+    }
 }
 
 pub fn attribute(key: &str, value: &str) -> KeyValue {
-    KeyValue { key: key.to_string(), value: Some(string_value(value)), ..Default::default() }
+    KeyValue {
+        key: key.to_string(),
+        value: Some(string_value(value)),
+        ..Default::default()
+    }
 }
 
 /// A log request of one resource (`service.name` = `service`) and one scope.
 pub fn log_request(service: &str, records: Vec<LogRecord>) -> ExportLogsServiceRequest {
     ExportLogsServiceRequest {
         resource_logs: vec![ResourceLogs {
-            resource: Some(Resource { attributes: vec![attribute("service.name", service)], ..Default::default() }),
+            resource: Some(Resource {
+                attributes: vec![attribute("service.name", service)],
+                ..Default::default()
+            }),
             scope_logs: vec![ScopeLogs {
-                scope: Some(InstrumentationScope { name: "wake-tests".into(), ..Default::default() }),
+                scope: Some(InstrumentationScope {
+                    name: "wake-tests".into(),
+                    ..Default::default()
+                }),
                 log_records: records,
                 ..Default::default()
             }],

@@ -9,6 +9,10 @@ pub use http::http_router;
 
 use crate::schema::Signal;
 
-pub(crate) fn transport_label(signal: Signal, transport: &'static str, outcome: &'static str) -> [&'static str; 3] {
+pub(crate) fn transport_label(
+    signal: Signal,
+    transport: &'static str,
+    outcome: &'static str,
+) -> [&'static str; 3] {
     [signal.table_name(), transport, outcome]
 }
