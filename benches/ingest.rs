@@ -20,10 +20,7 @@ use std::time::{Duration, Instant};
 use prost::Message;
 
 fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 /// Server CPU seconds so far (user + system), from /proc/<pid>/stat.
@@ -91,9 +88,7 @@ fn start_server(data_dir: &Path) -> (Child, String, String) {
             }
         }
     });
-    let (otlp, http) = receiver
-        .recv_timeout(Duration::from_secs(60))
-        .expect("server did not start");
+    let (otlp, http) = receiver.recv_timeout(Duration::from_secs(60)).expect("server did not start");
     (child, otlp, http)
 }
 
@@ -119,14 +114,10 @@ fn main() {
     let started = Instant::now();
     let workers: Vec<_> = (0..clients)
         .map(|_| {
-            let (corpus, next_batch, raw_bytes) =
-                (corpus.clone(), next_batch.clone(), raw_bytes.clone());
+            let (corpus, next_batch, raw_bytes) = (corpus.clone(), next_batch.clone(), raw_bytes.clone());
             let url = format!("http://{otlp_addr}/v1/logs");
             std::thread::spawn(move || {
-                let client = reqwest::blocking::Client::builder()
-                    .timeout(Duration::from_secs(120))
-                    .build()
-                    .unwrap();
+                let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(120)).build().unwrap();
                 loop {
                     let first = next_batch.fetch_add(1, Ordering::SeqCst) * batch_rows;
                     if first >= rows {
@@ -158,14 +149,8 @@ fn main() {
         worker.join().expect("client thread");
     }
     let acked = started.elapsed();
-    let client = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(600))
-        .build()
-        .unwrap();
-    let flush = client
-        .post(format!("http://{http_addr}/api/v1/admin/flush"))
-        .send()
-        .expect("flush");
+    let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(600)).build().unwrap();
+    let flush = client.post(format!("http://{http_addr}/api/v1/admin/flush")).send().expect("flush");
     assert!(flush.status().is_success(), "flush: {:?}", flush.text());
     let total = started.elapsed();
     let cpu = cpu_seconds(pid) - cpu_before;
@@ -179,26 +164,14 @@ fn main() {
     let stored_rows = count["rows"][0][0].as_u64().unwrap_or(0);
     assert_eq!(stored_rows, rows, "every sent row must be stored");
 
-    let parquet = dir_bytes(&data_dir, &|p| {
-        p.extension().is_some_and(|e| e == "parquet")
-    });
-    let index = dir_bytes(&data_dir, &|p| {
-        p.ancestors()
-            .any(|a| a.extension().is_some_and(|e| e == "index"))
-    });
+    let parquet = dir_bytes(&data_dir, &|p| p.extension().is_some_and(|e| e == "parquet"));
+    let index = dir_bytes(&data_dir, &|p| p.ancestors().any(|a| a.extension().is_some_and(|e| e == "index")));
     let raw = raw_bytes.load(Ordering::Relaxed);
     let mb = raw as f64 / 1e6;
     println!("ingest benchmark: {rows} rows, {clients} clients, {batch_rows} rows per request");
     println!("raw log text:          {mb:.1} MB");
-    println!(
-        "wall time (acked):     {:.2} s; with final flush {:.2} s",
-        acked.as_secs_f64(),
-        total.as_secs_f64()
-    );
-    println!(
-        "lines/s (wall, acked): {:.0}",
-        rows as f64 / acked.as_secs_f64()
-    );
+    println!("wall time (acked):     {:.2} s; with final flush {:.2} s", acked.as_secs_f64(), total.as_secs_f64());
+    println!("lines/s (wall, acked): {:.0}", rows as f64 / acked.as_secs_f64());
     println!("server CPU:            {cpu:.2} s (user+system, incl. flush and index)");
     println!("MB/s per server core:  {:.1}", mb / cpu);
     println!(
@@ -213,9 +186,6 @@ fn main() {
 }
 
 fn terminate(server: &mut Child) {
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(server.id().to_string())
-        .status();
+    let _ = Command::new("kill").arg("-TERM").arg(server.id().to_string()).status();
     let _ = server.wait();
 }

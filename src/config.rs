@@ -73,10 +73,9 @@ impl ServerConfig {
     pub fn load(args: &ServerArgs) -> anyhow::Result<ServerConfig> {
         let mut config = match &args.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading config file {}", path.display()))?;
-                serde_yaml::from_str(&text)
-                    .with_context(|| format!("parsing config file {}", path.display()))?
+                let text =
+                    std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
+                serde_yaml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))?
             }
             None => ServerConfig::default(),
         };
@@ -111,16 +110,10 @@ mod tests {
     fn flags_override_the_file_which_overrides_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("wake.yaml");
-        std::fs::write(
-            &path,
-            "http_addr: 127.0.0.1:9000\nstore:\n  data_dir: /from/file\n  flush_interval_secs: 3\n",
-        )
-        .unwrap();
-        let args = ServerArgs {
-            config: Some(path),
-            data_dir: Some(PathBuf::from("/from/flag")),
-            ..ServerArgs::default()
-        };
+        std::fs::write(&path, "http_addr: 127.0.0.1:9000\nstore:\n  data_dir: /from/file\n  flush_interval_secs: 3\n")
+            .unwrap();
+        let args =
+            ServerArgs { config: Some(path), data_dir: Some(PathBuf::from("/from/flag")), ..ServerArgs::default() };
         let config = ServerConfig::load(&args).unwrap();
         assert_eq!(config.store.data_dir, PathBuf::from("/from/flag"));
         assert_eq!(config.http_addr, "127.0.0.1:9000".parse().unwrap());
@@ -133,21 +126,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("wake.yaml");
         std::fs::write(&path, "store:\n  data_dri: /typo\n").unwrap();
-        let error = ServerConfig::load(&ServerArgs {
-            config: Some(path),
-            ..ServerArgs::default()
-        })
-        .unwrap_err();
+        let error = ServerConfig::load(&ServerArgs { config: Some(path), ..ServerArgs::default() }).unwrap_err();
         assert!(format!("{error:#}").contains("unknown field"), "{error:#}");
 
-        let error = ServerConfig::load(&ServerArgs {
-            flush_interval_secs: Some(0),
-            ..ServerArgs::default()
-        })
-        .unwrap_err();
-        assert!(
-            format!("{error:#}").contains("flush_interval_secs"),
-            "{error:#}"
-        );
+        let error =
+            ServerConfig::load(&ServerArgs { flush_interval_secs: Some(0), ..ServerArgs::default() }).unwrap_err();
+        assert!(format!("{error:#}").contains("flush_interval_secs"), "{error:#}");
     }
 }

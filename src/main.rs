@@ -11,20 +11,10 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(
-    name = "wake",
-    version,
-    about = "Keeps container logs, metrics and traces after the containers are gone"
-)]
+#[command(name = "wake", version, about = "Keeps container logs, metrics and traces after the containers are gone")]
 struct Cli {
     /// Log format on stderr.
-    #[arg(
-        long,
-        global = true,
-        env = "WAKE_LOG_FORMAT",
-        value_enum,
-        default_value = "text"
-    )]
+    #[arg(long, global = true, env = "WAKE_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,

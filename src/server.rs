@@ -28,14 +28,7 @@ struct AdminState {
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
     let mut body = Vec::new();
     match TextEncoder::new().encode(&state.registry.gather(), &mut body) {
-        Ok(()) => (
-            StatusCode::OK,
-            [(
-                header::CONTENT_TYPE,
-                TextEncoder::new().format_type().to_string(),
-            )],
-            body,
-        ),
+        Ok(()) => (StatusCode::OK, [(header::CONTENT_TYPE, TextEncoder::new().format_type().to_string())], body),
         Err(error) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             [(header::CONTENT_TYPE, "text/plain".to_string())],
@@ -56,14 +49,8 @@ async fn ready(State(state): State<AdminState>) -> impl IntoResponse {
 /// before maintenance.
 async fn flush(State(state): State<AdminState>) -> impl IntoResponse {
     match state.store.flush_all().await {
-        Ok(()) => (
-            StatusCode::OK,
-            axum::Json(serde_json::json!({ "flushed": true })),
-        ),
-        Err(error) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(serde_json::json!({ "error": error.to_string() })),
-        ),
+        Ok(()) => (StatusCode::OK, axum::Json(serde_json::json!({ "flushed": true }))),
+        Err(error) => (StatusCode::SERVICE_UNAVAILABLE, axum::Json(serde_json::json!({ "error": error.to_string() }))),
     }
 }
 
@@ -77,9 +64,7 @@ fn admin_router(state: AdminState) -> Router {
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding the {what} listener to {addr}"))
+    TcpListener::bind(addr).await.with_context(|| format!("binding the {what} listener to {addr}"))
 }
 
 async fn shutdown_signal() {
@@ -109,8 +94,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         .context("opening the store")?
         .context("opening the store")?;
     let background = store.start_background();
-    let engine =
-        Arc::new(QueryEngine::new(store.clone(), &registry).context("starting the query engine")?);
+    let engine = Arc::new(QueryEngine::new(store.clone(), &registry).context("starting the query engine")?);
 
     let grpc_listener = bind(config.otlp_grpc_addr, "OTLP/gRPC").await?;
     let http_listener = bind(config.otlp_http_addr, "OTLP/HTTP").await?;
@@ -134,17 +118,10 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
             tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
             stopped(stop.clone()),
         );
-    let otlp_http = axum::serve(
-        http_listener,
-        wake_storage::receiver::http_router(store.clone()),
-    )
-    .with_graceful_shutdown(stopped(stop.clone()));
-    let query_app = wake_query::router(engine).merge(admin_router(AdminState {
-        registry,
-        store: store.clone(),
-    }));
-    let query_http =
-        axum::serve(query_listener, query_app).with_graceful_shutdown(stopped(stop.clone()));
+    let otlp_http = axum::serve(http_listener, wake_storage::receiver::http_router(store.clone()))
+        .with_graceful_shutdown(stopped(stop.clone()));
+    let query_app = wake_query::router(engine).merge(admin_router(AdminState { registry, store: store.clone() }));
+    let query_http = axum::serve(query_listener, query_app).with_graceful_shutdown(stopped(stop.clone()));
 
     let grpc = tokio::spawn(grpc);
     let otlp_http = tokio::spawn(otlp_http.into_future());
@@ -153,19 +130,11 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     let _ = stop_sender.send(true);
 
     let (grpc, otlp_http, query_http) = tokio::join!(grpc, otlp_http, query_http);
-    grpc.context("OTLP/gRPC server task")?
-        .context("OTLP/gRPC server")?;
-    otlp_http
-        .context("OTLP/HTTP server task")?
-        .context("OTLP/HTTP server")?;
-    query_http
-        .context("query server task")?
-        .context("query server")?;
+    grpc.context("OTLP/gRPC server task")?.context("OTLP/gRPC server")?;
+    otlp_http.context("OTLP/HTTP server task")?.context("OTLP/HTTP server")?;
+    query_http.context("query server task")?.context("query server")?;
 
-    store
-        .shutdown()
-        .await
-        .context("flushing the store at shutdown")?;
+    store.shutdown().await.context("flushing the store at shutdown")?;
     background.abort();
     info!("stopped");
     Ok(())

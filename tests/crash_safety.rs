@@ -39,36 +39,25 @@ struct Stream {
 }
 
 fn client_loop(stream: &Stream) {
-    let client = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("HTTP client");
+    let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build().expect("HTTP client");
     while !stream.stop.load(Ordering::SeqCst) {
         let Some(url) = stream.url.read().unwrap().clone() else {
             thread::sleep(Duration::from_millis(5));
             continue;
         };
         // Fresh seqs for every attempt: a failed request may or may not have been stored.
-        let first = stream
-            .next_seq
-            .fetch_add(RECORDS_PER_BATCH, Ordering::SeqCst);
+        let first = stream.next_seq.fetch_add(RECORDS_PER_BATCH, Ordering::SeqCst);
         let seqs = first..first + RECORDS_PER_BATCH;
         let records = seqs.clone().map(|seq| seq_record(seq, 200)).collect();
         let body = log_request(SERVICE, records).encode_to_vec();
-        let result = client
-            .post(&url)
-            .header("content-type", "application/x-protobuf")
-            .body(body)
-            .send();
+        let result = client.post(&url).header("content-type", "application/x-protobuf").body(body).send();
         let acknowledged = match result {
             Ok(response) if response.status() == 200 => {
                 let body = response.bytes().map(|b| b.to_vec()).unwrap_or_default();
-                let answer = opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse::decode(body.as_slice())
-                    .expect("a 200 carries an ExportLogsServiceResponse");
-                assert_eq!(
-                    answer.partial_success, None,
-                    "nothing in these batches is invalid"
-                );
+                let answer =
+                    opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse::decode(body.as_slice())
+                        .expect("a 200 carries an ExportLogsServiceResponse");
+                assert_eq!(answer.partial_success, None, "nothing in these batches is invalid");
                 true
             }
             _ => false,
@@ -101,9 +90,7 @@ fn stored_seqs(server: &WakeServer) -> Vec<u64> {
     let rows = server.sql_rows(&format!(
         "SELECT CAST(attributes['seq'] AS BIGINT) AS seq FROM logs WHERE service_name = '{SERVICE}' ORDER BY seq"
     ));
-    rows.iter()
-        .map(|row| row[0].as_u64().unwrap_or_else(|| panic!("seq {row:?}")))
-        .collect()
+    rows.iter().map(|row| row[0].as_u64().unwrap_or_else(|| panic!("seq {row:?}"))).collect()
 }
 
 /// Every acknowledged seq is stored, and no seq is stored twice.
@@ -112,24 +99,12 @@ fn check_exactly_once(server: &WakeServer, acknowledged: &BTreeSet<u64>, moment:
         "SELECT attributes['seq'], count(*) FROM logs WHERE service_name = '{SERVICE}' \
          GROUP BY attributes['seq'] HAVING count(*) > 1 LIMIT 20"
     ));
-    assert!(
-        duplicates.is_empty(),
-        "{moment}: seqs stored more than once: {duplicates:?}\n{}",
-        server.log_tail()
-    );
+    assert!(duplicates.is_empty(), "{moment}: seqs stored more than once: {duplicates:?}\n{}", server.log_tail());
 
     let stored = stored_seqs(server);
     let stored_set: BTreeSet<u64> = stored.iter().copied().collect();
-    assert_eq!(
-        stored.len(),
-        stored_set.len(),
-        "{moment}: duplicates that GROUP BY did not show"
-    );
-    let lost: Vec<u64> = acknowledged
-        .difference(&stored_set)
-        .copied()
-        .take(20)
-        .collect();
+    assert_eq!(stored.len(), stored_set.len(), "{moment}: duplicates that GROUP BY did not show");
+    let lost: Vec<u64> = acknowledged.difference(&stored_set).copied().take(20).collect();
     assert!(
         lost.is_empty(),
         "{moment}: {} of {} acknowledged seqs are missing, e.g. {lost:?}\nserver log tail:\n{}",
@@ -141,10 +116,7 @@ fn check_exactly_once(server: &WakeServer, acknowledged: &BTreeSet<u64>, moment:
     let counts = server.sql_rows(&format!(
         "SELECT count(*), count(DISTINCT attributes['seq']) FROM logs WHERE service_name = '{SERVICE}'"
     ));
-    assert_eq!(
-        counts[0][0], counts[0][1],
-        "{moment}: rows and distinct seqs differ: {counts:?}"
-    );
+    assert_eq!(counts[0][0], counts[0][1], "{moment}: rows and distinct seqs differ: {counts:?}");
 }
 
 fn start(dir: &Path, stream: &Stream) -> WakeServer {
@@ -156,10 +128,7 @@ fn start(dir: &Path, stream: &Stream) -> WakeServer {
 fn wait_for_new_acknowledgements(stream: &Stream, beyond: usize) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while stream.outcomes.lock().unwrap().acknowledged.len() <= beyond {
-        assert!(
-            Instant::now() < deadline,
-            "no acknowledgement within 20 s of a restart"
-        );
+        assert!(Instant::now() < deadline, "no acknowledgement within 20 s of a restart");
         thread::sleep(Duration::from_millis(10));
     }
 }
@@ -207,33 +176,19 @@ fn acknowledged_records_survive_sigkill_exactly_once() {
 
     // A graceful stop flushes everything: the next start has nothing to replay.
     let status = server.terminate();
-    assert!(
-        status.success(),
-        "SIGTERM exit status {status}\n{}",
-        server.log_tail()
-    );
+    assert!(status.success(), "SIGTERM exit status {status}\n{}", server.log_tail());
     let server = WakeServer::start(dir.path(), SERVER_ARGS);
     let replayed = log_field(&server.log(), "store opened", "replayed_rows");
-    assert_eq!(
-        replayed,
-        vec![serde_json::json!(0)],
-        "rows replayed after a graceful stop\n{}",
-        server.log()
-    );
+    assert_eq!(replayed, vec![serde_json::json!(0)], "rows replayed after a graceful stop\n{}", server.log());
     check_exactly_once(&server, &outcomes.acknowledged, "after SIGTERM and restart");
 
-    let total = server.count(&format!(
-        "SELECT count(*) FROM logs WHERE service_name = '{SERVICE}'"
-    ));
+    let total = server.count(&format!("SELECT count(*) FROM logs WHERE service_name = '{SERVICE}'"));
     let sent = stream.next_seq.load(Ordering::SeqCst);
     eprintln!(
         "{} seqs acknowledged, {total} stored, {sent} sent, {} requests failed",
         outcomes.acknowledged.len(),
         outcomes.failed_requests
     );
-    assert!(
-        outcomes.failed_requests > 0,
-        "the kills must have interrupted the stream"
-    );
+    assert!(outcomes.failed_requests > 0, "the kills must have interrupted the stream");
     assert!(total <= sent);
 }

@@ -29,13 +29,7 @@ impl Tmpfs {
     fn mount(path: &Path, size_mib: u64) -> Tmpfs {
         std::fs::create_dir_all(path).expect("creating the mount point");
         let output = Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size_mib}m"),
-                "wake-test-tmpfs",
-            ])
+            .args(["-t", "tmpfs", "-o", &format!("size={size_mib}m"), "wake-test-tmpfs"])
             .arg(path)
             .output()
             .expect("running mount");
@@ -44,18 +38,13 @@ impl Tmpfs {
             "mount -t tmpfs failed (the disk-full tests need root; run scripts/test.sh as CI does): {}",
             String::from_utf8_lossy(&output.stderr)
         );
-        Tmpfs {
-            path: path.to_path_buf(),
-        }
+        Tmpfs { path: path.to_path_buf() }
     }
 }
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let unmounted = Command::new("umount")
-            .arg(&self.path)
-            .status()
-            .is_ok_and(|s| s.success());
+        let unmounted = Command::new("umount").arg(&self.path).status().is_ok_and(|s| s.success());
         if !unmounted {
             let _ = Command::new("umount").arg("-l").arg(&self.path).status();
         }
@@ -83,10 +72,7 @@ impl Sender {
     fn send(&mut self, server: &WakeServer) -> Outcome {
         let seqs = self.next_seq..self.next_seq + RECORDS_PER_REQUEST;
         self.next_seq += RECORDS_PER_REQUEST;
-        let records = seqs
-            .clone()
-            .map(|seq| seq_record(seq, BODY_BYTES))
-            .collect();
+        let records = seqs.clone().map(|seq| seq_record(seq, BODY_BYTES)).collect();
         let response = server
             .client()
             .post(server.otlp_url("/v1/logs"))
@@ -95,10 +81,7 @@ impl Sender {
             .send()
             .expect("POST /v1/logs");
         let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let retry_after = response.headers().get("retry-after").and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         let body = response.bytes().expect("answer body");
         match status {
             200 => {
@@ -112,11 +95,7 @@ impl Sender {
                 assert_eq!(rpc.code, UNAVAILABLE, "{rpc:?}");
                 Outcome::RetryLater(rpc.message)
             }
-            other => panic!(
-                "unexpected {other}: {}\n{}",
-                String::from_utf8_lossy(&body),
-                server.log_tail()
-            ),
+            other => panic!("unexpected {other}: {}\n{}", String::from_utf8_lossy(&body), server.log_tail()),
         }
     }
 
@@ -127,10 +106,7 @@ impl Sender {
                 return message;
             }
         }
-        panic!(
-            "40 MB sent to a 16 MiB file system and never refused\n{}",
-            server.log_tail()
-        );
+        panic!("40 MB sent to a 16 MiB file system and never refused\n{}", server.log_tail());
     }
 }
 
@@ -139,10 +115,7 @@ fn check_stored(server: &WakeServer, acknowledged: &BTreeSet<u64>, moment: &str)
     let rows = server.sql_rows(&format!(
         "SELECT CAST(attributes['seq'] AS BIGINT) AS seq FROM logs WHERE service_name = '{SERVICE}' ORDER BY seq"
     ));
-    let stored: Vec<u64> = rows
-        .iter()
-        .map(|row| row[0].as_u64().expect("seq"))
-        .collect();
+    let stored: Vec<u64> = rows.iter().map(|row| row[0].as_u64().expect("seq")).collect();
     let expected: Vec<u64> = acknowledged.iter().copied().collect();
     if stored != expected {
         let stored_set: BTreeSet<u64> = stored.iter().copied().collect();
@@ -173,31 +146,17 @@ fn low_free_space_is_refused_with_retry_later_and_ingest_recovers() {
     args.extend_from_slice(NO_FLUSH);
     let server = WakeServer::start(&data_dir, &args);
 
-    let mut sender = Sender {
-        next_seq: 0,
-        acknowledged: BTreeSet::new(),
-    };
+    let mut sender = Sender { next_seq: 0, acknowledged: BTreeSet::new() };
     let message = sender.send_until_refused(&server);
     assert!(message.contains("disk"), "{message}");
-    assert!(
-        sender.acknowledged.len() > 10 * RECORDS_PER_REQUEST as usize,
-        "refused too early"
-    );
-    assert!(
-        matches!(sender.send(&server), Outcome::RetryLater(_)),
-        "still full, still refused"
-    );
+    assert!(sender.acknowledged.len() > 10 * RECORDS_PER_REQUEST as usize, "refused too early");
+    assert!(matches!(sender.send(&server), Outcome::RetryLater(_)), "still full, still refused");
 
     // gRPC says the same with UNAVAILABLE and RetryInfo.
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let status = runtime.block_on(async {
-        let mut client = LogsServiceClient::connect(server.grpc_endpoint())
-            .await
-            .expect("gRPC connect");
-        client
-            .export(log_request(SERVICE, vec![seq_record(u64::MAX, 10)]))
-            .await
-            .expect_err("refused over gRPC")
+        let mut client = LogsServiceClient::connect(server.grpc_endpoint()).await.expect("gRPC connect");
+        client.export(log_request(SERVICE, vec![seq_record(u64::MAX, 10)])).await.expect_err("refused over gRPC")
     });
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
     let details = RpcStatus::decode(status.details()).expect("google.rpc.Status details");
@@ -206,10 +165,7 @@ fn low_free_space_is_refused_with_retry_later_and_ingest_recovers() {
         .iter()
         .find(|any| any.type_url == "type.googleapis.com/google.rpc.RetryInfo")
         .unwrap_or_else(|| panic!("no RetryInfo in {details:?}"));
-    let delay = RetryInfo::decode(retry_info.value.as_slice())
-        .expect("RetryInfo")
-        .retry_delay
-        .expect("retry_delay");
+    let delay = RetryInfo::decode(retry_info.value.as_slice()).expect("RetryInfo").retry_delay.expect("retry_delay");
     assert!(delay.seconds >= 1, "{delay:?}");
 
     check_stored(&server, &sender.acknowledged, "while the disk is full");
@@ -229,36 +185,17 @@ fn a_write_that_runs_out_of_space_is_cut_back_and_later_records_replay() {
     args.extend_from_slice(NO_FLUSH);
     let server = WakeServer::start(&data_dir, &args);
 
-    let mut sender = Sender {
-        next_seq: 0,
-        acknowledged: BTreeSet::new(),
-    };
+    let mut sender = Sender { next_seq: 0, acknowledged: BTreeSet::new() };
     sender.send_until_refused(&server);
     for _ in 0..3 {
-        assert!(
-            matches!(sender.send(&server), Outcome::RetryLater(_)),
-            "still full, still refused"
-        );
+        assert!(matches!(sender.send(&server), Outcome::RetryLater(_)), "still full, still refused");
     }
     check_stored(&server, &sender.acknowledged, "while the disk is full");
 
     // A flush cannot write Parquet now; it must fail without losing the buffered rows.
-    let response = server
-        .client()
-        .post(server.api_url("/api/v1/admin/flush"))
-        .send()
-        .expect("POST flush");
-    assert_eq!(
-        response.status(),
-        503,
-        "flush on a full disk: {}",
-        response.text().unwrap_or_default()
-    );
-    check_stored(
-        &server,
-        &sender.acknowledged,
-        "after a flush failed for lack of space",
-    );
+    let response = server.client().post(server.api_url("/api/v1/admin/flush")).send().expect("POST flush");
+    assert_eq!(response.status(), 503, "flush on a full disk: {}", response.text().unwrap_or_default());
+    check_stored(&server, &sender.acknowledged, "after a flush failed for lack of space");
 
     // Replay reads past the point of the failed writes only if they were cut back out of the log.
     recover_and_replay(server, &filler, &data_dir, &args, &mut sender);
@@ -266,29 +203,16 @@ fn a_write_that_runs_out_of_space_is_cut_back_and_later_records_replay() {
 
 /// Frees the space, checks that ingest resumes, then that a SIGKILL and WAL replay keep every
 /// acknowledged record exactly once, buffered and flushed.
-fn recover_and_replay(
-    mut server: WakeServer,
-    filler: &Path,
-    data_dir: &Path,
-    args: &[&str],
-    sender: &mut Sender,
-) {
+fn recover_and_replay(mut server: WakeServer, filler: &Path, data_dir: &Path, args: &[&str], sender: &mut Sender) {
     std::fs::remove_file(filler).expect("deleting the filler");
     for _ in 0..5 {
-        assert!(
-            matches!(sender.send(&server), Outcome::Acknowledged),
-            "ingest recovers once space is free"
-        );
+        assert!(matches!(sender.send(&server), Outcome::Acknowledged), "ingest recovers once space is free");
     }
     check_stored(&server, &sender.acknowledged, "after space was freed");
 
     server.kill();
     let server = WakeServer::start(data_dir, args);
-    check_stored(
-        &server,
-        &sender.acknowledged,
-        "after SIGKILL and WAL replay",
-    );
+    check_stored(&server, &sender.acknowledged, "after SIGKILL and WAL replay");
     server.flush();
     check_stored(&server, &sender.acknowledged, "after flushing to Parquet");
 }

@@ -29,12 +29,8 @@ struct Answer {
 
 impl Answer {
     fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "answer is not JSON ({e}): {}",
-                String::from_utf8_lossy(&self.body)
-            )
-        })
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("answer is not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
     }
 
     fn text(&self) -> String {
@@ -42,13 +38,7 @@ impl Answer {
     }
 }
 
-fn post(
-    server: &WakeServer,
-    path: &str,
-    content_type: Option<&str>,
-    gzip: bool,
-    body: Vec<u8>,
-) -> Answer {
+fn post(server: &WakeServer, path: &str, content_type: Option<&str>, gzip: bool, body: Vec<u8>) -> Answer {
     let mut request = server.client().post(server.otlp_url(path));
     if let Some(content_type) = content_type {
         request = request.header("content-type", content_type);
@@ -59,34 +49,16 @@ fn post(
     } else {
         body
     };
-    let response = request
-        .body(body)
-        .send()
-        .unwrap_or_else(|e| panic!("POST {path}: {e}\n{}", server.log_tail()));
+    let response = request.body(body).send().unwrap_or_else(|e| panic!("POST {path}: {e}\n{}", server.log_tail()));
     let status = response.status().as_u16();
     let headers = response.headers().clone();
-    let content_type = headers
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
+    let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
     let body = response.bytes().expect("reading the answer").to_vec();
-    Answer {
-        status,
-        content_type,
-        headers,
-        body,
-    }
+    Answer { status, content_type, headers, body }
 }
 
 fn post_json(server: &WakeServer, path: &str, body: &Value) -> Answer {
-    post(
-        server,
-        path,
-        Some(JSON),
-        false,
-        body.to_string().into_bytes(),
-    )
+    post(server, path, Some(JSON), false, body.to_string().into_bytes())
 }
 
 fn gzipped(data: &[u8]) -> Vec<u8> {
@@ -100,26 +72,17 @@ fn assert_fully_accepted(answer: &Answer, content_type: &str) {
     assert_eq!(answer.status, 200, "{}", answer.text());
     assert_eq!(answer.content_type, content_type);
     if content_type == PROTOBUF {
-        let response =
-            ExportLogsServiceResponse::decode(answer.body.as_slice()).expect("protobuf answer");
+        let response = ExportLogsServiceResponse::decode(answer.body.as_slice()).expect("protobuf answer");
         assert_eq!(response.partial_success, None);
     } else {
         // OTLP: partial_success stays unset when everything was accepted.
         let json = answer.json();
-        assert!(
-            json.get("partialSuccess").is_none_or(Value::is_null),
-            "{json}"
-        );
+        assert!(json.get("partialSuccess").is_none_or(Value::is_null), "{json}");
     }
 }
 
 fn strings(pairs: &[(&str, &str)]) -> Value {
-    Value::Object(
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), json!(v)))
-            .collect(),
-    )
+    Value::Object(pairs.iter().map(|(k, v)| (k.to_string(), json!(v))).collect())
 }
 
 fn floats(value: &Value) -> Vec<f64> {
@@ -268,78 +231,37 @@ fn otlp_json_logs_keep_exact_values() {
     assert_eq!(second["severity_text"], Value::Null);
     assert_eq!(second["attributes"], json!({}));
     // Without observedTimeUnixNano the time of receipt stands in: after the event, before now.
-    let observed = second["observed_timestamp"]
-        .as_str()
-        .expect("observed_timestamp is a string");
+    let observed = second["observed_timestamp"].as_str().expect("observed_timestamp is a string");
     assert!(observed > "2024" && observed.ends_with('Z'), "{observed}");
 }
 
 #[test]
 fn protobuf_gzip_and_json_gzip_bodies_are_accepted() {
     let (_dir, server) = start();
-    let traced = LogRecord {
-        trace_id: (1..=16).collect(),
-        span_id: (0xa1..=0xa8).collect(),
-        ..record("traced")
-    };
+    let traced = LogRecord { trace_id: (1..=16).collect(), span_id: (0xa1..=0xa8).collect(), ..record("traced") };
     let plain = log_request("proto-plain", vec![traced, record("two")]);
-    assert_fully_accepted(
-        &post(
-            &server,
-            "/v1/logs",
-            Some(PROTOBUF),
-            false,
-            plain.encode_to_vec(),
-        ),
-        PROTOBUF,
-    );
+    assert_fully_accepted(&post(&server, "/v1/logs", Some(PROTOBUF), false, plain.encode_to_vec()), PROTOBUF);
     let zipped = log_request("proto-gzip", vec![record("three")]);
-    assert_fully_accepted(
-        &post(
-            &server,
-            "/v1/logs",
-            Some(PROTOBUF),
-            true,
-            zipped.encode_to_vec(),
-        ),
-        PROTOBUF,
-    );
+    assert_fully_accepted(&post(&server, "/v1/logs", Some(PROTOBUF), true, zipped.encode_to_vec()), PROTOBUF);
     // The alternative media type and parameters are recognised too.
     let alternative = log_request("proto-alt", vec![record("four")]);
-    let answer = post(
-        &server,
-        "/v1/logs",
-        Some("application/protobuf"),
-        false,
-        alternative.encode_to_vec(),
-    );
+    let answer = post(&server, "/v1/logs", Some("application/protobuf"), false, alternative.encode_to_vec());
     assert_eq!(answer.status, 200, "{}", answer.text());
     let json_body = json!({ "resourceLogs": [{
         "resource": { "attributes": [{ "key": "service.name", "value": { "stringValue": "json-gzip" } }] },
         "scopeLogs": [{ "logRecords": [{ "timeUnixNano": "1700000000000000001", "body": { "stringValue": "five" } }] }]
     }]});
-    let answer = post(
-        &server,
-        "/v1/logs",
-        Some("application/json; charset=utf-8"),
-        true,
-        json_body.to_string().into_bytes(),
-    );
+    let answer =
+        post(&server, "/v1/logs", Some("application/json; charset=utf-8"), true, json_body.to_string().into_bytes());
     assert_fully_accepted(&answer, JSON);
 
-    let rows =
-        server.sql_rows("SELECT service_name, body, trace_id, span_id FROM logs ORDER BY body");
+    let rows = server.sql_rows("SELECT service_name, body, trace_id, span_id FROM logs ORDER BY body");
     assert_eq!(
         rows,
         vec![
             vec![json!("json-gzip"), json!("five"), Value::Null, Value::Null],
             vec![json!("proto-alt"), json!("four"), Value::Null, Value::Null],
-            vec![
-                json!("proto-gzip"),
-                json!("three"),
-                Value::Null,
-                Value::Null
-            ],
+            vec![json!("proto-gzip"), json!("three"), Value::Null, Value::Null],
             vec![
                 json!("proto-plain"),
                 json!("traced"),
@@ -415,22 +337,18 @@ fn otlp_json_spans_keep_kind_status_events_and_links() {
     assert_eq!(server_span["duration_ns"], 500_000_000);
     assert_eq!(server_span["status_code"], "error");
     assert_eq!(server_span["status_message"], "upstream down");
-    assert_eq!(
-        server_span["attributes"],
-        strings(&[("http.response.status_code", "503")])
-    );
+    assert_eq!(server_span["attributes"], strings(&[("http.response.status_code", "503")]));
     assert_eq!(server_span["service_name"], "json-traces");
     assert_eq!(server_span["scope_name"], "tracer");
     assert_eq!(server_span["scope_version"], "0.9");
-    let events: Value = serde_json::from_str(server_span["events"].as_str().expect("events text"))
-        .expect("events JSON");
+    let events: Value =
+        serde_json::from_str(server_span["events"].as_str().expect("events text")).expect("events JSON");
     assert_eq!(
         events,
         json!([{ "time_unix_nano": 1_700_000_000_100_000_000u64, "name": "exception",
                  "attributes": { "exception.type": "Timeout" } }])
     );
-    let links: Value = serde_json::from_str(server_span["links"].as_str().expect("links text"))
-        .expect("links JSON");
+    let links: Value = serde_json::from_str(server_span["links"].as_str().expect("links text")).expect("links JSON");
     assert_eq!(
         links,
         json!([{ "trace_id": "0102030405060708090a0b0c0d0e0f10", "span_id": "0102030405060708",
@@ -489,19 +407,8 @@ fn otlp_json_metrics_of_every_type_including_summary() {
          FROM metrics ORDER BY metric_name",
     );
     let names: Vec<&Value> = rows.iter().map(|row| &row["metric_name"]).collect();
-    assert_eq!(
-        names,
-        vec![
-            "bytes.sent",
-            "queue.size",
-            "request.size",
-            "response.size",
-            "rpc.duration"
-        ]
-    );
-    let [sum, gauge, histogram, exponential, summary] = rows.as_slice() else {
-        unreachable!()
-    };
+    assert_eq!(names, vec!["bytes.sent", "queue.size", "request.size", "response.size", "rpc.duration"]);
+    let [sum, gauge, histogram, exponential, summary] = rows.as_slice() else { unreachable!() };
 
     assert_eq!(summary["metric_type"], "summary");
     assert_eq!(summary["metric_description"], "time per call");
@@ -544,15 +451,9 @@ fn otlp_json_metrics_of_every_type_including_summary() {
     assert_eq!(as_u64(&exponential["exp_zero_count"]), Some(1));
     assert_eq!(as_f64(&exponential["exp_zero_threshold"]), Some(0.001));
     assert_eq!(exponential["exp_positive_offset"], 2);
-    assert_eq!(
-        integers(&exponential["exp_positive_bucket_counts"]),
-        vec![1, 2]
-    );
+    assert_eq!(integers(&exponential["exp_positive_bucket_counts"]), vec![1, 2]);
     assert_eq!(exponential["exp_negative_offset"], -1);
-    assert_eq!(
-        integers(&exponential["exp_negative_bucket_counts"]),
-        vec![0]
-    );
+    assert_eq!(integers(&exponential["exp_negative_bucket_counts"]), vec![0]);
     assert_eq!(exponential["min"], Value::Null);
 }
 
@@ -563,55 +464,21 @@ fn invalid_records_are_reported_in_partial_success_and_the_rest_kept() {
     // Protobuf logs: two bad ids among three good records.
     let records = vec![
         record("good 1"),
-        LogRecord {
-            trace_id: vec![1, 2, 3],
-            ..record("bad trace id")
-        },
+        LogRecord { trace_id: vec![1, 2, 3], ..record("bad trace id") },
         record("good 2"),
-        LogRecord {
-            span_id: vec![1, 2, 3, 4, 5],
-            ..record("bad span id")
-        },
+        LogRecord { span_id: vec![1, 2, 3, 4, 5], ..record("bad span id") },
         record("good 3"),
     ];
-    let answer = post(
-        &server,
-        "/v1/logs",
-        Some(PROTOBUF),
-        false,
-        log_request("partial", records).encode_to_vec(),
-    );
-    assert_eq!(
-        answer.status,
-        200,
-        "OTLP: partial success is a 200; {}",
-        answer.text()
-    );
+    let answer = post(&server, "/v1/logs", Some(PROTOBUF), false, log_request("partial", records).encode_to_vec());
+    assert_eq!(answer.status, 200, "OTLP: partial success is a 200; {}", answer.text());
     assert_eq!(answer.content_type, PROTOBUF);
-    let response =
-        ExportLogsServiceResponse::decode(answer.body.as_slice()).expect("protobuf answer");
+    let response = ExportLogsServiceResponse::decode(answer.body.as_slice()).expect("protobuf answer");
     let partial = response.partial_success.expect("partial_success is set");
     assert_eq!(partial.rejected_log_records, 2);
-    assert!(
-        partial.error_message.contains("trace_id of 3 bytes"),
-        "{}",
-        partial.error_message
-    );
-    assert!(
-        partial.error_message.contains("span_id of 5 bytes"),
-        "{}",
-        partial.error_message
-    );
-    let bodies =
-        server.sql_rows("SELECT body FROM logs WHERE service_name = 'partial' ORDER BY body");
-    assert_eq!(
-        bodies,
-        vec![
-            vec![json!("good 1")],
-            vec![json!("good 2")],
-            vec![json!("good 3")]
-        ]
-    );
+    assert!(partial.error_message.contains("trace_id of 3 bytes"), "{}", partial.error_message);
+    assert!(partial.error_message.contains("span_id of 5 bytes"), "{}", partial.error_message);
+    let bodies = server.sql_rows("SELECT body FROM logs WHERE service_name = 'partial' ORDER BY body");
+    assert_eq!(bodies, vec![vec![json!("good 1")], vec![json!("good 2")], vec![json!("good 3")]]);
 
     // OTLP/JSON spans: one with a 3-byte trace id.
     let span = |trace_id: &str, name: &str| {
@@ -626,19 +493,10 @@ fn invalid_records_are_reported_in_partial_success_and_the_rest_kept() {
     assert_eq!(answer.status, 200, "{}", answer.text());
     assert_eq!(answer.content_type, JSON);
     let json = answer.json();
-    assert_eq!(
-        as_u64(&json["partialSuccess"]["rejectedSpans"]),
-        Some(1),
-        "{json}"
-    );
-    let message = json["partialSuccess"]["errorMessage"]
-        .as_str()
-        .unwrap_or_default();
+    assert_eq!(as_u64(&json["partialSuccess"]["rejectedSpans"]), Some(1), "{json}");
+    let message = json["partialSuccess"]["errorMessage"].as_str().unwrap_or_default();
     assert!(message.contains("trace_id of 3 bytes"), "{json}");
-    assert_eq!(
-        server.sql_rows("SELECT name FROM spans"),
-        vec![vec![json!("kept")]]
-    );
+    assert_eq!(server.sql_rows("SELECT name FROM spans"), vec![vec![json!("kept")]]);
 
     // OTLP/JSON metrics: a nameless metric's two points and an inconsistent histogram point.
     let request = json!({ "resourceMetrics": [{ "scopeMetrics": [{ "metrics": [
@@ -651,46 +509,20 @@ fn invalid_records_are_reported_in_partial_success_and_the_rest_kept() {
     let answer = post_json(&server, "/v1/metrics", &request);
     assert_eq!(answer.status, 200, "{}", answer.text());
     let json = answer.json();
-    assert_eq!(
-        as_u64(&json["partialSuccess"]["rejectedDataPoints"]),
-        Some(3),
-        "{json}"
-    );
-    assert_eq!(
-        server.sql_rows("SELECT metric_name, value FROM metrics"),
-        vec![vec![json!("good.gauge"), json!(7.5)]]
-    );
+    assert_eq!(as_u64(&json["partialSuccess"]["rejectedDataPoints"]), Some(3), "{json}");
+    assert_eq!(server.sql_rows("SELECT metric_name, value FROM metrics"), vec![vec![json!("good.gauge"), json!(7.5)]]);
 
     // The same rule over gRPC.
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let response = runtime.block_on(async {
-        let mut client = LogsServiceClient::connect(server.grpc_endpoint())
-            .await
-            .expect("gRPC connect");
-        let records = vec![
-            record("grpc good"),
-            LogRecord {
-                trace_id: vec![9; 17],
-                ..record("grpc bad")
-            },
-        ];
-        client
-            .export(log_request("partial-grpc", records))
-            .await
-            .expect("gRPC export")
-            .into_inner()
+        let mut client = LogsServiceClient::connect(server.grpc_endpoint()).await.expect("gRPC connect");
+        let records = vec![record("grpc good"), LogRecord { trace_id: vec![9; 17], ..record("grpc bad") }];
+        client.export(log_request("partial-grpc", records)).await.expect("gRPC export").into_inner()
     });
     let partial = response.partial_success.expect("partial_success over gRPC");
     assert_eq!(partial.rejected_log_records, 1);
-    assert!(
-        partial.error_message.contains("trace_id of 17 bytes"),
-        "{}",
-        partial.error_message
-    );
-    assert_eq!(
-        server.count("SELECT count(*) FROM logs WHERE service_name = 'partial-grpc'"),
-        1
-    );
+    assert!(partial.error_message.contains("trace_id of 17 bytes"), "{}", partial.error_message);
+    assert_eq!(server.count("SELECT count(*) FROM logs WHERE service_name = 'partial-grpc'"), 1);
 }
 
 #[test]
@@ -699,22 +531,12 @@ fn unsupported_content_types_are_415() {
     let body = log_request("nope", vec![record("never stored")]).encode_to_vec();
     for content_type in [Some("text/plain"), Some("application/grpc"), None] {
         let answer = post(&server, "/v1/logs", content_type, false, body.clone());
-        assert_eq!(
-            answer.status,
-            415,
-            "content type {content_type:?}: {}",
-            answer.text()
-        );
+        assert_eq!(answer.status, 415, "content type {content_type:?}: {}", answer.text());
         // The request's encoding is unknown, so the google.rpc.Status comes as JSON.
         assert_eq!(answer.content_type, JSON);
         let status = answer.json();
         assert_eq!(status["code"], INVALID_ARGUMENT, "{status}");
-        assert!(
-            status["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("content type")),
-            "{status}"
-        );
+        assert!(status["message"].as_str().is_some_and(|m| m.contains("content type")), "{status}");
     }
     assert_eq!(server.count("SELECT count(*) FROM logs"), 0);
 }
@@ -722,13 +544,8 @@ fn unsupported_content_types_are_415() {
 #[test]
 fn malformed_bodies_are_400_with_a_status_in_the_request_encoding() {
     let (_dir, server) = start();
-    let earlier = post(
-        &server,
-        "/v1/logs",
-        Some(PROTOBUF),
-        false,
-        log_request("earlier", vec![record("kept")]).encode_to_vec(),
-    );
+    let earlier =
+        post(&server, "/v1/logs", Some(PROTOBUF), false, log_request("earlier", vec![record("kept")]).encode_to_vec());
     assert_fully_accepted(&earlier, PROTOBUF);
     // Field 1 (resource_logs) claims 5 bytes and has 3.
     let garbage = vec![0x0a, 0x05, b'a', b'b', b'c'];
@@ -736,34 +553,19 @@ fn malformed_bodies_are_400_with_a_status_in_the_request_encoding() {
         let answer = post(&server, path, Some(PROTOBUF), false, garbage.clone());
         assert_eq!(answer.status, 400, "{path}: {}", answer.text());
         assert_eq!(answer.content_type, PROTOBUF);
-        let status =
-            RpcStatus::decode(answer.body.as_slice()).expect("a google.rpc.Status in protobuf");
+        let status = RpcStatus::decode(answer.body.as_slice()).expect("a google.rpc.Status in protobuf");
         assert_eq!(status.code, INVALID_ARGUMENT, "{status:?}");
         assert!(status.message.contains("protobuf"), "{status:?}");
 
-        let json_garbage = [
-            r#"{"resourceLogs": ["#,
-            "[1, 2]",
-            r#"{"resourceSpans": 5, "resourceLogs": 5, "resourceMetrics": 5}"#,
-        ];
+        let json_garbage =
+            [r#"{"resourceLogs": ["#, "[1, 2]", r#"{"resourceSpans": 5, "resourceLogs": 5, "resourceMetrics": 5}"#];
         for garbage in json_garbage {
-            let answer = post(
-                &server,
-                path,
-                Some(JSON),
-                false,
-                garbage.as_bytes().to_vec(),
-            );
+            let answer = post(&server, path, Some(JSON), false, garbage.as_bytes().to_vec());
             assert_eq!(answer.status, 400, "{path} {garbage}: {}", answer.text());
             assert_eq!(answer.content_type, JSON);
             let status = answer.json();
             assert_eq!(status["code"], INVALID_ARGUMENT, "{status}");
-            assert!(
-                status["message"]
-                    .as_str()
-                    .is_some_and(|m| m.contains("JSON")),
-                "{status}"
-            );
+            assert!(status["message"].as_str().is_some_and(|m| m.contains("JSON")), "{status}");
         }
     }
 
@@ -782,10 +584,7 @@ fn malformed_bodies_are_400_with_a_status_in_the_request_encoding() {
     assert!(status.message.contains("gzip"), "{status:?}");
 
     // Nothing of the garbage was stored, and what was accepted before it is intact.
-    assert_eq!(
-        server.sql_rows("SELECT service_name, body FROM logs"),
-        vec![vec![json!("earlier"), json!("kept")]]
-    );
+    assert_eq!(server.sql_rows("SELECT service_name, body FROM logs"), vec![vec![json!("earlier"), json!("kept")]]);
     assert_eq!(server.count("SELECT count(*) FROM metrics"), 0);
     assert_eq!(server.count("SELECT count(*) FROM spans"), 0);
 }
@@ -797,10 +596,7 @@ fn empty_bodies_are_valid_empty_requests() {
         let answer = post(&server, path, Some(PROTOBUF), false, Vec::new());
         assert_eq!(answer.status, 200, "{path}: {}", answer.text());
         assert_eq!(answer.content_type, PROTOBUF);
-        assert!(
-            answer.body.is_empty(),
-            "{path}: an all-default response encodes to nothing"
-        );
+        assert!(answer.body.is_empty(), "{path}: an all-default response encodes to nothing");
         let answer = post(&server, path, Some(JSON), false, b"{}".to_vec());
         assert_eq!(answer.status, 200, "{path}: {}", answer.text());
     }
@@ -817,20 +613,11 @@ fn oversized_bodies_are_413_before_and_after_decompression() {
     let dir = tempfile::tempdir().expect("temp dir");
     let server = WakeServer::start(dir.path(), &["--max-request-bytes", "65536"]);
 
-    let answer = post(
-        &server,
-        "/v1/logs",
-        Some(PROTOBUF),
-        false,
-        request_of_size("too-big", 70_000),
-    );
+    let answer = post(&server, "/v1/logs", Some(PROTOBUF), false, request_of_size("too-big", 70_000));
     assert_eq!(answer.status, 413, "{}", answer.text());
     let status = RpcStatus::decode(answer.body.as_slice()).expect("google.rpc.Status");
     assert!(status.message.contains("65536"), "{status:?}");
-    assert!(
-        answer.headers.get("retry-after").is_none(),
-        "OTLP: 413 must not be retried"
-    );
+    assert!(answer.headers.get("retry-after").is_none(), "OTLP: 413 must not be retried");
 
     // Small on the wire, too large once inflated.
     let body = request_of_size("too-big-inflated", 70_000);
@@ -839,21 +626,9 @@ fn oversized_bodies_are_413_before_and_after_decompression() {
     assert_eq!(answer.status, 413, "{}", answer.text());
 
     // Just under the limit is fine, compressed or not.
-    let answer = post(
-        &server,
-        "/v1/logs",
-        Some(PROTOBUF),
-        false,
-        request_of_size("fits", 60_000),
-    );
+    let answer = post(&server, "/v1/logs", Some(PROTOBUF), false, request_of_size("fits", 60_000));
     assert_eq!(answer.status, 200, "{}", answer.text());
-    let answer = post(
-        &server,
-        "/v1/logs",
-        Some(PROTOBUF),
-        true,
-        request_of_size("fits-gzip", 60_000),
-    );
+    let answer = post(&server, "/v1/logs", Some(PROTOBUF), true, request_of_size("fits-gzip", 60_000));
     assert_eq!(answer.status, 200, "{}", answer.text());
     let rows = server.sql_rows("SELECT service_name FROM logs ORDER BY service_name");
     assert_eq!(rows, vec![vec![json!("fits")], vec![json!("fits-gzip")]]);
@@ -877,11 +652,7 @@ fn a_gzip_bomb_is_413_and_the_server_keeps_serving() {
         encoder.write_all(&zeros).expect("gzip into memory");
     }
     let bomb = encoder.finish().expect("gzip into memory");
-    assert!(
-        bomb.len() < 1 << 20,
-        "the bomb is small on the wire: {} bytes",
-        bomb.len()
-    );
+    assert!(bomb.len() < 1 << 20, "the bomb is small on the wire: {} bytes", bomb.len());
 
     for content_type in [PROTOBUF, JSON] {
         let started = std::time::Instant::now();
@@ -894,33 +665,17 @@ fn a_gzip_bomb_is_413_and_the_server_keeps_serving() {
             .send()
             .expect("POST the bomb");
         assert_eq!(response.status(), 413, "{content_type}");
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "refusing the bomb took {:?}",
-            started.elapsed()
-        );
+        assert!(started.elapsed() < Duration::from_secs(20), "refusing the bomb took {:?}", started.elapsed());
     }
 
-    let answer = post(
-        &server,
-        "/v1/logs",
-        Some(PROTOBUF),
-        true,
-        log_request("after-bomb", vec![record("ok")]).encode_to_vec(),
-    );
+    let answer =
+        post(&server, "/v1/logs", Some(PROTOBUF), true, log_request("after-bomb", vec![record("ok")]).encode_to_vec());
     assert_fully_accepted(&answer, PROTOBUF);
     assert_eq!(
         server.sql_rows("SELECT service_name, body FROM logs ORDER BY service_name"),
-        vec![
-            vec![json!("after-bomb"), json!("ok")],
-            vec![json!("before-bomb"), json!("kept")]
-        ]
+        vec![vec![json!("after-bomb"), json!("ok")], vec![json!("before-bomb"), json!("kept")]]
     );
-    let health = server
-        .client()
-        .get(server.api_url("/healthz"))
-        .send()
-        .expect("GET /healthz");
+    let health = server.client().get(server.api_url("/healthz")).send().expect("GET /healthz");
     assert_eq!(health.status(), 200);
 }
 
@@ -946,23 +701,13 @@ fn grpc_enforces_the_size_limit_after_decompression_and_accepts_gzip() {
 
         // 24 MiB of one letter compresses to almost nothing and inflates past the 20 MiB limit.
         let bomb = log_request("grpc-bomb", vec![record(&"z".repeat(24 << 20))]);
-        let status = gzip_client
-            .export(bomb.clone())
-            .await
-            .expect_err("an inflated 24 MiB message is refused");
+        let status = gzip_client.export(bomb.clone()).await.expect_err("an inflated 24 MiB message is refused");
         assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
 
-        let mut plain_client =
-            LogsServiceClient::new(channel).max_encoding_message_size(usize::MAX);
-        let status = plain_client
-            .export(bomb)
-            .await
-            .expect_err("a 24 MiB message is refused");
+        let mut plain_client = LogsServiceClient::new(channel).max_encoding_message_size(usize::MAX);
+        let status = plain_client.export(bomb).await.expect_err("a 24 MiB message is refused");
         assert!(
-            matches!(
-                status.code(),
-                tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
-            ),
+            matches!(status.code(), tonic::Code::OutOfRange | tonic::Code::ResourceExhausted),
             "a non-retryable code: {status:?}"
         );
     });

@@ -48,9 +48,7 @@ fn output_within(mut command: Command, timeout: Duration) -> Output {
     match receiver.recv_timeout(timeout) {
         Ok(output) => output.expect("waiting for the script"),
         Err(_) => {
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
             panic!("{command:?} did not finish within {timeout:?}");
         }
     }
@@ -62,15 +60,7 @@ fn send_with_python_sdk(server: &WakeServer, protocol: &str, run_id: &str) -> Tr
         _ => format!("http://{}", server.otlp_http_addr),
     };
     let mut command = Command::new(python());
-    command.args([
-        SCRIPT,
-        "--protocol",
-        protocol,
-        "--endpoint",
-        &endpoint,
-        "--run-id",
-        run_id,
-    ]);
+    command.args([SCRIPT, "--protocol", protocol, "--endpoint", &endpoint, "--run-id", run_id]);
     // The SDK reads OTEL_* variables (headers, timeouts, exporters); the test must not.
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with("OTEL_") {
@@ -86,29 +76,14 @@ fn send_with_python_sdk(server: &WakeServer, protocol: &str, run_id: &str) -> Tr
         output.status,
         server.log_tail()
     );
-    let ids: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
-        panic!("send_otlp.py printed no JSON ({e}):\n{stdout}\nstderr:\n{stderr}")
-    });
-    let id = |name: &str| {
-        ids[name]
-            .as_str()
-            .unwrap_or_else(|| panic!("no {name} in {ids}"))
-            .to_string()
-    };
-    TraceIds {
-        trace_id: id("trace_id"),
-        parent_span_id: id("parent_span_id"),
-        child_span_id: id("child_span_id"),
-    }
+    let ids: Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("send_otlp.py printed no JSON ({e}):\n{stdout}\nstderr:\n{stderr}"));
+    let id = |name: &str| ids[name].as_str().unwrap_or_else(|| panic!("no {name} in {ids}")).to_string();
+    TraceIds { trace_id: id("trace_id"), parent_span_id: id("parent_span_id"), child_span_id: id("child_span_id") }
 }
 
 fn strings(pairs: &[(&str, &str)]) -> Value {
-    Value::Object(
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), json!(v)))
-            .collect(),
-    )
+    Value::Object(pairs.iter().map(|(k, v)| (k.to_string(), json!(v))).collect())
 }
 
 fn floats(value: &Value) -> Vec<f64> {
@@ -150,12 +125,7 @@ fn check_logs(server: &WakeServer, protocol: &str, run_id: &str, ids: &TraceIds)
     // Every attribute value is stored as text in its usual notation.
     assert_eq!(
         info["attributes"],
-        strings(&[
-            ("user.id", "u-42"),
-            ("attempt", "3"),
-            ("remembered", "true"),
-            ("ratio", "0.5")
-        ])
+        strings(&[("user.id", "u-42"), ("attempt", "3"), ("remembered", "true"), ("ratio", "0.5")])
     );
 
     assert_eq!(error["body"], "payment failed");
@@ -171,10 +141,7 @@ fn check_logs(server: &WakeServer, protocol: &str, run_id: &str, ids: &TraceIds)
     for row in &rows {
         assert_eq!(row["service_name"], service.as_str());
         assert_eq!(row["k8s_namespace_name"], "shop");
-        assert_eq!(
-            row["k8s_pod_name"],
-            format!("checkout-{protocol}-7d9f").as_str()
-        );
+        assert_eq!(row["k8s_pod_name"], format!("checkout-{protocol}-7d9f").as_str());
         assert_eq!(row["k8s_container_name"], Value::Null);
         assert_eq!(row["scope_name"], "shop.logs");
         assert_eq!(row["scope_version"], "0.1");
@@ -191,21 +158,12 @@ fn check_logs(server: &WakeServer, protocol: &str, run_id: &str, ids: &TraceIds)
 /// Promoted resource attributes live only in their columns; the rest, including what the SDK
 /// adds, stay in the map.
 fn check_resource_attributes(resource: &Value, run_id: &str) {
-    let map: &Map<String, Value> = resource
-        .as_object()
-        .unwrap_or_else(|| panic!("resource_attributes: {resource}"));
+    let map: &Map<String, Value> = resource.as_object().unwrap_or_else(|| panic!("resource_attributes: {resource}"));
     assert_eq!(map.get("run.id"), Some(&json!(run_id)), "{resource}");
     assert_eq!(map.get("host.name"), Some(&json!("node-1")), "{resource}");
-    assert_eq!(
-        map.get("telemetry.sdk.language"),
-        Some(&json!("python")),
-        "{resource}"
-    );
+    assert_eq!(map.get("telemetry.sdk.language"), Some(&json!("python")), "{resource}");
     for promoted in ["service.name", "k8s.namespace.name", "k8s.pod.name"] {
-        assert!(
-            !map.contains_key(promoted),
-            "{promoted} is a column, not in the map: {resource}"
-        );
+        assert!(!map.contains_key(promoted), "{promoted} is a column, not in the map: {resource}");
     }
 }
 
@@ -230,10 +188,7 @@ fn check_spans(server: &WakeServer, protocol: &str, run_id: &str, ids: &TraceIds
     assert_eq!(parent["status_code"], "unset");
     assert_eq!(parent["status_message"], Value::Null);
     assert_eq!(parent["events"], Value::Null);
-    assert_eq!(
-        parent["attributes"],
-        strings(&[("http.route", "/checkout")])
-    );
+    assert_eq!(parent["attributes"], strings(&[("http.route", "/checkout")]));
 
     assert_eq!(child["name"], "charge card");
     assert_eq!(child["kind"], "client");
@@ -246,13 +201,9 @@ fn check_spans(server: &WakeServer, protocol: &str, run_id: &str, ids: &TraceIds
     assert_eq!(child["status_code"], "error");
     assert_eq!(child["status_message"], "card declined");
     assert_eq!(child["links"], Value::Null);
-    assert_eq!(
-        child["attributes"],
-        strings(&[("payment.amount", "12.5"), ("payment.retries", "2")])
-    );
-    let events: Value =
-        serde_json::from_str(child["events"].as_str().expect("events is JSON text"))
-            .unwrap_or_else(|e| panic!("events {}: {e}", child["events"]));
+    assert_eq!(child["attributes"], strings(&[("payment.amount", "12.5"), ("payment.retries", "2")]));
+    let events: Value = serde_json::from_str(child["events"].as_str().expect("events is JSON text"))
+        .unwrap_or_else(|e| panic!("events {}: {e}", child["events"]));
     assert_eq!(
         events,
         json!([{ "time_unix_nano": 1_700_000_000_125_456_789u64, "name": "retrying", "attributes": { "attempt": 1 } }])
@@ -266,20 +217,10 @@ fn check_spans(server: &WakeServer, protocol: &str, run_id: &str, ids: &TraceIds
 }
 
 /// The one row of `rows` of metric `name` with exactly `attributes`.
-fn the_point<'a>(
-    rows: &'a [Map<String, Value>],
-    name: &str,
-    attributes: Value,
-) -> &'a Map<String, Value> {
-    let matching: Vec<_> = rows
-        .iter()
-        .filter(|row| row["metric_name"] == name && row["attributes"] == attributes)
-        .collect();
-    assert_eq!(
-        matching.len(),
-        1,
-        "points of {name} {attributes}: {rows:#?}"
-    );
+fn the_point<'a>(rows: &'a [Map<String, Value>], name: &str, attributes: Value) -> &'a Map<String, Value> {
+    let matching: Vec<_> =
+        rows.iter().filter(|row| row["metric_name"] == name && row["attributes"] == attributes).collect();
+    assert_eq!(matching.len(), 1, "points of {name} {attributes}: {rows:#?}");
     matching[0]
 }
 
@@ -302,16 +243,9 @@ fn check_metrics(server: &WakeServer, protocol: &str) {
         assert_eq!(counter["unit"], "1");
         assert_eq!(counter["aggregation_temporality"], "cumulative");
         assert_eq!(counter["is_monotonic"], true);
-        assert_eq!(
-            as_f64(&counter["value"]),
-            Some(route_value.1),
-            "{counter:?}"
-        );
+        assert_eq!(as_f64(&counter["value"]), Some(route_value.1), "{counter:?}");
         assert_eq!(counter["count"], Value::Null);
-        assert!(
-            counter["start_timestamp"].is_string(),
-            "cumulative sums have a start: {counter:?}"
-        );
+        assert!(counter["start_timestamp"].is_string(), "cumulative sums have a start: {counter:?}");
         assert_eq!(counter["scope_name"], "shop.metrics");
     }
 
@@ -337,10 +271,7 @@ fn check_metrics(server: &WakeServer, protocol: &str) {
     assert_eq!(as_f64(&histogram["sum"]), Some(345.0), "{histogram:?}");
     assert_eq!(as_f64(&histogram["min"]), Some(5.0), "{histogram:?}");
     assert_eq!(as_f64(&histogram["max"]), Some(200.0), "{histogram:?}");
-    assert_eq!(
-        floats(&histogram["explicit_bounds"]),
-        vec![10.0, 50.0, 100.0]
-    );
+    assert_eq!(floats(&histogram["explicit_bounds"]), vec![10.0, 50.0, 100.0]);
     // 5 | 20, 50 (bounds are inclusive above) | 70 | 200
     assert_eq!(integers(&histogram["bucket_counts"]), vec![1, 2, 1, 1]);
     assert_eq!(histogram["exp_scale"], Value::Null);
@@ -364,12 +295,7 @@ fn check_metrics(server: &WakeServer, protocol: &str) {
         positive.pop();
     }
     assert_eq!(positive, vec![1, 1, 2], "{exponential:?}");
-    assert_eq!(
-        integers(&exponential["exp_negative_bucket_counts"])
-            .iter()
-            .sum::<u64>(),
-        0
-    );
+    assert_eq!(integers(&exponential["exp_negative_bucket_counts"]).iter().sum::<u64>(), 0);
     assert_eq!(exponential["explicit_bounds"], Value::Null);
 }
 
@@ -399,10 +325,7 @@ fn python_sdk_data_reads_back_exactly_over_grpc_and_http() {
             (protocol, run_id, ids)
         })
         .collect();
-    assert_ne!(
-        runs[0].2.trace_id, runs[1].2.trace_id,
-        "each run has its own trace"
-    );
+    assert_ne!(runs[0].2.trace_id, runs[1].2.trace_id, "each run has its own trace");
 
     // Acknowledged means queryable: no waiting before the first check.
     check_everything(&server, &runs);

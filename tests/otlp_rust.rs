@@ -9,19 +9,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use common::{WakeServer, as_f64, as_u64};
 use opentelemetry::logs::{AnyValue, LogRecord as _, Logger as _, LoggerProvider as _, Severity};
 use opentelemetry::metrics::MeterProvider as _;
-use opentelemetry::trace::{
-    SpanKind, Status, TraceContextExt as _, TraceFlags, Tracer as _, TracerProvider as _,
-};
+use opentelemetry::trace::{SpanKind, Status, TraceContextExt as _, TraceFlags, Tracer as _, TracerProvider as _};
 use opentelemetry::{Context, InstrumentationScope, KeyValue};
 use opentelemetry_appender_tracing::layer::OpenTelemetryTracingBridge;
-use opentelemetry_otlp::{
-    LogExporter, MetricExporter, Protocol, SpanExporter, WithExportConfig as _,
-};
+use opentelemetry_otlp::{LogExporter, MetricExporter, Protocol, SpanExporter, WithExportConfig as _};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::logs::SdkLoggerProvider;
-use opentelemetry_sdk::metrics::{
-    Aggregation, Instrument, PeriodicReader, SdkMeterProvider, Stream, Temporality,
-};
+use opentelemetry_sdk::metrics::{Aggregation, Instrument, PeriodicReader, SdkMeterProvider, Stream, Temporality};
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use serde_json::{Map, Value, json};
 use tracing_subscriber::layer::SubscriberExt as _;
@@ -59,25 +53,14 @@ fn at(offset_ns: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_nanos(T0_NS + offset_ns)
 }
 
-fn exporters(
-    server: &WakeServer,
-    transport: Transport,
-) -> (SpanExporter, LogExporter, MetricExporter) {
+fn exporters(server: &WakeServer, transport: Transport) -> (SpanExporter, LogExporter, MetricExporter) {
     let temporality = transport.temporality();
     let (spans, logs, metrics) = match transport {
         Transport::Grpc => {
             let endpoint = server.grpc_endpoint();
             (
-                SpanExporter::builder()
-                    .with_tonic()
-                    .with_endpoint(&endpoint)
-                    .with_timeout(TIMEOUT)
-                    .build(),
-                LogExporter::builder()
-                    .with_tonic()
-                    .with_endpoint(&endpoint)
-                    .with_timeout(TIMEOUT)
-                    .build(),
+                SpanExporter::builder().with_tonic().with_endpoint(&endpoint).with_timeout(TIMEOUT).build(),
+                LogExporter::builder().with_tonic().with_endpoint(&endpoint).with_timeout(TIMEOUT).build(),
                 MetricExporter::builder()
                     .with_tonic()
                     .with_endpoint(&endpoint)
@@ -108,11 +91,7 @@ fn exporters(
                 .build(),
         ),
     };
-    (
-        spans.expect("span exporter"),
-        logs.expect("log exporter"),
-        metrics.expect("metric exporter"),
-    )
+    (spans.expect("span exporter"), logs.expect("log exporter"), metrics.expect("metric exporter"))
 }
 
 /// The ids the SDK generated for the trace.
@@ -127,11 +106,7 @@ struct Ids {
 fn send_with_rust_sdk(server: &WakeServer, transport: Transport) -> Ids {
     // The tonic channel needs a tokio runtime while it is built and while it runs; the SDK's own
     // processors and readers run on their own threads.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
     let _runtime_context = runtime.enter();
     let (span_exporter, log_exporter, metric_exporter) = exporters(server, transport);
     let resource = Resource::builder()
@@ -142,18 +117,12 @@ fn send_with_rust_sdk(server: &WakeServer, transport: Transport) -> Ids {
             KeyValue::new("host.name", "node-r"),
         ])
         .build();
-    let tracer_provider = SdkTracerProvider::builder()
-        .with_resource(resource.clone())
-        .with_batch_exporter(span_exporter)
-        .build();
-    let logger_provider = SdkLoggerProvider::builder()
-        .with_resource(resource.clone())
-        .with_batch_exporter(log_exporter)
-        .build();
+    let tracer_provider =
+        SdkTracerProvider::builder().with_resource(resource.clone()).with_batch_exporter(span_exporter).build();
+    let logger_provider =
+        SdkLoggerProvider::builder().with_resource(resource.clone()).with_batch_exporter(log_exporter).build();
     // One collection only, at shutdown: every stream arrives as exactly one point.
-    let reader = PeriodicReader::builder(metric_exporter)
-        .with_interval(Duration::from_secs(3600))
-        .build();
+    let reader = PeriodicReader::builder(metric_exporter).with_interval(Duration::from_secs(3600)).build();
     let meter_provider = SdkMeterProvider::builder()
         .with_resource(resource)
         .with_reader(reader)
@@ -171,17 +140,9 @@ fn send_with_rust_sdk(server: &WakeServer, transport: Transport) -> Ids {
         })
         .build();
 
-    let scope = |name: &'static str| {
-        InstrumentationScope::builder(name)
-            .with_version("3.1")
-            .build()
-    };
+    let scope = |name: &'static str| InstrumentationScope::builder(name).with_version("3.1").build();
     let tracer = tracer_provider.tracer_with_scope(scope("rust.tracer"));
-    let parent = tracer
-        .span_builder("rust parent")
-        .with_kind(SpanKind::Server)
-        .with_start_time(at(0))
-        .start(&tracer);
+    let parent = tracer.span_builder("rust parent").with_kind(SpanKind::Server).with_start_time(at(0)).start(&tracer);
     let parent_context = Context::current_with_span(parent);
     let child = tracer
         .span_builder("rust child")
@@ -195,11 +156,7 @@ fn send_with_rust_sdk(server: &WakeServer, transport: Transport) -> Ids {
         .start_with_context(&tracer, &parent_context);
     let child_context = parent_context.with_span(child);
     let span_context = child_context.span().span_context().clone();
-    child_context.span().add_event_with_timestamp(
-        "retry",
-        at(5_000_000),
-        vec![KeyValue::new("attempt", 2_i64)],
-    );
+    child_context.span().add_event_with_timestamp("retry", at(5_000_000), vec![KeyValue::new("attempt", 2_i64)]);
     child_context.span().set_status(Status::error("boom"));
 
     // A log through the logs API, tied to the child span explicitly...
@@ -212,16 +169,11 @@ fn send_with_rust_sdk(server: &WakeServer, transport: Transport) -> Ids {
     record.set_body(AnyValue::from("rust api log"));
     record.add_attribute("user.id", "u-7");
     record.add_attribute("count", 3_i64);
-    record.set_trace_context(
-        span_context.trace_id(),
-        span_context.span_id(),
-        Some(TraceFlags::SAMPLED),
-    );
+    record.set_trace_context(span_context.trace_id(), span_context.span_id(), Some(TraceFlags::SAMPLED));
     logger.emit(record);
 
     // ...and one through `tracing`, tied to the child span by the current context.
-    let subscriber =
-        tracing_subscriber::registry().with(OpenTelemetryTracingBridge::new(&logger_provider));
+    let subscriber = tracing_subscriber::registry().with(OpenTelemetryTracingBridge::new(&logger_provider));
     tracing::subscriber::with_default(subscriber, || {
         let _attached = child_context.clone().attach();
         tracing::error!(name: "payment.declined", target: "payments", user = "u-1", amount = 12, "card declined");
@@ -231,46 +183,25 @@ fn send_with_rust_sdk(server: &WakeServer, transport: Transport) -> Ids {
     parent_context.span().end_with_timestamp(at(200_000_000));
 
     let meter = meter_provider.meter_with_scope(scope("rust.meter"));
-    let counter = meter
-        .u64_counter("rust.requests")
-        .with_unit("1")
-        .with_description("requests")
-        .build();
+    let counter = meter.u64_counter("rust.requests").with_unit("1").with_description("requests").build();
     counter.add(5, &[KeyValue::new("route", "/a")]);
     counter.add(2, &[KeyValue::new("route", "/a")]);
     let queue = meter.i64_up_down_counter("rust.queue.depth").build();
     queue.add(10, &[]);
     queue.add(-3, &[]);
-    meter
-        .f64_gauge("rust.temperature")
-        .with_unit("Cel")
-        .build()
-        .record(3.25, &[KeyValue::new("room", "lab")]);
-    let latency = meter
-        .f64_histogram("rust.latency")
-        .with_unit("ms")
-        .with_boundaries(vec![1.0, 5.0])
-        .build();
+    meter.f64_gauge("rust.temperature").with_unit("Cel").build().record(3.25, &[KeyValue::new("room", "lab")]);
+    let latency = meter.f64_histogram("rust.latency").with_unit("ms").with_boundaries(vec![1.0, 5.0]).build();
     for value in [0.5, 2.0, 5.0, 7.0] {
         latency.record(value, &[]);
     }
-    let size = meter
-        .f64_histogram("rust.payload.size")
-        .with_unit("By")
-        .build();
+    let size = meter.f64_histogram("rust.payload.size").with_unit("By").build();
     for value in [1.0, 2.0, 3.0, 4.0] {
         size.record(value, &[]);
     }
 
-    tracer_provider
-        .shutdown()
-        .expect("tracer provider shutdown exports the spans");
-    logger_provider
-        .shutdown()
-        .expect("logger provider shutdown exports the logs");
-    meter_provider
-        .shutdown()
-        .expect("meter provider shutdown exports the metrics");
+    tracer_provider.shutdown().expect("tracer provider shutdown exports the spans");
+    logger_provider.shutdown().expect("logger provider shutdown exports the logs");
+    meter_provider.shutdown().expect("meter provider shutdown exports the metrics");
     Ids {
         trace_id: span_context.trace_id().to_string(),
         parent_span_id: parent_context.span().span_context().span_id().to_string(),
@@ -279,38 +210,17 @@ fn send_with_rust_sdk(server: &WakeServer, transport: Transport) -> Ids {
 }
 
 fn strings(pairs: &[(&str, &str)]) -> Value {
-    Value::Object(
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), json!(v)))
-            .collect(),
-    )
+    Value::Object(pairs.iter().map(|(k, v)| (k.to_string(), json!(v))).collect())
 }
 
 fn check_identity(row: &Map<String, Value>, transport: Transport) {
-    assert_eq!(
-        row["service_name"],
-        format!("rust-{}", transport.name()).as_str()
-    );
+    assert_eq!(row["service_name"], format!("rust-{}", transport.name()).as_str());
     assert_eq!(row["k8s_namespace_name"], "rust-ns");
     assert_eq!(row["k8s_container_name"], "app");
-    let resource = row["resource_attributes"]
-        .as_object()
-        .expect("resource_attributes is a map");
-    assert_eq!(
-        resource.get("host.name"),
-        Some(&json!("node-r")),
-        "{resource:?}"
-    );
-    assert_eq!(
-        resource.get("telemetry.sdk.language"),
-        Some(&json!("rust")),
-        "{resource:?}"
-    );
-    assert!(
-        !resource.contains_key("service.name"),
-        "promoted keys are not in the map: {resource:?}"
-    );
+    let resource = row["resource_attributes"].as_object().expect("resource_attributes is a map");
+    assert_eq!(resource.get("host.name"), Some(&json!("node-r")), "{resource:?}");
+    assert_eq!(resource.get("telemetry.sdk.language"), Some(&json!("rust")), "{resource:?}");
+    assert!(!resource.contains_key("service.name"), "promoted keys are not in the map: {resource:?}");
 }
 
 fn check_spans(server: &WakeServer, transport: Transport, ids: &Ids) {
@@ -343,16 +253,8 @@ fn check_spans(server: &WakeServer, transport: Transport, ids: &Ids) {
     assert_eq!(child["duration_ns"], 100_000_000);
     assert_eq!(child["status_code"], "error");
     assert_eq!(child["status_message"], "boom");
-    assert_eq!(
-        child["attributes"],
-        strings(&[
-            ("db.system", "postgresql"),
-            ("rows", "3"),
-            ("cache.hit", "false")
-        ])
-    );
-    let events: Value =
-        serde_json::from_str(child["events"].as_str().expect("events text")).expect("events JSON");
+    assert_eq!(child["attributes"], strings(&[("db.system", "postgresql"), ("rows", "3"), ("cache.hit", "false")]));
+    let events: Value = serde_json::from_str(child["events"].as_str().expect("events text")).expect("events JSON");
     assert_eq!(
         events,
         json!([{ "time_unix_nano": T0_NS + 5_000_000, "name": "retry", "attributes": { "attempt": 2 } }])
@@ -378,10 +280,7 @@ fn check_logs(server: &WakeServer, transport: Transport, ids: &Ids) {
     assert_eq!(api["severity_text"], "WARN");
     assert_eq!(api["event_name"], "rust.api");
     assert_eq!(api["timestamp"], "2023-11-14T22:13:20.987654321Z");
-    assert_eq!(
-        api["attributes"],
-        strings(&[("user.id", "u-7"), ("count", "3")])
-    );
+    assert_eq!(api["attributes"], strings(&[("user.id", "u-7"), ("count", "3")]));
     assert_eq!(api["scope_name"], "rust.logger");
     assert_eq!(api["scope_version"], "3.1");
 
@@ -391,10 +290,7 @@ fn check_logs(server: &WakeServer, transport: Transport, ids: &Ids) {
     assert_eq!(bridged["event_name"], "payment.declined");
     // The exporter reports a `tracing` target as the scope name.
     assert_eq!(bridged["scope_name"], "payments");
-    assert_eq!(
-        bridged["attributes"],
-        strings(&[("user", "u-1"), ("amount", "12")])
-    );
+    assert_eq!(bridged["attributes"], strings(&[("user", "u-1"), ("amount", "12")]));
 
     for row in &rows {
         assert_eq!(row["trace_id"], ids.trace_id.as_str());
@@ -414,18 +310,10 @@ fn check_metrics(server: &WakeServer, transport: Transport) {
     let names: Vec<&Value> = rows.iter().map(|row| &row["metric_name"]).collect();
     assert_eq!(
         names,
-        vec![
-            "rust.latency",
-            "rust.payload.size",
-            "rust.queue.depth",
-            "rust.requests",
-            "rust.temperature"
-        ],
+        vec!["rust.latency", "rust.payload.size", "rust.queue.depth", "rust.requests", "rust.temperature"],
         "{transport:?}: {rows:#?}"
     );
-    let [latency, size, queue, requests, temperature] = rows.as_slice() else {
-        unreachable!()
-    };
+    let [latency, size, queue, requests, temperature] = rows.as_slice() else { unreachable!() };
     let temporality = match transport.temporality() {
         Temporality::Delta => "delta",
         _ => "cumulative",
@@ -459,12 +347,8 @@ fn check_metrics(server: &WakeServer, transport: Transport) {
     assert_eq!(as_f64(&latency["max"]), Some(7.0));
     assert_eq!(latency["explicit_bounds"], json!([1.0, 5.0]));
     // 0.5 | 2, 5 (bounds are inclusive above) | 7
-    let buckets: Vec<u64> = latency["bucket_counts"]
-        .as_array()
-        .expect("bucket_counts")
-        .iter()
-        .map(|v| as_u64(v).expect("u64"))
-        .collect();
+    let buckets: Vec<u64> =
+        latency["bucket_counts"].as_array().expect("bucket_counts").iter().map(|v| as_u64(v).expect("u64")).collect();
     assert_eq!(buckets, vec![1, 2, 1]);
 
     assert_eq!(size["metric_type"], "exponential_histogram");

@@ -37,14 +37,10 @@ const BATCH: usize = 500;
 
 /// The lines of a sample, sent with `service.name` = the system's name in lower case.
 fn sample_lines(system: &str) -> Vec<String> {
-    let path = format!(
-        "{}/tests/data/loghub/{system}_2k.log.gz",
-        env!("CARGO_MANIFEST_DIR")
-    );
+    let path = format!("{}/tests/data/loghub/{system}_2k.log.gz", env!("CARGO_MANIFEST_DIR"));
     let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     let mut text = String::new();
-    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(file), &mut text)
-        .expect("gunzip");
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(file), &mut text).expect("gunzip");
     text.lines().map(str::to_string).collect()
 }
 
@@ -52,44 +48,23 @@ fn sample_lines(system: &str) -> Vec<String> {
 /// expressions that selects the same lines under tantivy's default tokenizer (alphanumeric runs,
 /// lowercased).
 const QUERIES: [(&str, &str); 9] = [
-    (
-        "failed",
-        r"regexp_like(lower(body), '(^|[^a-z0-9])failed([^a-z0-9]|$)')",
-    ),
-    (
-        "\"invalid user\"",
-        r"regexp_like(lower(body), '(^|[^a-z0-9])invalid[^a-z0-9]+user([^a-z0-9]|$)')",
-    ),
+    ("failed", r"regexp_like(lower(body), '(^|[^a-z0-9])failed([^a-z0-9]|$)')"),
+    ("\"invalid user\"", r"regexp_like(lower(body), '(^|[^a-z0-9])invalid[^a-z0-9]+user([^a-z0-9]|$)')"),
     (
         "preauth AND webmaster",
         "regexp_like(lower(body), '(^|[^a-z0-9])preauth([^a-z0-9]|$)') \
          AND regexp_like(lower(body), '(^|[^a-z0-9])webmaster([^a-z0-9]|$)')",
     ),
-    (
-        "PacketResponder",
-        r"regexp_like(lower(body), '(^|[^a-z0-9])packetresponder([^a-z0-9]|$)')",
-    ),
-    (
-        "blk_38865049064139660",
-        r"regexp_like(lower(body), '(^|[^a-z0-9])blk[^a-z0-9]+38865049064139660([^a-z0-9]|$)')",
-    ),
-    (
-        "exception",
-        r"regexp_like(lower(body), '(^|[^a-z0-9])exception([^a-z0-9]|$)')",
-    ),
-    (
-        "kernel OR ciod",
-        r"regexp_like(lower(body), '(^|[^a-z0-9])(kernel|ciod)([^a-z0-9]|$)')",
-    ),
+    ("PacketResponder", r"regexp_like(lower(body), '(^|[^a-z0-9])packetresponder([^a-z0-9]|$)')"),
+    ("blk_38865049064139660", r"regexp_like(lower(body), '(^|[^a-z0-9])blk[^a-z0-9]+38865049064139660([^a-z0-9]|$)')"),
+    ("exception", r"regexp_like(lower(body), '(^|[^a-z0-9])exception([^a-z0-9]|$)')"),
+    ("kernel OR ciod", r"regexp_like(lower(body), '(^|[^a-z0-9])(kernel|ciod)([^a-z0-9]|$)')"),
     (
         "error -interrupt",
         "regexp_like(lower(body), '(^|[^a-z0-9])error([^a-z0-9]|$)') \
          AND NOT regexp_like(lower(body), '(^|[^a-z0-9])interrupt([^a-z0-9]|$)')",
     ),
-    (
-        "nosuchwordanywhere",
-        "strpos(lower(body), 'nosuchwordanywhere') > 0",
-    ),
+    ("nosuchwordanywhere", "strpos(lower(body), 'nosuchwordanywhere') > 0"),
 ];
 
 fn send_samples(server: &WakeServer) -> u64 {
@@ -106,10 +81,7 @@ fn send_samples(server: &WakeServer) -> u64 {
                     severity_number: 9,
                     severity_text: "INFO".into(),
                     body: Some(string_value(line)),
-                    attributes: vec![attribute(
-                        "line_no",
-                        &(batch_index * BATCH + i + 1).to_string(),
-                    )],
+                    attributes: vec![attribute("line_no", &(batch_index * BATCH + i + 1).to_string())],
                     ..Default::default()
                 })
                 .collect();
@@ -119,12 +91,7 @@ fn send_samples(server: &WakeServer) -> u64 {
                 .body(log_request(&system.to_lowercase(), records).encode_to_vec())
                 .send()
                 .expect("POST /v1/logs");
-            assert_eq!(
-                response.status(),
-                200,
-                "{}",
-                response.text().unwrap_or_default()
-            );
+            assert_eq!(response.status(), 200, "{}", response.text().unwrap_or_default());
             sent += batch.len() as u64;
         }
     }
@@ -137,12 +104,7 @@ fn line_ids(server: &WakeServer, condition: &str) -> Vec<(String, u64)> {
         "SELECT service_name, CAST(attributes['line_no'] AS BIGINT) AS n FROM logs WHERE {condition} ORDER BY 1, 2"
     ));
     rows.into_iter()
-        .map(|row| {
-            (
-                row[0].as_str().expect("service_name").to_string(),
-                row[1].as_u64().expect("line number"),
-            )
-        })
+        .map(|row| (row[0].as_str().expect("service_name").to_string(), row[1].as_u64().expect("line number")))
         .collect()
 }
 
@@ -151,25 +113,15 @@ fn check_matches_agree_with_regex(server: &WakeServer, moment: &str) {
         let literal = query.replace('\'', "''");
         let by_index = line_ids(server, &format!("matches(body, '{literal}')"));
         let by_regex = line_ids(server, scan_condition);
-        assert_eq!(
-            by_index, by_regex,
-            "{moment}: matches(body, {query:?}) and the regex disagree"
-        );
+        assert_eq!(by_index, by_regex, "{moment}: matches(body, {query:?}) and the regex disagree");
     }
     // The queries are not vacuous: the samples hold most of them many times.
     for word in ["failed", "PacketResponder", "exception", "error"] {
         let hits = line_ids(server, &format!("matches(body, '{word}')"));
-        assert!(
-            hits.len() > 20,
-            "{moment}: {word:?} has only {} hits",
-            hits.len()
-        );
+        assert!(hits.len() > 20, "{moment}: {word:?} has only {} hits", hits.len());
         // A word match is a substring match too: LIKE finds a superset (e.g. `errors`).
         let like = line_ids(server, &format!("body ILIKE '%{word}%'"));
-        assert!(
-            hits.iter().all(|hit| like.contains(hit)),
-            "{moment}: {word:?} matched what ILIKE did not"
-        );
+        assert!(hits.iter().all(|hit| like.contains(hit)), "{moment}: {word:?} matched what ILIKE did not");
     }
 }
 
@@ -183,10 +135,7 @@ fn matches_agrees_with_a_scan_and_uses_the_index_after_flush() {
     // Acknowledged means queryable within 2 s, flushed or not.
     let acknowledged_at = Instant::now();
     server.wait_for_count("SELECT count(*) FROM logs", sent, Duration::from_secs(2));
-    eprintln!(
-        "all {sent} acknowledged records queryable after {:?}",
-        acknowledged_at.elapsed()
-    );
+    eprintln!("all {sent} acknowledged records queryable after {:?}", acknowledged_at.elapsed());
 
     check_matches_agree_with_regex(&server, "buffered");
     server.flush();
@@ -195,27 +144,17 @@ fn matches_agrees_with_a_scan_and_uses_the_index_after_flush() {
     // The flushed rows are answered from the tantivy index: the plan says so and how many rows
     // it selected, which is exactly the number of matching lines, not all 32,000.
     let failed = line_ids(&server, "matches(body, 'failed')").len();
-    let plan = explain(
-        &server,
-        "SELECT count(*) FROM logs WHERE matches(body, 'failed')",
-    );
+    let plan = explain(&server, "SELECT count(*) FROM logs WHERE matches(body, 'failed')");
     assert!(plan.contains("FullTextSearchExec"), "{plan}");
-    assert!(
-        plan.contains(&format!("rows_selected={failed} of {sent}")),
-        "{plan}"
-    );
-    assert!(
-        plan.contains("files_searched=") && !plan.contains("files_searched=0"),
-        "{plan}"
-    );
+    assert!(plan.contains(&format!("rows_selected={failed} of {sent}")), "{plan}");
+    assert!(plan.contains("files_searched=") && !plan.contains("files_searched=0"), "{plan}");
 
     // A query the index cannot answer (a function of the body) is still correct, by scanning.
     let upper = server.count("SELECT count(*) FROM logs WHERE matches(upper(body), 'FAILED')");
     assert_eq!(upper as usize, failed);
 
     // A bad tantivy query is the client's fault.
-    let (status, body) =
-        server.sql_response("SELECT count(*) FROM logs WHERE matches(body, 'AND (')");
+    let (status, body) = server.sql_response("SELECT count(*) FROM logs WHERE matches(body, 'AND (')");
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("error"), "{body}");
 }
@@ -223,12 +162,7 @@ fn matches_agrees_with_a_scan_and_uses_the_index_after_flush() {
 fn explain(server: &WakeServer, sql: &str) -> String {
     let rows = server.sql_rows(&format!("EXPLAIN {sql}"));
     rows.iter()
-        .map(|row| {
-            row.iter()
-                .map(|v| v.as_str().unwrap_or_default().to_string())
-                .collect::<Vec<_>>()
-                .join("\n")
-        })
+        .map(|row| row.iter().map(|v| v.as_str().unwrap_or_default().to_string()).collect::<Vec<_>>().join("\n"))
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -245,14 +179,7 @@ fn attributes_by_key_csv_and_get() {
         "SELECT body, attributes['line_no'], service_name FROM logs \
          WHERE service_name = 'openssh' AND attributes['line_no'] = '1'",
     );
-    assert_eq!(
-        rows,
-        vec![vec![
-            Value::from(first_ssh_line),
-            Value::from("1"),
-            Value::from("openssh")
-        ]]
-    );
+    assert_eq!(rows, vec![vec![Value::from(first_ssh_line), Value::from("1"), Value::from("openssh")]]);
 
     let csv = server
         .client()
@@ -265,26 +192,15 @@ fn attributes_by_key_csv_and_get() {
         .send()
         .expect("POST /api/v1/sql");
     assert_eq!(csv.status(), 200);
-    assert!(
-        csv.headers()["content-type"]
-            .to_str()
-            .unwrap_or_default()
-            .starts_with("text/csv")
-    );
-    assert_eq!(
-        csv.text().expect("body"),
-        "service_name,n\nhdfs,2000\nopenssh,2000\n"
-    );
+    assert!(csv.headers()["content-type"].to_str().unwrap_or_default().starts_with("text/csv"));
+    assert_eq!(csv.text().expect("body"), "service_name,n\nhdfs,2000\nopenssh,2000\n");
 
     let get = server
         .client()
         .get(
             reqwest::Url::parse_with_params(
                 &server.api_url("/api/v1/sql"),
-                [(
-                    "sql",
-                    "SELECT count(*) AS n FROM logs WHERE service_name = 'hdfs'",
-                )],
+                [("sql", "SELECT count(*) AS n FROM logs WHERE service_name = 'hdfs'")],
             )
             .expect("URL"),
         )
@@ -317,32 +233,17 @@ fn anything_but_reading_the_store_is_refused_with_a_clear_error() {
     ];
     for sql in &refused {
         let (status, body) = server.sql_response(sql);
-        assert!(
-            (400..500).contains(&status),
-            "{sql:?} answered {status}: {body}"
-        );
-        let error: Value = serde_json::from_str(&body)
-            .unwrap_or_else(|e| panic!("{sql:?}: non-JSON error ({e}): {body}"));
-        assert!(
-            error["error"].as_str().is_some_and(|m| !m.is_empty()),
-            "{sql:?}: {body}"
-        );
+        assert!((400..500).contains(&status), "{sql:?} answered {status}: {body}");
+        let error: Value =
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("{sql:?}: non-JSON error ({e}): {body}"));
+        assert!(error["error"].as_str().is_some_and(|m| !m.is_empty()), "{sql:?}: {body}");
     }
-    assert!(
-        !std::path::Path::new(&format!("{outside}.out")).exists(),
-        "COPY wrote a file"
-    );
-    assert_eq!(
-        server.count("SELECT count(*) FROM logs"),
-        0,
-        "nothing was inserted"
-    );
+    assert!(!std::path::Path::new(&format!("{outside}.out")).exists(), "COPY wrote a file");
+    assert_eq!(server.count("SELECT count(*) FROM logs"), 0, "nothing was inserted");
 
-    for (sql, status) in [
-        ("SELEC 1", 400),
-        ("SELECT no_such_column FROM logs", 400),
-        ("SELECT * FROM no_such_table", 400),
-    ] {
+    for (sql, status) in
+        [("SELEC 1", 400), ("SELECT no_such_column FROM logs", 400), ("SELECT * FROM no_such_table", 400)]
+    {
         let (actual, body) = server.sql_response(sql);
         assert_eq!(actual, status, "{sql:?}: {body}");
     }
@@ -356,15 +257,7 @@ fn anything_but_reading_the_store_is_refused_with_a_clear_error() {
     assert_eq!(malformed.status(), 400);
 
     // The tables and their fixed columns are visible to SQL clients.
-    let tables = server.sql_rows(
-        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY table_name",
-    );
-    assert_eq!(
-        tables,
-        vec![
-            vec![Value::from("logs")],
-            vec![Value::from("metrics")],
-            vec![Value::from("spans")]
-        ]
-    );
+    let tables = server
+        .sql_rows("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY table_name");
+    assert_eq!(tables, vec![vec![Value::from("logs")], vec![Value::from("metrics")], vec![Value::from("spans")]]);
 }

@@ -70,8 +70,7 @@ impl Corpus {
         files.sort();
         let mut lines = Vec::new();
         for file in files {
-            let bytes =
-                std::fs::read(&file).unwrap_or_else(|e| panic!("reading {}: {e}", file.display()));
+            let bytes = std::fs::read(&file).unwrap_or_else(|e| panic!("reading {}: {e}", file.display()));
             lines.extend(String::from_utf8_lossy(&bytes).lines().map(str::to_string));
         }
         assert!(!lines.is_empty(), "no Loghub lines under {}", dir.display());
@@ -106,8 +105,7 @@ impl Corpus {
                     i += 1;
                 }
                 if i - start >= 3 {
-                    let number =
-                        splitmix64(g.wrapping_mul(64).wrapping_add(run)) % 900_000 + 100_000;
+                    let number = splitmix64(g.wrapping_mul(64).wrapping_add(run)) % 900_000 + 100_000;
                     body.push_str(&number.to_string());
                     run += 1;
                 } else {
@@ -125,12 +123,7 @@ impl Corpus {
             body.push(' ');
             body.push_str(NEEDLE);
         }
-        Row {
-            time_ns,
-            body,
-            container: g % CONTAINERS,
-            stream: if g % 10 == 9 { "stderr" } else { "stdout" },
-        }
+        Row { time_ns, body, container: g % CONTAINERS, stream: if g % 10 == 9 { "stderr" } else { "stdout" } }
     }
 
     /// Rows `first..first + count` as one OTLP request, one resource per container.
@@ -143,9 +136,7 @@ impl Corpus {
             per_container[row.container as usize].push(LogRecord {
                 time_unix_nano: row.time_ns as u64,
                 observed_time_unix_nano: row.time_ns as u64,
-                body: Some(AnyValue {
-                    value: Some(any_value::Value::StringValue(row.body)),
-                }),
+                body: Some(AnyValue { value: Some(any_value::Value::StringValue(row.body)) }),
                 attributes: vec![string_attribute("log.iostream", row.stream)],
                 ..Default::default()
             });
@@ -164,10 +155,7 @@ impl Corpus {
                     ],
                     ..Default::default()
                 }),
-                scope_logs: vec![ScopeLogs {
-                    log_records,
-                    ..Default::default()
-                }],
+                scope_logs: vec![ScopeLogs { log_records, ..Default::default() }],
                 ..Default::default()
             })
             .collect();
@@ -178,9 +166,7 @@ impl Corpus {
 fn string_attribute(key: &str, value: &str) -> KeyValue {
     KeyValue {
         key: key.to_string(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(value.to_string())),
-        }),
+        value: Some(AnyValue { value: Some(any_value::Value::StringValue(value.to_string())) }),
         ..Default::default()
     }
 }

@@ -29,10 +29,7 @@ pub struct QueryConfig {
 
 impl Default for QueryConfig {
     fn default() -> Self {
-        QueryConfig {
-            memory_limit_bytes: 2 << 30,
-            threads: 0,
-        }
+        QueryConfig { memory_limit_bytes: 2 << 30, threads: 0 }
     }
 }
 
@@ -57,28 +54,18 @@ struct QueryMetrics {
 impl QueryMetrics {
     fn new(registry: &Registry) -> Result<Self> {
         let queries = IntCounterVec::new(
-            Opts::new(
-                "wake_server_queries_total",
-                "SQL queries answered, by outcome",
-            ),
+            Opts::new("wake_server_queries_total", "SQL queries answered, by outcome"),
             &["outcome"],
         )
         .map_err(metric_error)?;
         let duration = HistogramVec::new(
-            HistogramOpts::new(
-                "wake_server_query_duration_seconds",
-                "Time to plan and run a SQL query",
-            )
-            .buckets(prometheus::exponential_buckets(0.001, 2.0, 16).map_err(metric_error)?),
+            HistogramOpts::new("wake_server_query_duration_seconds", "Time to plan and run a SQL query")
+                .buckets(prometheus::exponential_buckets(0.001, 2.0, 16).map_err(metric_error)?),
             &["outcome"],
         )
         .map_err(metric_error)?;
-        registry
-            .register(Box::new(queries.clone()))
-            .map_err(metric_error)?;
-        registry
-            .register(Box::new(duration.clone()))
-            .map_err(metric_error)?;
+        registry.register(Box::new(queries.clone())).map_err(metric_error)?;
+        registry.register(Box::new(duration.clone())).map_err(metric_error)?;
         Ok(QueryMetrics { queries, duration })
     }
 }
@@ -100,15 +87,9 @@ impl QueryEngine {
         Self::with_config(store, QueryConfig::default(), registry)
     }
 
-    pub fn with_config(
-        store: Arc<Store>,
-        config: QueryConfig,
-        registry: &Registry,
-    ) -> Result<Self> {
+    pub fn with_config(store: Arc<Store>, config: QueryConfig, registry: &Registry) -> Result<Self> {
         let threads = match config.threads {
-            0 => std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2),
+            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
             n => n,
         };
         let mut session = SessionConfig::new()
@@ -121,16 +102,11 @@ impl QueryEngine {
         options.sql_parser.map_string_types_to_utf8view = false;
         options.execution.parquet.pushdown_filters = true;
         options.execution.parquet.reorder_filters = true;
-        let runtime_env = RuntimeEnvBuilder::new()
-            .with_memory_limit(config.memory_limit_bytes, 1.0)
-            .build_arc()?;
+        let runtime_env = RuntimeEnvBuilder::new().with_memory_limit(config.memory_limit_bytes, 1.0).build_arc()?;
         let context = SessionContext::new_with_config_rt(session, runtime_env);
         context.register_udf(MatchesFunction::udf());
         for signal in Signal::ALL {
-            context.register_table(
-                signal.table_name(),
-                Arc::new(WakeTable::new(store.clone(), signal)),
-            )?;
+            context.register_table(signal.table_name(), Arc::new(WakeTable::new(store.clone(), signal)))?;
         }
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
@@ -138,11 +114,7 @@ impl QueryEngine {
             .enable_all()
             .build()
             .map_err(|e| Error::Task(format!("starting the query runtime: {e}")))?;
-        Ok(QueryEngine {
-            context,
-            runtime: Some(runtime),
-            metrics: QueryMetrics::new(registry)?,
-        })
+        Ok(QueryEngine { context, runtime: Some(runtime), metrics: QueryMetrics::new(registry)? })
     }
 
     /// The session, for the query languages built on SQL tables (PromQL, LogQL).
@@ -164,24 +136,14 @@ impl QueryEngine {
             Ok::<_, Error>(QueryOutput { schema, batches })
         };
         let result = match &self.runtime {
-            Some(runtime) => runtime
-                .spawn(run)
-                .await
-                .unwrap_or_else(|e| Err(Error::Task(e.to_string()))),
+            Some(runtime) => runtime.spawn(run).await.unwrap_or_else(|e| Err(Error::Task(e.to_string()))),
             None => Err(Error::Task("the query engine is shut down".into())),
         };
         let outcome = if result.is_ok() { "ok" } else { "error" };
         self.metrics.queries.with_label_values(&[outcome]).inc();
-        self.metrics
-            .duration
-            .with_label_values(&[outcome])
-            .observe(started.elapsed().as_secs_f64());
+        self.metrics.duration.with_label_values(&[outcome]).observe(started.elapsed().as_secs_f64());
         match &result {
-            Ok(output) => debug!(
-                rows = output.num_rows(),
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "query"
-            ),
+            Ok(output) => debug!(rows = output.num_rows(), elapsed_ms = started.elapsed().as_millis() as u64, "query"),
             Err(error) => warn!(%error, sql, "query failed"),
         }
         result
@@ -200,10 +162,7 @@ impl Drop for QueryEngine {
 /// Refuses DDL (`CREATE [EXTERNAL] TABLE`, `DROP`…), DML (`INSERT`, `COPY`…) and statements
 /// (`SET`, transactions): a query can neither change the store nor read files outside it.
 fn ensure_read_only(plan: &LogicalPlan) -> Result<()> {
-    let options = SQLOptions::new()
-        .with_allow_ddl(false)
-        .with_allow_dml(false)
-        .with_allow_statements(false);
+    let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
     options.verify_plan(plan).map_err(|error| {
         let what = match plan {
             LogicalPlan::Ddl(ddl) => ddl.name().to_string(),
@@ -222,10 +181,7 @@ mod tests {
 
     fn engine() -> (tempfile::TempDir, QueryEngine) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let config = StoreConfig {
-            data_dir: dir.path().to_path_buf(),
-            ..StoreConfig::default()
-        };
+        let config = StoreConfig { data_dir: dir.path().to_path_buf(), ..StoreConfig::default() };
         let registry = Registry::new();
         let store = Store::open(config, &registry).expect("store");
         let engine = QueryEngine::new(store, &registry).expect("engine");
@@ -235,10 +191,7 @@ mod tests {
     #[tokio::test]
     async fn empty_tables_answer_with_their_schema() {
         let (_dir, engine) = engine();
-        let output = engine
-            .sql("SELECT timestamp, body FROM logs")
-            .await
-            .expect("query");
+        let output = engine.sql("SELECT timestamp, body FROM logs").await.expect("query");
         assert_eq!(output.num_rows(), 0);
         assert_eq!(output.schema.fields().len(), 2);
     }
@@ -250,29 +203,17 @@ mod tests {
         std::fs::write(&outside, "a\n1\n").expect("write");
         for sql in [
             "CREATE TABLE t AS SELECT 1".to_string(),
-            format!(
-                "CREATE EXTERNAL TABLE t STORED AS CSV LOCATION '{}'",
-                outside.display()
-            ),
+            format!("CREATE EXTERNAL TABLE t STORED AS CSV LOCATION '{}'", outside.display()),
             "INSERT INTO logs (body) VALUES ('x')".to_string(),
-            format!(
-                "COPY (SELECT 1) TO '{}'",
-                dir.path().join("out.csv").display()
-            ),
+            format!("COPY (SELECT 1) TO '{}'", dir.path().join("out.csv").display()),
             "DROP TABLE logs".to_string(),
             "SET datafusion.execution.batch_size = 1".to_string(),
         ] {
             let error = engine.sql(&sql).await.expect_err(&sql);
-            assert!(
-                matches!(error, Error::ReadOnly(_)) || error.status().is_client_error(),
-                "{sql}: {error}"
-            );
+            assert!(matches!(error, Error::ReadOnly(_)) || error.status().is_client_error(), "{sql}: {error}");
             assert!(error.status().is_client_error(), "{sql}: {error}");
         }
-        let error = engine
-            .sql(&format!("SELECT * FROM '{}'", outside.display()))
-            .await
-            .expect_err("file table");
+        let error = engine.sql(&format!("SELECT * FROM '{}'", outside.display())).await.expect_err("file table");
         assert!(error.status().is_client_error(), "{error}");
         assert!(!dir.path().join("out.csv").exists());
         let tables = engine.sql("SHOW TABLES").await.expect("show tables");

@@ -36,9 +36,7 @@ impl Error {
 
 fn storage_status(error: &wake_storage::Error) -> StatusCode {
     match error {
-        wake_storage::Error::FullTextQuery { .. } | wake_storage::Error::InvalidRequest(_) => {
-            StatusCode::BAD_REQUEST
-        }
+        wake_storage::Error::FullTextQuery { .. } | wake_storage::Error::InvalidRequest(_) => StatusCode::BAD_REQUEST,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -69,24 +67,12 @@ mod tests {
 
     #[test]
     fn client_mistakes_are_4xx_and_wake_failures_5xx() {
-        assert_eq!(
-            Error::ReadOnly("CREATE TABLE".into()).status(),
-            StatusCode::FORBIDDEN
-        );
-        assert_eq!(
-            Error::DataFusion(DataFusionError::Plan("no such column".into())).status(),
-            StatusCode::BAD_REQUEST
-        );
-        let bad_query = wake_storage::Error::FullTextQuery {
-            query: "(".into(),
-            reason: "syntax".into(),
-        };
+        assert_eq!(Error::ReadOnly("CREATE TABLE".into()).status(), StatusCode::FORBIDDEN);
+        assert_eq!(Error::DataFusion(DataFusionError::Plan("no such column".into())).status(), StatusCode::BAD_REQUEST);
+        let bad_query = wake_storage::Error::FullTextQuery { query: "(".into(), reason: "syntax".into() };
         let wrapped = DataFusionError::External(Box::new(bad_query)).context("while scanning");
         assert_eq!(Error::DataFusion(wrapped).status(), StatusCode::BAD_REQUEST);
         let io = DataFusionError::IoError(std::io::Error::other("disk"));
-        assert_eq!(
-            Error::DataFusion(io).status(),
-            StatusCode::INTERNAL_SERVER_ERROR
-        );
+        assert_eq!(Error::DataFusion(io).status(), StatusCode::INTERNAL_SERVER_ERROR);
     }
 }

@@ -40,9 +40,7 @@ pub struct MatchesFunction {
 
 impl MatchesFunction {
     pub fn udf() -> ScalarUDF {
-        ScalarUDF::new_from_impl(MatchesFunction {
-            signature: Signature::string(2, Volatility::Immutable),
-        })
+        ScalarUDF::new_from_impl(MatchesFunction { signature: Signature::string(2, Volatility::Immutable) })
     }
 }
 
@@ -64,17 +62,14 @@ impl ScalarUDFImpl for MatchesFunction {
             return exec_err!("matches() takes two arguments: a text column and a query string");
         };
         let Some(query) = scalar_string(query) else {
-            return exec_err!(
-                "matches(): the query must be a string literal, e.g. matches(body, 'error AND timeout')"
-            );
+            return exec_err!("matches(): the query must be a string literal, e.g. matches(body, 'error AND timeout')");
         };
         let text = text.to_array(args.number_rows)?;
         let text = arrow::compute::cast(&text, &DataType::Utf8)?;
         let Some(bodies) = text.as_any().downcast_ref::<StringArray>() else {
             return exec_err!("matches(): the first argument must be text");
         };
-        let matched =
-            matches_bodies(bodies, &query).map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let matched = matches_bodies(bodies, &query).map_err(|e| DataFusionError::External(Box::new(e)))?;
         Ok(ColumnarValue::Array(Arc::new(matched) as ArrayRef))
     }
 }
@@ -82,9 +77,7 @@ impl ScalarUDFImpl for MatchesFunction {
 fn scalar_string(value: &ColumnarValue) -> Option<String> {
     match value {
         ColumnarValue::Scalar(
-            ScalarValue::Utf8(Some(s))
-            | ScalarValue::LargeUtf8(Some(s))
-            | ScalarValue::Utf8View(Some(s)),
+            ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) | ScalarValue::Utf8View(Some(s)),
         ) => Some(s.clone()),
         _ => None,
     }
@@ -144,8 +137,7 @@ impl IndexCache {
     fn retain_live(&self, files: &[Arc<DataFile>]) {
         let mut indexes = self.indexes.lock();
         if indexes.len() > files.len() {
-            let live: std::collections::HashSet<&PathBuf> =
-                files.iter().filter_map(|f| f.index_dir.as_ref()).collect();
+            let live: std::collections::HashSet<&PathBuf> = files.iter().filter_map(|f| f.index_dir.as_ref()).collect();
             indexes.retain(|dir, _| live.contains(dir));
         }
     }
@@ -180,10 +172,7 @@ pub fn search_files(
     let mut hits = FileHits {
         selected: Vec::new(),
         unindexed: Vec::new(),
-        stats: SearchStats {
-            queries: queries.to_vec(),
-            ..SearchStats::default()
-        },
+        stats: SearchStats { queries: queries.to_vec(), ..SearchStats::default() },
     };
     for file in files {
         let Some(dir) = &file.index_dir else {
@@ -251,10 +240,7 @@ fn access_plan(row_group_row_counts: &[u64], sorted_rows: &[u64]) -> ParquetAcce
         if ranges.is_empty() {
             plan.set(group, RowGroupAccess::Skip);
         } else {
-            plan.scan_selection(
-                group,
-                RowSelection::from_consecutive_ranges(ranges.into_iter(), count as usize),
-            );
+            plan.scan_selection(group, RowSelection::from_consecutive_ranges(ranges.into_iter(), count as usize));
         }
         group_start = group_end;
     }
@@ -322,21 +308,12 @@ impl ExecutionPlan for FullTextSearchExec {
         mut children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         if children.len() != 1 {
-            return Err(DataFusionError::Internal(
-                "FullTextSearchExec has exactly one child".into(),
-            ));
+            return Err(DataFusionError::Internal("FullTextSearchExec has exactly one child".into()));
         }
-        Ok(Arc::new(FullTextSearchExec {
-            input: children.swap_remove(0),
-            stats: self.stats.clone(),
-        }))
+        Ok(Arc::new(FullTextSearchExec { input: children.swap_remove(0), stats: self.stats.clone() }))
     }
 
-    fn execute(
-        &self,
-        partition: usize,
-        context: Arc<TaskContext>,
-    ) -> DfResult<SendableRecordBatchStream> {
+    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> DfResult<SendableRecordBatchStream> {
         self.input.execute(partition, context)
     }
 }
@@ -352,37 +329,22 @@ mod tests {
         assert!(plan.should_scan(0));
         assert!(!plan.should_scan(1));
         assert!(plan.should_scan(2));
-        let selection = plan
-            .into_overall_row_selection(&row_group_metadata(&[4, 4, 4]))
-            .expect("selection");
-        let selected: usize = selection
-            .expect("some selection")
-            .iter()
-            .filter(|s| !s.skip)
-            .map(|s| s.row_count)
-            .sum();
+        let selection = plan.into_overall_row_selection(&row_group_metadata(&[4, 4, 4])).expect("selection");
+        let selected: usize = selection.expect("some selection").iter().filter(|s| !s.skip).map(|s| s.row_count).sum();
         assert_eq!(selected, 4);
     }
 
     fn row_group_metadata(counts: &[i64]) -> Vec<parquet::file::metadata::RowGroupMetaData> {
         use parquet::schema::types::{SchemaDescriptor, Type};
-        let field = Arc::new(
-            Type::primitive_type_builder("a", parquet::basic::Type::INT32)
-                .build()
-                .expect("field"),
-        );
-        let schema = Type::group_type_builder("schema")
-            .with_fields(vec![field])
-            .build()
-            .expect("schema");
+        let field = Arc::new(Type::primitive_type_builder("a", parquet::basic::Type::INT32).build().expect("field"));
+        let schema = Type::group_type_builder("schema").with_fields(vec![field]).build().expect("schema");
         let descriptor = Arc::new(SchemaDescriptor::new(Arc::new(schema)));
         counts
             .iter()
             .map(|&rows| {
-                let column =
-                    parquet::file::metadata::ColumnChunkMetaData::builder(descriptor.column(0))
-                        .build()
-                        .expect("column");
+                let column = parquet::file::metadata::ColumnChunkMetaData::builder(descriptor.column(0))
+                    .build()
+                    .expect("column");
                 parquet::file::metadata::RowGroupMetaData::builder(descriptor.clone())
                     .set_num_rows(rows)
                     .set_column_metadata(vec![column])

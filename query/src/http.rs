@@ -26,9 +26,7 @@ struct SqlRequest {
 
 /// Routes `/api/v1/sql`.
 pub fn router(engine: Arc<QueryEngine>) -> Router {
-    Router::new()
-        .route("/api/v1/sql", get(sql_get).post(sql_post))
-        .with_state(engine)
+    Router::new().route("/api/v1/sql", get(sql_get).post(sql_post)).with_state(engine)
 }
 
 async fn sql_get(
@@ -42,11 +40,7 @@ async fn sql_get(
     }
 }
 
-async fn sql_post(
-    State(engine): State<Arc<QueryEngine>>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Response {
+async fn sql_post(State(engine): State<Arc<QueryEngine>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
     match serde_json::from_slice::<SqlRequest>(&body) {
         Ok(request) => answer(&engine, &headers, &request.sql).await,
         Err(error) => error_response(
@@ -65,17 +59,10 @@ async fn answer(engine: &QueryEngine, headers: &HeaderMap, sql: &str) -> Respons
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|accept| accept.split(',').any(|t| t.trim().starts_with("text/csv")));
-    let rendered = if wants_csv {
-        render_csv(&output)
-    } else {
-        render_json(&output)
-    };
+    let rendered = if wants_csv { render_csv(&output) } else { render_json(&output) };
     match rendered {
         Ok(response) => response,
-        Err(error) => error_response(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            &format!("rendering the result: {error}"),
-        ),
+        Err(error) => error_response(StatusCode::INTERNAL_SERVER_ERROR, &format!("rendering the result: {error}")),
     }
 }
 
@@ -101,12 +88,7 @@ fn rows(output: &QueryOutput) -> Result<Vec<Vec<Value>>, Error> {
 }
 
 fn column_names(output: &QueryOutput) -> Vec<String> {
-    output
-        .schema
-        .fields()
-        .iter()
-        .map(|f| f.name().clone())
-        .collect()
+    output.schema.fields().iter().map(|f| f.name().clone()).collect()
 }
 
 fn render_json(output: &QueryOutput) -> Result<Response, Error> {
@@ -118,9 +100,7 @@ fn render_json(output: &QueryOutput) -> Result<Response, Error> {
 fn render_csv(output: &QueryOutput) -> Result<Response, Error> {
     let mut writer = csv::Writer::from_writer(Vec::new());
     let csv_error = |e: csv::Error| Error::Task(format!("writing CSV: {e}"));
-    writer
-        .write_record(column_names(output))
-        .map_err(csv_error)?;
+    writer.write_record(column_names(output)).map_err(csv_error)?;
     for row in rows(output)? {
         let fields = row.into_iter().map(|value| match value {
             Value::Null => String::new(),
@@ -129,13 +109,6 @@ fn render_csv(output: &QueryOutput) -> Result<Response, Error> {
         });
         writer.write_record(fields).map_err(csv_error)?;
     }
-    let body = writer
-        .into_inner()
-        .map_err(|e| Error::Task(format!("writing CSV: {e}")))?;
-    Ok((
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
-        body,
-    )
-        .into_response())
+    let body = writer.into_inner().map_err(|e| Error::Task(format!("writing CSV: {e}")))?;
+    Ok((StatusCode::OK, [(header::CONTENT_TYPE, "text/csv; charset=utf-8")], body).into_response())
 }

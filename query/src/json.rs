@@ -5,14 +5,11 @@
 //! floats, which JSON cannot carry, become the strings `NaN`, `Infinity` and `-Infinity`.
 //! Other types fall back to Arrow's display form.
 
-use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, GenericListArray, MapArray, OffsetSizeTrait,
-    StructArray,
-};
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, GenericListArray, MapArray, OffsetSizeTrait, StructArray};
 use arrow::datatypes::{
-    DataType, Date32Type, Float16Type, Float32Type, Float64Type, Int8Type, Int16Type, Int32Type,
-    Int64Type, TimeUnit, TimestampMicrosecondType, TimestampMillisecondType,
-    TimestampNanosecondType, TimestampSecondType, UInt8Type, UInt16Type, UInt32Type, UInt64Type,
+    DataType, Date32Type, Float16Type, Float32Type, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type, TimeUnit,
+    TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType, UInt8Type,
+    UInt16Type, UInt32Type, UInt64Type,
 };
 use arrow::error::ArrowError;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
@@ -25,66 +22,18 @@ pub fn array_to_json(array: &dyn Array) -> Result<Vec<Value>, ArrowError> {
         DataType::Null => vec![Value::Null; len],
         DataType::Boolean => {
             let a: &BooleanArray = array.as_boolean();
-            (0..len)
-                .map(|i| {
-                    if a.is_null(i) {
-                        Value::Null
-                    } else {
-                        Value::Bool(a.value(i))
-                    }
-                })
-                .collect()
+            (0..len).map(|i| if a.is_null(i) { Value::Null } else { Value::Bool(a.value(i)) }).collect()
         }
-        DataType::Int8 => integers(
-            array
-                .as_primitive::<Int8Type>()
-                .iter()
-                .map(|v| v.map(i64::from)),
-        ),
-        DataType::Int16 => integers(
-            array
-                .as_primitive::<Int16Type>()
-                .iter()
-                .map(|v| v.map(i64::from)),
-        ),
-        DataType::Int32 => integers(
-            array
-                .as_primitive::<Int32Type>()
-                .iter()
-                .map(|v| v.map(i64::from)),
-        ),
+        DataType::Int8 => integers(array.as_primitive::<Int8Type>().iter().map(|v| v.map(i64::from))),
+        DataType::Int16 => integers(array.as_primitive::<Int16Type>().iter().map(|v| v.map(i64::from))),
+        DataType::Int32 => integers(array.as_primitive::<Int32Type>().iter().map(|v| v.map(i64::from))),
         DataType::Int64 => integers(array.as_primitive::<Int64Type>().iter()),
-        DataType::UInt8 => unsigned(
-            array
-                .as_primitive::<UInt8Type>()
-                .iter()
-                .map(|v| v.map(u64::from)),
-        ),
-        DataType::UInt16 => unsigned(
-            array
-                .as_primitive::<UInt16Type>()
-                .iter()
-                .map(|v| v.map(u64::from)),
-        ),
-        DataType::UInt32 => unsigned(
-            array
-                .as_primitive::<UInt32Type>()
-                .iter()
-                .map(|v| v.map(u64::from)),
-        ),
+        DataType::UInt8 => unsigned(array.as_primitive::<UInt8Type>().iter().map(|v| v.map(u64::from))),
+        DataType::UInt16 => unsigned(array.as_primitive::<UInt16Type>().iter().map(|v| v.map(u64::from))),
+        DataType::UInt32 => unsigned(array.as_primitive::<UInt32Type>().iter().map(|v| v.map(u64::from))),
         DataType::UInt64 => unsigned(array.as_primitive::<UInt64Type>().iter()),
-        DataType::Float16 => floats(
-            array
-                .as_primitive::<Float16Type>()
-                .iter()
-                .map(|v| v.map(f64::from)),
-        ),
-        DataType::Float32 => floats(
-            array
-                .as_primitive::<Float32Type>()
-                .iter()
-                .map(|v| v.map(f64::from)),
-        ),
+        DataType::Float16 => floats(array.as_primitive::<Float16Type>().iter().map(|v| v.map(f64::from))),
+        DataType::Float32 => floats(array.as_primitive::<Float32Type>().iter().map(|v| v.map(f64::from))),
         DataType::Float64 => floats(array.as_primitive::<Float64Type>().iter()),
         DataType::Utf8 => strings(array.as_string::<i32>().iter()),
         DataType::LargeUtf8 => strings(array.as_string::<i64>().iter()),
@@ -110,28 +59,16 @@ pub fn array_to_json(array: &dyn Array) -> Result<Vec<Value>, ArrowError> {
                     .iter()
                     .map(|v| v.and_then(|s| s.checked_mul(1_000)))
                     .collect(),
-                TimeUnit::Nanosecond => array
-                    .as_primitive::<TimestampNanosecondType>()
-                    .iter()
-                    .collect(),
+                TimeUnit::Nanosecond => array.as_primitive::<TimestampNanosecondType>().iter().collect(),
             };
-            nanos
-                .into_iter()
-                .map(|v| {
-                    v.map_or(Value::Null, |ns| {
-                        Value::String(format_timestamp_ns(ns, utc))
-                    })
-                })
-                .collect()
+            nanos.into_iter().map(|v| v.map_or(Value::Null, |ns| Value::String(format_timestamp_ns(ns, utc)))).collect()
         }
         DataType::Date32 => array
             .as_primitive::<Date32Type>()
             .iter()
             .map(|v| {
                 v.and_then(|days| chrono::NaiveDate::from_num_days_from_ce_opt(days + 719_163))
-                    .map_or(Value::Null, |d| {
-                        Value::String(d.format("%Y-%m-%d").to_string())
-                    })
+                    .map_or(Value::Null, |d| Value::String(d.format("%Y-%m-%d").to_string()))
             })
             .collect(),
         DataType::List(_) => lists(array.as_list::<i32>())?,
@@ -157,13 +94,7 @@ pub fn array_to_json(array: &dyn Array) -> Result<Vec<Value>, ArrowError> {
         _ => {
             let formatter = ArrayFormatter::try_new(array, &FormatOptions::default())?;
             (0..len)
-                .map(|i| {
-                    if array.is_null(i) {
-                        Value::Null
-                    } else {
-                        Value::String(formatter.value(i).to_string())
-                    }
-                })
+                .map(|i| if array.is_null(i) { Value::Null } else { Value::String(formatter.value(i).to_string()) })
                 .collect()
         }
     };
@@ -181,15 +112,11 @@ pub fn format_timestamp_ns(ns: i64, utc: bool) -> String {
 }
 
 fn integers(values: impl Iterator<Item = Option<i64>>) -> Vec<Value> {
-    values
-        .map(|v| v.map_or(Value::Null, |v| Value::Number(v.into())))
-        .collect()
+    values.map(|v| v.map_or(Value::Null, |v| Value::Number(v.into()))).collect()
 }
 
 fn unsigned(values: impl Iterator<Item = Option<u64>>) -> Vec<Value> {
-    values
-        .map(|v| v.map_or(Value::Null, |v| Value::Number(v.into())))
-        .collect()
+    values.map(|v| v.map_or(Value::Null, |v| Value::Number(v.into()))).collect()
 }
 
 fn floats(values: impl Iterator<Item = Option<f64>>) -> Vec<Value> {
@@ -206,26 +133,20 @@ fn float(value: f64) -> Value {
 }
 
 fn strings<'a>(values: impl Iterator<Item = Option<&'a str>>) -> Vec<Value> {
-    values
-        .map(|v| v.map_or(Value::Null, |s| Value::String(s.to_string())))
-        .collect()
+    values.map(|v| v.map_or(Value::Null, |s| Value::String(s.to_string()))).collect()
 }
 
 fn hex_strings<'a>(values: impl Iterator<Item = Option<&'a [u8]>>) -> Vec<Value> {
-    values
-        .map(|v| v.map_or(Value::Null, |b| Value::String(hex::encode(b))))
-        .collect()
+    values.map(|v| v.map_or(Value::Null, |b| Value::String(hex::encode(b)))).collect()
 }
 
 fn lists<O: OffsetSizeTrait>(list: &GenericListArray<O>) -> Result<Vec<Value>, ArrowError> {
     (0..list.len())
-        .map(|i| {
-            if list.is_null(i) {
-                Ok(Value::Null)
-            } else {
-                array_to_json(list.value(i).as_ref()).map(Value::Array)
-            }
-        })
+        .map(
+            |i| {
+                if list.is_null(i) { Ok(Value::Null) } else { array_to_json(list.value(i).as_ref()).map(Value::Array) }
+            },
+        )
         .collect()
 }
 
@@ -252,11 +173,8 @@ fn maps(map: &MapArray) -> Result<Vec<Value>, ArrowError> {
 }
 
 fn structs(array: &StructArray) -> Result<Vec<Value>, ArrowError> {
-    let columns: Vec<Vec<Value>> = array
-        .columns()
-        .iter()
-        .map(|c| array_to_json(c.as_ref()))
-        .collect::<Result<_, _>>()?;
+    let columns: Vec<Vec<Value>> =
+        array.columns().iter().map(|c| array_to_json(c.as_ref())).collect::<Result<_, _>>()?;
     Ok((0..array.len())
         .map(|i| {
             if array.is_null(i) {
@@ -277,22 +195,15 @@ fn structs(array: &StructArray) -> Result<Vec<Value>, ArrowError> {
 mod tests {
     use std::sync::Arc;
 
-    use arrow::array::{
-        Float64Array, ListBuilder, MapBuilder, StringBuilder, TimestampNanosecondArray,
-        UInt64Builder,
-    };
+    use arrow::array::{Float64Array, ListBuilder, MapBuilder, StringBuilder, TimestampNanosecondArray, UInt64Builder};
     use serde_json::json;
 
     use super::*;
 
     #[test]
     fn timestamps_are_rfc3339_with_nanoseconds() {
-        let array = TimestampNanosecondArray::from(vec![Some(1_795_392_000_123_456_789), None])
-            .with_timezone("UTC");
-        assert_eq!(
-            array_to_json(&array).expect("json"),
-            vec![json!("2026-11-23T00:00:00.123456789Z"), Value::Null]
-        );
+        let array = TimestampNanosecondArray::from(vec![Some(1_795_392_000_123_456_789), None]).with_timezone("UTC");
+        assert_eq!(array_to_json(&array).expect("json"), vec![json!("2026-11-23T00:00:00.123456789Z"), Value::Null]);
     }
 
     #[test]
@@ -303,10 +214,7 @@ mod tests {
         map.append(true).expect("entry");
         map.append(true).expect("empty");
         let map = map.finish();
-        assert_eq!(
-            array_to_json(&map).expect("json"),
-            vec![json!({"http.method": "GET"}), json!({})]
-        );
+        assert_eq!(array_to_json(&map).expect("json"), vec![json!({"http.method": "GET"}), json!({})]);
 
         let mut list = ListBuilder::new(UInt64Builder::new());
         list.values().append_value(1);
@@ -314,28 +222,15 @@ mod tests {
         list.append(true);
         list.append_null();
         let list = list.finish();
-        assert_eq!(
-            array_to_json(&list).expect("json"),
-            vec![json!([1, u64::MAX]), Value::Null]
-        );
+        assert_eq!(array_to_json(&list).expect("json"), vec![json!([1, u64::MAX]), Value::Null]);
     }
 
     #[test]
     fn non_finite_floats_are_strings() {
-        let array: ArrayRef = Arc::new(Float64Array::from(vec![
-            1.5,
-            f64::NAN,
-            f64::INFINITY,
-            f64::NEG_INFINITY,
-        ]));
+        let array: ArrayRef = Arc::new(Float64Array::from(vec![1.5, f64::NAN, f64::INFINITY, f64::NEG_INFINITY]));
         assert_eq!(
             array_to_json(array.as_ref()).expect("json"),
-            vec![
-                json!(1.5),
-                json!("NaN"),
-                json!("Infinity"),
-                json!("-Infinity")
-            ]
+            vec![json!(1.5), json!("NaN"), json!("Infinity"), json!("-Infinity")]
         );
     }
 }

@@ -38,9 +38,7 @@ use tracing::debug;
 use wake_storage::schema::BODY;
 use wake_storage::{DataFile, Signal, Store};
 
-use crate::fulltext::{
-    FullTextSearchExec, IndexCache, calls_matches, indexable_query, search_files,
-};
+use crate::fulltext::{FullTextSearchExec, IndexCache, calls_matches, indexable_query, search_files};
 
 /// The `logs`, `metrics` or `spans` table.
 pub struct WakeTable {
@@ -52,20 +50,13 @@ pub struct WakeTable {
 
 impl std::fmt::Debug for WakeTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WakeTable")
-            .field("signal", &self.signal)
-            .finish_non_exhaustive()
+        f.debug_struct("WakeTable").field("signal", &self.signal).finish_non_exhaustive()
     }
 }
 
 impl WakeTable {
     pub fn new(store: Arc<Store>, signal: Signal) -> Self {
-        WakeTable {
-            store,
-            signal,
-            schema: signal.schema(),
-            indexes: Arc::new(IndexCache::default()),
-        }
+        WakeTable { store, signal, schema: signal.schema(), indexes: Arc::new(IndexCache::default()) }
     }
 }
 
@@ -79,10 +70,7 @@ impl TableProvider for WakeTable {
         TableType::Base
     }
 
-    fn supports_filters_pushdown(
-        &self,
-        filters: &[&Expr],
-    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DfResult<Vec<TableProviderFilterPushDown>> {
         Ok(filters
             .iter()
             .map(|filter| match indexable_query(filter) {
@@ -110,9 +98,7 @@ impl TableProvider for WakeTable {
         }
         let df_schema = DFSchema::try_from(self.schema.clone())?;
         let pushable = conjunction(other_filters.iter().filter(|f| !calls_matches(f)).cloned());
-        let predicate = pushable
-            .map(|expr| state.create_physical_expr(expr, &df_schema))
-            .transpose()?;
+        let predicate = pushable.map(|expr| state.create_physical_expr(expr, &df_schema)).transpose()?;
 
         let total_files = snapshot.files.len();
         let files = match &predicate {
@@ -125,19 +111,11 @@ impl TableProvider for WakeTable {
             Some(projection) => projection.clone(),
             None => (0..self.schema.fields().len()).collect(),
         };
-        let scan = ScanBuilder {
-            state,
-            schema: self.schema.clone(),
-            predicate,
-        };
+        let scan = ScanBuilder { state, schema: self.schema.clone(), predicate };
 
         if text_queries.is_empty() {
             let mut inputs = Vec::new();
-            inputs.extend(scan.parquet(
-                files.into_iter().map(|f| (f, None)).collect(),
-                &projection,
-                limit,
-            )?);
+            inputs.extend(scan.parquet(files.into_iter().map(|f| (f, None)).collect(), &projection, limit)?);
             inputs.extend(scan.memory(snapshot.buffered, &projection)?);
             return scan.union(inputs, &projection);
         }
@@ -150,16 +128,11 @@ impl TableProvider for WakeTable {
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
 
         let mut inputs = Vec::new();
-        inputs.extend(
-            scan.parquet(
-                hits.selected
-                    .into_iter()
-                    .map(|(f, plan)| (f, Some(plan)))
-                    .collect(),
-                &projection,
-                limit,
-            )?,
-        );
+        inputs.extend(scan.parquet(
+            hits.selected.into_iter().map(|(f, plan)| (f, Some(plan))).collect(),
+            &projection,
+            limit,
+        )?);
 
         // Rows no index covers: evaluate `matches` on them, reading `body` even if unprojected.
         let body = self.schema.index_of(BODY)?;
@@ -177,27 +150,15 @@ impl TableProvider for WakeTable {
         if !unindexed.is_empty() {
             let wide = scan.union(unindexed, &wide_projection)?;
             let wide_schema = DFSchema::try_from(wide.schema())?;
-            let text_filter = conjunction(
-                filters
-                    .iter()
-                    .filter(|f| indexable_query(f).is_some())
-                    .cloned(),
-            )
-            .ok_or_else(|| DataFusionError::Internal("full-text filter vanished".into()))?;
+            let text_filter = conjunction(filters.iter().filter(|f| indexable_query(f).is_some()).cloned())
+                .ok_or_else(|| DataFusionError::Internal("full-text filter vanished".into()))?;
             let text_filter = state.create_physical_expr(text_filter, &wide_schema)?;
-            let filtered: Arc<dyn ExecutionPlan> =
-                Arc::new(FilterExec::try_new(text_filter, wide)?);
+            let filtered: Arc<dyn ExecutionPlan> = Arc::new(FilterExec::try_new(text_filter, wide)?);
             let narrowed = (0..projection.len()).map(|i| {
                 let field = filtered.schema().field(i).clone();
-                (
-                    Arc::new(ColumnExpr::new(field.name(), i)) as Arc<dyn PhysicalExpr>,
-                    field.name().clone(),
-                )
+                (Arc::new(ColumnExpr::new(field.name(), i)) as Arc<dyn PhysicalExpr>, field.name().clone())
             });
-            inputs.push(Arc::new(ProjectionExec::try_new(
-                narrowed.collect::<Vec<_>>(),
-                filtered,
-            )?));
+            inputs.push(Arc::new(ProjectionExec::try_new(narrowed.collect::<Vec<_>>(), filtered)?));
         }
         let plan = scan.union(inputs, &projection)?;
         Ok(Arc::new(FullTextSearchExec::new(plan, hits.stats)))
@@ -211,10 +172,7 @@ impl WakeTable {
         predicate: Arc<dyn PhysicalExpr>,
         files: Vec<Arc<DataFile>>,
     ) -> DfResult<Vec<Arc<DataFile>>> {
-        let pruning = match PruningPredicateBuilder::new()
-            .with_file_schema(self.schema.clone())
-            .try_build(predicate)
-        {
+        let pruning = match PruningPredicateBuilder::new().with_file_schema(self.schema.clone()).try_build(predicate) {
             Ok(pruning) => pruning,
             // A predicate the pruner cannot reason about prunes nothing.
             Err(_) => return Ok(files),
@@ -222,16 +180,9 @@ impl WakeTable {
         if pruning.always_true() {
             return Ok(files);
         }
-        let statistics = FileTimeBounds {
-            files: &files,
-            time_column: self.signal.time_column(),
-        };
+        let statistics = FileTimeBounds { files: &files, time_column: self.signal.time_column() };
         let keep = pruning.prune(&statistics)?;
-        Ok(files
-            .into_iter()
-            .zip(keep)
-            .filter_map(|(file, keep)| keep.then_some(file))
-            .collect())
+        Ok(files.into_iter().zip(keep).filter_map(|(file, keep)| keep.then_some(file)).collect())
     }
 }
 
@@ -247,8 +198,7 @@ impl FileTimeBounds<'_> {
             return None;
         }
         let values =
-            TimestampNanosecondArray::from_iter_values(self.files.iter().map(|f| bound(f)))
-                .with_timezone("UTC");
+            TimestampNanosecondArray::from_iter_values(self.files.iter().map(|f| bound(f))).with_timezone("UTC");
         Some(Arc::new(values))
     }
 }
@@ -268,14 +218,11 @@ impl PruningStatistics for FileTimeBounds<'_> {
 
     fn null_counts(&self, column: &Column) -> Option<ArrayRef> {
         // The time column is never null.
-        (column.name == self.time_column)
-            .then(|| Arc::new(UInt64Array::from(vec![0u64; self.files.len()])) as ArrayRef)
+        (column.name == self.time_column).then(|| Arc::new(UInt64Array::from(vec![0u64; self.files.len()])) as ArrayRef)
     }
 
     fn row_counts(&self) -> Option<ArrayRef> {
-        Some(Arc::new(UInt64Array::from_iter_values(
-            self.files.iter().map(|f| f.num_rows),
-        )))
+        Some(Arc::new(UInt64Array::from_iter_values(self.files.iter().map(|f| f.num_rows))))
     }
 
     fn contained(&self, _column: &Column, _values: &HashSet<ScalarValue>) -> Option<BooleanArray> {
@@ -306,19 +253,16 @@ impl ScanBuilder<'_> {
         options.global = self.state.config_options().execution.parquet.clone();
         options.global.pushdown_filters = true;
         options.global.reorder_filters = true;
-        let mut source =
-            ParquetSource::new(self.schema.clone()).with_table_parquet_options(options);
+        let mut source = ParquetSource::new(self.schema.clone()).with_table_parquet_options(options);
         if let Some(predicate) = &self.predicate {
             source = source.with_predicate(predicate.clone());
         }
-        let mut config =
-            FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
-                .with_projection_indices(Some(projection.to_vec()))?
-                .with_limit(limit);
+        let mut config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
+            .with_projection_indices(Some(projection.to_vec()))?
+            .with_limit(limit);
         for (file, access_plan) in files {
             let location = file.path.to_string_lossy();
-            let mut partitioned =
-                PartitionedFile::new(location.trim_start_matches('/'), file.size_bytes);
+            let mut partitioned = PartitionedFile::new(location.trim_start_matches('/'), file.size_bytes);
             if let Some(access_plan) = access_plan {
                 partitioned = partitioned.with_extension(access_plan);
             }
@@ -328,42 +272,23 @@ impl ScanBuilder<'_> {
     }
 
     /// The buffered rows, spread over partitions so that they are filtered in parallel.
-    fn memory(
-        &self,
-        batches: Vec<RecordBatch>,
-        projection: &[usize],
-    ) -> DfResult<Option<Arc<dyn ExecutionPlan>>> {
+    fn memory(&self, batches: Vec<RecordBatch>, projection: &[usize]) -> DfResult<Option<Arc<dyn ExecutionPlan>>> {
         if batches.is_empty() {
             return Ok(None);
         }
-        let partitions = self
-            .state
-            .config_options()
-            .execution
-            .target_partitions
-            .max(1);
+        let partitions = self.state.config_options().execution.target_partitions.max(1);
         let mut split: Vec<Vec<RecordBatch>> = vec![Vec::new(); partitions.min(batches.len())];
         let slots = split.len();
         for (i, batch) in batches.into_iter().enumerate() {
             split[i % slots].push(batch);
         }
-        let exec = MemorySourceConfig::try_new_exec(
-            &split,
-            self.schema.clone(),
-            Some(projection.to_vec()),
-        )?;
+        let exec = MemorySourceConfig::try_new_exec(&split, self.schema.clone(), Some(projection.to_vec()))?;
         Ok(Some(exec))
     }
 
-    fn union(
-        &self,
-        inputs: Vec<Arc<dyn ExecutionPlan>>,
-        projection: &[usize],
-    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+    fn union(&self, inputs: Vec<Arc<dyn ExecutionPlan>>, projection: &[usize]) -> DfResult<Arc<dyn ExecutionPlan>> {
         if inputs.is_empty() {
-            return Ok(Arc::new(EmptyExec::new(Arc::new(
-                self.schema.project(projection)?,
-            ))));
+            return Ok(Arc::new(EmptyExec::new(Arc::new(self.schema.project(projection)?))));
         }
         UnionExec::try_new(inputs)
     }

@@ -44,12 +44,7 @@ pub struct DataFile {
 }
 
 impl DataFile {
-    pub(crate) fn new(
-        signal: Signal,
-        path: PathBuf,
-        index_dir: Option<PathBuf>,
-        stats: FileStats,
-    ) -> DataFile {
+    pub(crate) fn new(signal: Signal, path: PathBuf, index_dir: Option<PathBuf>, stats: FileStats) -> DataFile {
         DataFile {
             signal,
             path,
@@ -146,59 +141,36 @@ impl Catalog {
     /// Loads the manifest (an absent one means an empty store) and removes files it does not name.
     pub fn open(data_dir: &Path) -> Result<Catalog> {
         let manifest_path = data_dir.join(MANIFEST);
-        let mut catalog = Catalog {
-            data_dir: data_dir.to_path_buf(),
-            files: Default::default(),
-            flushed_seq: [0; 3],
-        };
+        let mut catalog = Catalog { data_dir: data_dir.to_path_buf(), files: Default::default(), flushed_seq: [0; 3] };
         match fs::read(&manifest_path) {
             Ok(bytes) => {
-                let manifest: ManifestFile =
-                    serde_json::from_slice(&bytes).map_err(|e| Error::Manifest {
-                        path: manifest_path.clone(),
-                        reason: e.to_string(),
-                    })?;
+                let manifest: ManifestFile = serde_json::from_slice(&bytes)
+                    .map_err(|e| Error::Manifest { path: manifest_path.clone(), reason: e.to_string() })?;
                 if manifest.version != MANIFEST_VERSION {
                     return Err(Error::Manifest {
                         path: manifest_path,
-                        reason: format!(
-                            "version {} is not supported (expected {MANIFEST_VERSION})",
-                            manifest.version
-                        ),
+                        reason: format!("version {} is not supported (expected {MANIFEST_VERSION})", manifest.version),
                     });
                 }
                 for (name, seq) in manifest.flushed_seq {
-                    let signal = name.parse::<Signal>().map_err(|reason| Error::Manifest {
-                        path: manifest_path.clone(),
-                        reason,
-                    })?;
+                    let signal = name
+                        .parse::<Signal>()
+                        .map_err(|reason| Error::Manifest { path: manifest_path.clone(), reason })?;
                     catalog.flushed_seq[slot(signal)] = seq;
                 }
                 for entry in manifest.files {
-                    let signal =
-                        entry
-                            .signal
-                            .parse::<Signal>()
-                            .map_err(|reason| Error::Manifest {
-                                path: manifest_path.clone(),
-                                reason,
-                            })?;
+                    let signal = entry
+                        .signal
+                        .parse::<Signal>()
+                        .map_err(|reason| Error::Manifest { path: manifest_path.clone(), reason })?;
                     let path = data_dir.join(&entry.path);
                     if !path.exists() {
                         // Never silently: a missing file is lost data, and the operator must know.
                         warn!(path = %path.display(), "file named by the manifest is missing; dropped from the catalog");
                         continue;
                     }
-                    let index_dir = entry
-                        .index
-                        .map(|index| data_dir.join(index))
-                        .filter(|dir| dir.exists());
-                    catalog.files[slot(signal)].push(Arc::new(DataFile::new(
-                        signal,
-                        path,
-                        index_dir,
-                        entry.stats,
-                    )));
+                    let index_dir = entry.index.map(|index| data_dir.join(index)).filter(|dir| dir.exists());
+                    catalog.files[slot(signal)].push(Arc::new(DataFile::new(signal, path, index_dir, entry.stats)));
                 }
             }
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
@@ -225,10 +197,7 @@ impl Catalog {
                 for entry in entries.flatten() {
                     let path = entry.path();
                     let extension = path.extension().and_then(|e| e.to_str());
-                    let is_data = matches!(
-                        extension,
-                        Some(PARQUET_EXTENSION) | Some(INDEX_EXTENSION) | Some("tmp")
-                    );
+                    let is_data = matches!(extension, Some(PARQUET_EXTENSION) | Some(INDEX_EXTENSION) | Some("tmp"));
                     if is_data && !known.contains(&path) {
                         info!(path = %path.display(), "removing file left by an interrupted flush or compaction");
                         remove_file_and_index(&path, path.is_dir().then_some(path.as_path()));
@@ -255,12 +224,7 @@ impl Catalog {
 
     /// Adds a flush's files and records that the signal is in Parquet up to `flushed_seq`.
     /// On failure nothing changes, in memory or on disk.
-    pub fn add_flushed(
-        &mut self,
-        signal: Signal,
-        files: Vec<Arc<DataFile>>,
-        flushed_seq: u64,
-    ) -> Result<()> {
+    pub fn add_flushed(&mut self, signal: Signal, files: Vec<Arc<DataFile>>, flushed_seq: u64) -> Result<()> {
         let previous_len = self.files[slot(signal)].len();
         let previous_seq = self.flushed_seq[slot(signal)];
         self.files[slot(signal)].extend(files);
@@ -275,12 +239,7 @@ impl Catalog {
 
     /// Swaps compacted inputs for their output.
     /// On failure nothing changes, in memory or on disk.
-    pub fn replace(
-        &mut self,
-        signal: Signal,
-        inputs: &[Arc<DataFile>],
-        outputs: Vec<Arc<DataFile>>,
-    ) -> Result<()> {
+    pub fn replace(&mut self, signal: Signal, inputs: &[Arc<DataFile>], outputs: Vec<Arc<DataFile>>) -> Result<()> {
         let previous = self.files[slot(signal)].clone();
         let files = &mut self.files[slot(signal)];
         files.retain(|file| !inputs.iter().any(|input| Arc::ptr_eq(file, input)));
@@ -296,10 +255,7 @@ impl Catalog {
     }
 
     fn relative(&self, path: &Path) -> String {
-        path.strip_prefix(&self.data_dir)
-            .unwrap_or(path)
-            .to_string_lossy()
-            .into_owned()
+        path.strip_prefix(&self.data_dir).unwrap_or(path).to_string_lossy().into_owned()
     }
 
     fn commit(&self) -> Result<()> {
@@ -307,12 +263,7 @@ impl Catalog {
             version: MANIFEST_VERSION,
             flushed_seq: Signal::ALL
                 .into_iter()
-                .map(|signal| {
-                    (
-                        signal.table_name().to_string(),
-                        self.flushed_seq[slot(signal)],
-                    )
-                })
+                .map(|signal| (signal.table_name().to_string(), self.flushed_seq[slot(signal)]))
                 .collect(),
             files: self
                 .files
@@ -335,10 +286,8 @@ impl Catalog {
         };
         let path = self.data_dir.join(MANIFEST);
         let temporary = self.data_dir.join(format!("{MANIFEST}.tmp"));
-        let bytes = serde_json::to_vec(&manifest).map_err(|e| Error::Manifest {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
+        let bytes =
+            serde_json::to_vec(&manifest).map_err(|e| Error::Manifest { path: path.clone(), reason: e.to_string() })?;
         fs::write(&temporary, &bytes)
             .and_then(|()| fs::File::open(&temporary)?.sync_all())
             .map_err(|e| Error::io(&temporary, e))?;
@@ -394,13 +343,9 @@ mod tests {
         fs::write(&path, b"x").unwrap();
         let mut catalog = Catalog::open(dir.path()).unwrap();
         let old = Arc::new(DataFile::new(Signal::Spans, path.clone(), None, stats()));
-        catalog
-            .add_flushed(Signal::Spans, vec![old.clone()], 1)
-            .unwrap();
+        catalog.add_flushed(Signal::Spans, vec![old.clone()], 1).unwrap();
         let reader = old.clone();
-        catalog
-            .replace(Signal::Spans, &[old.clone()], vec![])
-            .unwrap();
+        catalog.replace(Signal::Spans, &[old.clone()], vec![]).unwrap();
         drop(old);
         assert!(path.exists(), "a query still holds it");
         drop(reader);

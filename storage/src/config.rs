@@ -63,19 +63,13 @@ impl StoreConfig {
             return fail("data_dir must not be empty".into());
         }
         if self.max_request_bytes < 1024 {
-            return fail(format!(
-                "max_request_bytes must be at least 1024, got {}",
-                self.max_request_bytes
-            ));
+            return fail(format!("max_request_bytes must be at least 1024, got {}", self.max_request_bytes));
         }
         if self.flush_interval_secs == 0 {
             return fail("flush_interval_secs must be at least 1".into());
         }
         if self.flush_max_bytes < 1024 * 1024 {
-            return fail(format!(
-                "flush_max_bytes must be at least 1 MiB, got {}",
-                self.flush_max_bytes
-            ));
+            return fail(format!("flush_max_bytes must be at least 1 MiB, got {}", self.flush_max_bytes));
         }
         if self.max_buffered_bytes < self.flush_max_bytes {
             return fail(format!(
@@ -87,16 +81,10 @@ impl StoreConfig {
             return fail("compaction_min_files must be at least 2".into());
         }
         if self.row_group_rows < 1024 {
-            return fail(format!(
-                "row_group_rows must be at least 1024, got {}",
-                self.row_group_rows
-            ));
+            return fail(format!("row_group_rows must be at least 1024, got {}", self.row_group_rows));
         }
         if !(1..=22).contains(&self.zstd_level) {
-            return fail(format!(
-                "zstd_level must be between 1 and 22, got {}",
-                self.zstd_level
-            ));
+            return fail(format!("zstd_level must be between 1 and 22, got {}", self.zstd_level));
         }
         Ok(())
     }
@@ -108,17 +96,12 @@ mod tests {
 
     #[test]
     fn defaults_are_valid() {
-        StoreConfig::default()
-            .validate()
-            .expect("default config must validate");
+        StoreConfig::default().validate().expect("default config must validate");
     }
 
     #[test]
     fn rejects_buffer_smaller_than_flush_size() {
-        let config = StoreConfig {
-            max_buffered_bytes: 2 * 1024 * 1024,
-            ..StoreConfig::default()
-        };
+        let config = StoreConfig { max_buffered_bytes: 2 * 1024 * 1024, ..StoreConfig::default() };
         let message = config.validate().unwrap_err().to_string();
         assert!(message.contains("max_buffered_bytes"), "{message}");
     }

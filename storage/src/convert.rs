@@ -8,17 +8,15 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, BooleanBuilder, Float64Builder, Int32Builder, Int64Builder, ListBuilder, MapBuilder,
-    MapFieldNames, StringBuilder, TimestampNanosecondBuilder, UInt32Builder, UInt64Builder,
+    ArrayRef, BooleanBuilder, Float64Builder, Int32Builder, Int64Builder, ListBuilder, MapBuilder, MapFieldNames,
+    StringBuilder, TimestampNanosecondBuilder, UInt32Builder, UInt64Builder,
 };
 use arrow::record_batch::RecordBatch;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
-use opentelemetry_proto::tonic::metrics::v1::{
-    exponential_histogram_data_point, metric, number_data_point,
-};
+use opentelemetry_proto::tonic::metrics::v1::{exponential_histogram_data_point, metric, number_data_point};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use serde_json::{Map as JsonMap, Value as JsonValue};
 
@@ -94,28 +92,17 @@ fn json_of_value(value: Option<&any_value::Value>) -> JsonValue {
             .map(JsonValue::Number)
             .unwrap_or_else(|| JsonValue::String(number.to_string())),
         Some(any_value::Value::BytesValue(bytes)) => JsonValue::String(hex::encode(bytes)),
-        Some(any_value::Value::ArrayValue(array)) => JsonValue::Array(
-            array
-                .values
-                .iter()
-                .map(|item| json_of_value(item.value.as_ref()))
-                .collect(),
-        ),
-        Some(any_value::Value::KvlistValue(list)) => {
-            JsonValue::Object(json_of_attributes(&list.values))
+        Some(any_value::Value::ArrayValue(array)) => {
+            JsonValue::Array(array.values.iter().map(|item| json_of_value(item.value.as_ref())).collect())
         }
+        Some(any_value::Value::KvlistValue(list)) => JsonValue::Object(json_of_attributes(&list.values)),
     }
 }
 
 fn json_of_attributes(attributes: &[KeyValue]) -> JsonMap<String, JsonValue> {
     attributes
         .iter()
-        .map(|kv| {
-            (
-                kv.key.clone(),
-                json_of_value(kv.value.as_ref().and_then(|v| v.value.as_ref())),
-            )
-        })
+        .map(|kv| (kv.key.clone(), json_of_value(kv.value.as_ref().and_then(|v| v.value.as_ref()))))
         .collect()
 }
 
@@ -129,11 +116,7 @@ fn attribute_string(kv: &KeyValue) -> Option<String> {
 type AttributeMapBuilder = MapBuilder<StringBuilder, StringBuilder>;
 
 fn attribute_map_builder() -> AttributeMapBuilder {
-    let names = MapFieldNames {
-        entry: "entries".to_string(),
-        key: "keys".to_string(),
-        value: "values".to_string(),
-    };
+    let names = MapFieldNames { entry: "entries".to_string(), key: "keys".to_string(), value: "values".to_string() };
     MapBuilder::new(Some(names), StringBuilder::new(), StringBuilder::new())
 }
 
@@ -159,14 +142,8 @@ impl ResourceView {
     fn new(resource: Option<&Resource>) -> Self {
         let mut promoted: [Option<String>; PROMOTED_RESOURCE_ATTRIBUTES.len()] = Default::default();
         let mut rest = Vec::new();
-        for kv in resource
-            .map(|r| r.attributes.as_slice())
-            .unwrap_or_default()
-        {
-            match PROMOTED_RESOURCE_ATTRIBUTES
-                .iter()
-                .position(|(key, _)| *key == kv.key)
-            {
+        for kv in resource.map(|r| r.attributes.as_slice()).unwrap_or_default() {
+            match PROMOTED_RESOURCE_ATTRIBUTES.iter().position(|(key, _)| *key == kv.key) {
                 Some(slot) => promoted[slot] = attribute_string(kv),
                 None => rest.push((kv.key.clone(), attribute_string(kv))),
             }
@@ -188,12 +165,7 @@ impl ScopeView {
             name: scope.and_then(|s| non_empty(&s.name)),
             version: scope.and_then(|s| non_empty(&s.version)),
             attributes: scope
-                .map(|s| {
-                    s.attributes
-                        .iter()
-                        .map(|kv| (kv.key.clone(), attribute_string(kv)))
-                        .collect()
-                })
+                .map(|s| s.attributes.iter().map(|kv| (kv.key.clone(), attribute_string(kv))).collect())
                 .unwrap_or_default(),
         }
     }
@@ -211,9 +183,7 @@ struct SharedColumns {
 impl SharedColumns {
     fn new() -> Self {
         SharedColumns {
-            promoted: (0..PROMOTED_RESOURCE_ATTRIBUTES.len())
-                .map(|_| StringBuilder::new())
-                .collect(),
+            promoted: (0..PROMOTED_RESOURCE_ATTRIBUTES.len()).map(|_| StringBuilder::new()).collect(),
             resource_attributes: attribute_map_builder(),
             scope_name: StringBuilder::new(),
             scope_version: StringBuilder::new(),
@@ -236,29 +206,20 @@ impl SharedColumns {
         }
         append_attributes(
             &mut self.resource_attributes,
-            resource
-                .rest
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_deref())),
+            resource.rest.iter().map(|(k, v)| (k.as_str(), v.as_deref())),
         )?;
         self.scope_name.append_option(scope.name.as_deref());
         self.scope_version.append_option(scope.version.as_deref());
         append_attributes(
             &mut self.scope_attributes,
-            scope
-                .attributes
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_deref())),
+            scope.attributes.iter().map(|(k, v)| (k.as_str(), v.as_deref())),
         )?;
         let values: Vec<(&str, Option<String>)> = record_attributes
             .iter()
             .filter(|kv| Some(kv.key.as_str()) != skip_key)
             .map(|kv| (kv.key.as_str(), attribute_string(kv)))
             .collect();
-        append_attributes(
-            &mut self.attributes,
-            values.iter().map(|(k, v)| (*k, v.as_deref())),
-        )?;
+        append_attributes(&mut self.attributes, values.iter().map(|(k, v)| (*k, v.as_deref())))?;
         Ok(())
     }
 
@@ -309,19 +270,13 @@ pub fn logs_to_batch(request: &ExportLogsServiceRequest, received_at_ns: i64) ->
             for record in &scope_logs.log_records {
                 if !(record.trace_id.is_empty() || record.trace_id.len() == 16) {
                     rejections.reject(1, || {
-                        format!(
-                            "log record with a trace_id of {} bytes (must be 16)",
-                            record.trace_id.len()
-                        )
+                        format!("log record with a trace_id of {} bytes (must be 16)", record.trace_id.len())
                     });
                     continue;
                 }
                 if !(record.span_id.is_empty() || record.span_id.len() == 8) {
                     rejections.reject(1, || {
-                        format!(
-                            "log record with a span_id of {} bytes (must be 8)",
-                            record.span_id.len()
-                        )
+                        format!("log record with a span_id of {} bytes (must be 8)", record.span_id.len())
                     });
                     continue;
                 }
@@ -338,28 +293,16 @@ pub fn logs_to_batch(request: &ExportLogsServiceRequest, received_at_ns: i64) ->
                 timestamp.append_value(event_ns);
                 observed.append_value(observed_ns);
                 severity_number.append_value(record.severity_number);
-                severity_text.append_option(
-                    (!record.severity_text.is_empty()).then_some(&record.severity_text),
-                );
+                severity_text.append_option((!record.severity_text.is_empty()).then_some(&record.severity_text));
                 body.append_option(record.body.as_ref().and_then(any_value_to_string));
                 trace_id.append_option(hex_id(&record.trace_id));
                 span_id.append_option(hex_id(&record.span_id));
                 flags.append_value(record.flags);
-                event_name
-                    .append_option((!record.event_name.is_empty()).then_some(&record.event_name));
+                event_name.append_option((!record.event_name.is_empty()).then_some(&record.event_name));
                 iostream.append_option(
-                    record
-                        .attributes
-                        .iter()
-                        .find(|kv| kv.key == LOG_IOSTREAM_ATTRIBUTE)
-                        .and_then(attribute_string),
+                    record.attributes.iter().find(|kv| kv.key == LOG_IOSTREAM_ATTRIBUTE).and_then(attribute_string),
                 );
-                shared.append(
-                    &resource,
-                    &scope,
-                    &record.attributes,
-                    Some(LOG_IOSTREAM_ATTRIBUTE),
-                )?;
+                shared.append(&resource, &scope, &record.attributes, Some(LOG_IOSTREAM_ATTRIBUTE))?;
             }
         }
     }
@@ -383,11 +326,7 @@ pub fn logs_to_batch(request: &ExportLogsServiceRequest, received_at_ns: i64) ->
 
 fn finish(signal: Signal, columns: Vec<ArrayRef>, rejections: Rejections) -> Result<Converted> {
     let batch = RecordBatch::try_new(signal.schema(), columns)?;
-    Ok(Converted {
-        batch,
-        rejected: rejections.count,
-        error_message: rejections.message,
-    })
+    Ok(Converted { batch, rejected: rejections.count, error_message: rejections.message })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -461,8 +400,7 @@ pub fn spans_to_batch(request: &ExportTraceServiceRequest) -> Result<Converted> 
                 trace_id.append_value(hex::encode(&span.trace_id));
                 span_id.append_value(hex::encode(&span.span_id));
                 parent_span_id.append_option(hex_id(&span.parent_span_id));
-                trace_state
-                    .append_option((!span.trace_state.is_empty()).then_some(&span.trace_state));
+                trace_state.append_option((!span.trace_state.is_empty()).then_some(&span.trace_state));
                 name.append_value(&span.name);
                 kind.append_value(span_kind_name(span.kind));
                 start_time.append_value(start_ns);
@@ -470,8 +408,7 @@ pub fn spans_to_batch(request: &ExportTraceServiceRequest) -> Result<Converted> 
                 duration.append_value(end_ns.saturating_sub(start_ns));
                 let status = span.status.as_ref();
                 status_code.append_value(status_code_name(status.map_or(0, |s| s.code)));
-                status_message
-                    .append_option(status.map(|s| s.message.as_str()).filter(|m| !m.is_empty()));
+                status_message.append_option(status.map(|s| s.message.as_str()).filter(|m| !m.is_empty()));
                 flags.append_value(span.flags);
                 events.append_option((!span.events.is_empty()).then(|| {
                     let list: Vec<JsonValue> = span
@@ -614,9 +551,7 @@ where
 {
     match items {
         Some(items) => {
-            builder
-                .values()
-                .extend(items.iter().map(|item| Some(*item)));
+            builder.values().extend(items.iter().map(|item| Some(*item)));
             builder.append(true);
         }
         None => builder.append(false),
@@ -666,8 +601,7 @@ impl MetricColumns {
     ) -> Result<()> {
         let non_empty = |text: &'_ str| (!text.is_empty()).then(|| text.to_string());
         self.metric_name.append_value(metric.name);
-        self.description
-            .append_option(non_empty(metric.description));
+        self.description.append_option(non_empty(metric.description));
         self.metric_type.append_value(metric.metric_type);
         self.unit.append_option(non_empty(metric.unit));
         self.temporality.append_option(metric.temporality);
@@ -676,9 +610,8 @@ impl MetricColumns {
             0 => received_at_ns,
             value => nanos(value),
         });
-        self.start_timestamp.append_option(
-            (point.start_time_unix_nano != 0).then(|| nanos(point.start_time_unix_nano)),
-        );
+        self.start_timestamp
+            .append_option((point.start_time_unix_nano != 0).then(|| nanos(point.start_time_unix_nano)));
         self.value.append_option(values.value);
         self.count.append_option(values.count);
         self.sum.append_option(values.sum);
@@ -688,24 +621,14 @@ impl MetricColumns {
         append_list(&mut self.bucket_counts, values.bucket_counts);
         let exponential = values.exponential.as_ref();
         self.exp_scale.append_option(exponential.map(|e| e.scale));
-        self.exp_zero_count
-            .append_option(exponential.map(|e| e.zero_count));
-        self.exp_zero_threshold
-            .append_option(exponential.map(|e| e.zero_threshold));
+        self.exp_zero_count.append_option(exponential.map(|e| e.zero_count));
+        self.exp_zero_threshold.append_option(exponential.map(|e| e.zero_threshold));
         let positive = exponential.map(|e| e.positive.unwrap_or((0, &[])));
         let negative = exponential.map(|e| e.negative.unwrap_or((0, &[])));
-        self.exp_positive_offset
-            .append_option(positive.map(|(offset, _)| offset));
-        append_list(
-            &mut self.exp_positive_bucket_counts,
-            positive.map(|(_, counts)| counts),
-        );
-        self.exp_negative_offset
-            .append_option(negative.map(|(offset, _)| offset));
-        append_list(
-            &mut self.exp_negative_bucket_counts,
-            negative.map(|(_, counts)| counts),
-        );
+        self.exp_positive_offset.append_option(positive.map(|(offset, _)| offset));
+        append_list(&mut self.exp_positive_bucket_counts, positive.map(|(_, counts)| counts));
+        self.exp_negative_offset.append_option(negative.map(|(offset, _)| offset));
+        append_list(&mut self.exp_negative_bucket_counts, negative.map(|(_, counts)| counts));
         let (quantiles, quantile_values) = match &values.quantiles {
             Some((q, v)) => (Some(q.as_slice()), Some(v.as_slice())),
             None => (None, None),
@@ -760,10 +683,7 @@ fn point_count(data: &metric::Data) -> u64 {
     }) as u64
 }
 
-pub fn metrics_to_batch(
-    request: &ExportMetricsServiceRequest,
-    received_at_ns: i64,
-) -> Result<Converted> {
+pub fn metrics_to_batch(request: &ExportMetricsServiceRequest, received_at_ns: i64) -> Result<Converted> {
     let mut columns = MetricColumns::new();
     let mut rejections = Rejections::default();
 
@@ -797,26 +717,12 @@ pub fn metrics_to_batch(
                                 flags: point.flags,
                                 attributes: &point.attributes,
                             };
-                            let values = PointValues {
-                                value: number_value(point.value),
-                                ..Default::default()
-                            };
-                            columns.append(
-                                &resource,
-                                &scope,
-                                &view,
-                                common,
-                                values,
-                                received_at_ns,
-                            )?;
+                            let values = PointValues { value: number_value(point.value), ..Default::default() };
+                            columns.append(&resource, &scope, &view, common, values, received_at_ns)?;
                         }
                     }
                     metric::Data::Sum(sum) => {
-                        let view = view(
-                            "sum",
-                            Some(sum.aggregation_temporality),
-                            Some(sum.is_monotonic),
-                        );
+                        let view = view("sum", Some(sum.aggregation_temporality), Some(sum.is_monotonic));
                         for point in &sum.data_points {
                             let common = PointCommon {
                                 time_unix_nano: point.time_unix_nano,
@@ -824,18 +730,8 @@ pub fn metrics_to_batch(
                                 flags: point.flags,
                                 attributes: &point.attributes,
                             };
-                            let values = PointValues {
-                                value: number_value(point.value),
-                                ..Default::default()
-                            };
-                            columns.append(
-                                &resource,
-                                &scope,
-                                &view,
-                                common,
-                                values,
-                                received_at_ns,
-                            )?;
+                            let values = PointValues { value: number_value(point.value), ..Default::default() };
+                            columns.append(&resource, &scope, &view, common, values, received_at_ns)?;
                         }
                     }
                     metric::Data::Histogram(histogram) => {
@@ -870,22 +766,11 @@ pub fn metrics_to_batch(
                                 bucket_counts: Some(&point.bucket_counts),
                                 ..Default::default()
                             };
-                            columns.append(
-                                &resource,
-                                &scope,
-                                &view,
-                                common,
-                                values,
-                                received_at_ns,
-                            )?;
+                            columns.append(&resource, &scope, &view, common, values, received_at_ns)?;
                         }
                     }
                     metric::Data::ExponentialHistogram(histogram) => {
-                        let view = view(
-                            "exponential_histogram",
-                            Some(histogram.aggregation_temporality),
-                            None,
-                        );
+                        let view = view("exponential_histogram", Some(histogram.aggregation_temporality), None);
                         for point in &histogram.data_points {
                             let common = PointCommon {
                                 time_unix_nano: point.time_unix_nano,
@@ -907,14 +792,7 @@ pub fn metrics_to_batch(
                                 }),
                                 ..Default::default()
                             };
-                            columns.append(
-                                &resource,
-                                &scope,
-                                &view,
-                                common,
-                                values,
-                                received_at_ns,
-                            )?;
+                            columns.append(&resource, &scope, &view, common, values, received_at_ns)?;
                         }
                     }
                     metric::Data::Summary(summary) => {
@@ -935,14 +813,7 @@ pub fn metrics_to_batch(
                                 )),
                                 ..Default::default()
                             };
-                            columns.append(
-                                &resource,
-                                &scope,
-                                &view,
-                                common,
-                                values,
-                                received_at_ns,
-                            )?;
+                            columns.append(&resource, &scope, &view, common, values, received_at_ns)?;
                         }
                     }
                 }
@@ -952,12 +823,8 @@ pub fn metrics_to_batch(
     columns.finish(rejections)
 }
 
-fn exponential_buckets(
-    buckets: &Option<exponential_histogram_data_point::Buckets>,
-) -> Option<(i32, &[u64])> {
-    buckets
-        .as_ref()
-        .map(|b| (b.offset, b.bucket_counts.as_slice()))
+fn exponential_buckets(buckets: &Option<exponential_histogram_data_point::Buckets>) -> Option<(i32, &[u64])> {
+    buckets.as_ref().map(|b| (b.offset, b.bucket_counts.as_slice()))
 }
 
 fn number_value(value: Option<number_data_point::Value>) -> Option<f64> {
@@ -975,16 +842,12 @@ mod tests {
     use opentelemetry_proto::tonic::common::v1::{ArrayValue, KeyValueList};
     use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
     use opentelemetry_proto::tonic::metrics::v1::{
-        Histogram, HistogramDataPoint, Metric, ResourceMetrics, ScopeMetrics, Summary,
-        SummaryDataPoint, summary_data_point::ValueAtQuantile,
+        Histogram, HistogramDataPoint, Metric, ResourceMetrics, ScopeMetrics, Summary, SummaryDataPoint,
+        summary_data_point::ValueAtQuantile,
     };
 
     fn kv(key: &str, value: any_value::Value) -> KeyValue {
-        KeyValue {
-            key: key.into(),
-            value: Some(AnyValue { value: Some(value) }),
-            ..Default::default()
-        }
+        KeyValue { key: key.into(), value: Some(AnyValue { value: Some(value) }), ..Default::default() }
     }
 
     fn text(value: &str) -> any_value::Value {
@@ -992,10 +855,7 @@ mod tests {
     }
 
     fn resource(attributes: Vec<KeyValue>) -> Option<Resource> {
-        Some(Resource {
-            attributes,
-            ..Default::default()
-        })
+        Some(Resource { attributes, ..Default::default() })
     }
 
     fn map_entries(map: &MapArray, row: usize) -> Vec<(String, Option<String>)> {
@@ -1003,12 +863,7 @@ mod tests {
         let keys = entries.column(0).as_string::<i32>();
         let values = entries.column(1).as_string::<i32>();
         (0..entries.len())
-            .map(|i| {
-                (
-                    keys.value(i).to_string(),
-                    values.is_valid(i).then(|| values.value(i).to_string()),
-                )
-            })
+            .map(|i| (keys.value(i).to_string(), values.is_valid(i).then(|| values.value(i).to_string())))
             .collect()
     }
 
@@ -1026,9 +881,7 @@ mod tests {
                         time_unix_nano: 5,
                         severity_number: 17,
                         severity_text: "ERROR".into(),
-                        body: Some(AnyValue {
-                            value: Some(text("boom")),
-                        }),
+                        body: Some(AnyValue { value: Some(text("boom")) }),
                         trace_id: vec![1; 16],
                         span_id: vec![2; 8],
                         attributes: vec![
@@ -1038,9 +891,7 @@ mod tests {
                             kv(
                                 "list",
                                 any_value::Value::ArrayValue(ArrayValue {
-                                    values: vec![AnyValue {
-                                        value: Some(text("a")),
-                                    }],
+                                    values: vec![AnyValue { value: Some(text("a")) }],
                                 }),
                             ),
                             kv(
@@ -1062,42 +913,17 @@ mod tests {
         assert_eq!(batch.num_rows(), 1);
         assert_eq!(converted.rejected, 0);
         let column = |name: &str| batch.column_by_name(name).unwrap().clone();
-        assert_eq!(
-            column("timestamp")
-                .as_primitive::<TimestampNanosecondType>()
-                .value(0),
-            5
-        );
-        assert_eq!(
-            column("observed_timestamp")
-                .as_primitive::<TimestampNanosecondType>()
-                .value(0),
-            99
-        );
+        assert_eq!(column("timestamp").as_primitive::<TimestampNanosecondType>().value(0), 5);
+        assert_eq!(column("observed_timestamp").as_primitive::<TimestampNanosecondType>().value(0), 99);
         assert_eq!(column("body").as_string::<i32>().value(0), "boom");
-        assert_eq!(
-            column("trace_id").as_string::<i32>().value(0),
-            "01".repeat(16)
-        );
-        assert_eq!(
-            column("span_id").as_string::<i32>().value(0),
-            "02".repeat(8)
-        );
-        assert_eq!(
-            column("service_name").as_string::<i32>().value(0),
-            "checkout"
-        );
-        assert_eq!(
-            column("k8s_namespace_name").as_string::<i32>().value(0),
-            "shop"
-        );
+        assert_eq!(column("trace_id").as_string::<i32>().value(0), "01".repeat(16));
+        assert_eq!(column("span_id").as_string::<i32>().value(0), "02".repeat(8));
+        assert_eq!(column("service_name").as_string::<i32>().value(0), "checkout");
+        assert_eq!(column("k8s_namespace_name").as_string::<i32>().value(0), "shop");
         assert!(column("k8s_pod_name").is_null(0));
         assert_eq!(column("log_iostream").as_string::<i32>().value(0), "stderr");
         let resource_map = column("resource_attributes");
-        assert_eq!(
-            map_entries(resource_map.as_map(), 0),
-            vec![("host.arch".to_string(), Some("amd64".to_string()))]
-        );
+        assert_eq!(map_entries(resource_map.as_map(), 0), vec![("host.arch".to_string(), Some("amd64".to_string()))]);
         let attributes = column("attributes");
         assert_eq!(
             map_entries(attributes.as_map(), 0),
@@ -1112,50 +938,26 @@ mod tests {
 
     #[test]
     fn logs_with_bad_ids_are_rejected_and_the_rest_kept() {
-        let good = LogRecord {
-            body: Some(AnyValue {
-                value: Some(text("ok")),
-            }),
-            ..Default::default()
-        };
-        let bad = LogRecord {
-            trace_id: vec![1; 3],
-            ..Default::default()
-        };
+        let good = LogRecord { body: Some(AnyValue { value: Some(text("ok")) }), ..Default::default() };
+        let bad = LogRecord { trace_id: vec![1; 3], ..Default::default() };
         let request = ExportLogsServiceRequest {
             resource_logs: vec![ResourceLogs {
-                scope_logs: vec![ScopeLogs {
-                    log_records: vec![good.clone(), bad, good],
-                    ..Default::default()
-                }],
+                scope_logs: vec![ScopeLogs { log_records: vec![good.clone(), bad, good], ..Default::default() }],
                 ..Default::default()
             }],
         };
         let converted = logs_to_batch(&request, 1).unwrap();
         assert_eq!(converted.accepted(), 2);
         assert_eq!(converted.rejected, 1);
-        assert!(
-            converted.error_message.contains("trace_id of 3 bytes"),
-            "{}",
-            converted.error_message
-        );
+        assert!(converted.error_message.contains("trace_id of 3 bytes"), "{}", converted.error_message);
         let timestamps = converted.batch.column_by_name("timestamp").unwrap();
-        assert_eq!(
-            timestamps
-                .as_primitive::<TimestampNanosecondType>()
-                .value(0),
-            1,
-            "receive time stands in"
-        );
+        assert_eq!(timestamps.as_primitive::<TimestampNanosecondType>().value(0), 1, "receive time stands in");
     }
 
     fn metric_request(metric: Metric) -> ExportMetricsServiceRequest {
         ExportMetricsServiceRequest {
             resource_metrics: vec![ResourceMetrics {
-                scope_metrics: vec![ScopeMetrics {
-                    metrics: vec![metric],
-                    ..Default::default()
-                }],
+                scope_metrics: vec![ScopeMetrics { metrics: vec![metric], ..Default::default() }],
                 ..Default::default()
             }],
         }
@@ -1183,29 +985,15 @@ mod tests {
         let batch = &converted.batch;
         assert_eq!(batch.num_rows(), 1);
         let column = |name: &str| batch.column_by_name(name).unwrap().clone();
-        assert_eq!(
-            column("metric_type").as_string::<i32>().value(0),
-            "histogram"
-        );
-        assert_eq!(
-            column("aggregation_temporality")
-                .as_string::<i32>()
-                .value(0),
-            "cumulative"
-        );
+        assert_eq!(column("metric_type").as_string::<i32>().value(0), "histogram");
+        assert_eq!(column("aggregation_temporality").as_string::<i32>().value(0), "cumulative");
         assert_eq!(column("count").as_primitive::<UInt64Type>().value(0), 6);
         let buckets = column("bucket_counts");
         let buckets = buckets.as_list::<i32>().value(0);
-        assert_eq!(
-            buckets.as_primitive::<UInt64Type>().values().to_vec(),
-            vec![1, 2, 3]
-        );
+        assert_eq!(buckets.as_primitive::<UInt64Type>().values().to_vec(), vec![1, 2, 3]);
         let bounds = column("explicit_bounds");
         let bounds = bounds.as_list::<i32>().value(0);
-        assert_eq!(
-            bounds.as_primitive::<Float64Type>().values().to_vec(),
-            vec![0.5, 1.0]
-        );
+        assert_eq!(bounds.as_primitive::<Float64Type>().values().to_vec(), vec![0.5, 1.0]);
         assert!(column("value").is_null(0));
         assert!(column("quantiles").is_null(0));
     }
@@ -1220,14 +1008,8 @@ mod tests {
                     count: 3,
                     sum: 9.0,
                     quantile_values: vec![
-                        ValueAtQuantile {
-                            quantile: 0.5,
-                            value: 2.0,
-                        },
-                        ValueAtQuantile {
-                            quantile: 0.99,
-                            value: 5.0,
-                        },
+                        ValueAtQuantile { quantile: 0.5, value: 2.0 },
+                        ValueAtQuantile { quantile: 0.99, value: 5.0 },
                     ],
                     ..Default::default()
                 }],
@@ -1235,21 +1017,11 @@ mod tests {
             ..Default::default()
         };
         let converted = metrics_to_batch(&metric_request(summary.clone()), 0).unwrap();
-        let quantiles = converted
-            .batch
-            .column_by_name("quantile_values")
-            .unwrap()
-            .clone();
+        let quantiles = converted.batch.column_by_name("quantile_values").unwrap().clone();
         let values = quantiles.as_list::<i32>().value(0);
-        assert_eq!(
-            values.as_primitive::<Float64Type>().values().to_vec(),
-            vec![2.0, 5.0]
-        );
+        assert_eq!(values.as_primitive::<Float64Type>().values().to_vec(), vec![2.0, 5.0]);
 
-        let nameless = Metric {
-            name: String::new(),
-            ..summary
-        };
+        let nameless = Metric { name: String::new(), ..summary };
         let converted = metrics_to_batch(&metric_request(nameless), 0).unwrap();
         assert_eq!((converted.accepted(), converted.rejected), (0, 1));
     }

@@ -14,13 +14,8 @@ pub enum Error {
     #[error("invalid request: {0}")]
     InvalidRequest(String),
 
-    #[error(
-        "request body of {actual_bytes} bytes or more exceeds the limit of {limit_bytes} bytes"
-    )]
-    RequestTooLarge {
-        limit_bytes: usize,
-        actual_bytes: usize,
-    },
+    #[error("request body of {actual_bytes} bytes or more exceeds the limit of {limit_bytes} bytes")]
+    RequestTooLarge { limit_bytes: usize, actual_bytes: usize },
 
     #[error("unsupported content type {0:?}: expected application/x-protobuf or application/json")]
     UnsupportedContentType(String),
@@ -28,14 +23,8 @@ pub enum Error {
     #[error("the store is over its memory budget ({buffered_bytes} bytes buffered), retry later")]
     Backpressure { buffered_bytes: usize },
 
-    #[error(
-        "not enough free disk space in {path}: {available_bytes} bytes available, {required_bytes} required"
-    )]
-    DiskFull {
-        path: PathBuf,
-        available_bytes: u64,
-        required_bytes: u64,
-    },
+    #[error("not enough free disk space in {path}: {available_bytes} bytes available, {required_bytes} required")]
+    DiskFull { path: PathBuf, available_bytes: u64, required_bytes: u64 },
 
     #[error("the store is shutting down")]
     ShuttingDown,
@@ -44,11 +33,7 @@ pub enum Error {
     Io { path: PathBuf, source: io::Error },
 
     #[error("write-ahead log is corrupt at {path} offset {offset}: {reason}")]
-    WalCorrupt {
-        path: PathBuf,
-        offset: u64,
-        reason: String,
-    },
+    WalCorrupt { path: PathBuf, offset: u64, reason: String },
 
     #[error("arrow: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
@@ -87,10 +72,7 @@ pub enum ErrorClass {
 
 impl Error {
     pub fn io(path: impl Into<PathBuf>, source: io::Error) -> Self {
-        Error::Io {
-            path: path.into(),
-            source,
-        }
+        Error::Io { path: path.into(), source }
     }
 
     pub fn class(&self) -> ErrorClass {
@@ -98,9 +80,7 @@ impl Error {
             Error::InvalidRequest(_) | Error::FullTextQuery { .. } => ErrorClass::BadRequest,
             Error::RequestTooLarge { .. } => ErrorClass::TooLarge,
             Error::UnsupportedContentType(_) => ErrorClass::UnsupportedMediaType,
-            Error::Backpressure { .. } | Error::DiskFull { .. } | Error::ShuttingDown => {
-                ErrorClass::Unavailable
-            }
+            Error::Backpressure { .. } | Error::DiskFull { .. } | Error::ShuttingDown => ErrorClass::Unavailable,
             // A full disk or quota surfaces as an i/o error from write or fsync: it is transient
             // from the client's point of view, so it must be retried, not dropped.
             Error::Io { source, .. } if is_out_of_space(source) => ErrorClass::Unavailable,
@@ -119,8 +99,6 @@ impl Error {
 }
 
 pub(crate) fn is_out_of_space(error: &io::Error) -> bool {
-    matches!(
-        error.raw_os_error(),
-        Some(libc::ENOSPC) | Some(libc::EDQUOT)
-    ) || error.kind() == io::ErrorKind::StorageFull
+    matches!(error.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+        || error.kind() == io::ErrorKind::StorageFull
 }

@@ -34,11 +34,7 @@ fn index_schema() -> IndexSchema {
     let mut builder = Schema::builder();
     let body = builder.add_text_field(BODY_FIELD, TEXT);
     let row = builder.add_u64_field(ROW_FIELD, FAST);
-    IndexSchema {
-        schema: builder.build(),
-        body,
-        row,
-    }
+    IndexSchema { schema: builder.build(), body, row }
 }
 
 /// Writes the index of one Parquet file's bodies, in the file's row order, into `dir`.
@@ -55,8 +51,7 @@ fn write_documents<'a>(
     bodies: impl Iterator<Item = Option<&'a str>>,
     memory_bytes: usize,
 ) -> Result<()> {
-    let mut writer: IndexWriter<TantivyDocument> =
-        index.writer_with_num_threads(1, memory_bytes)?;
+    let mut writer: IndexWriter<TantivyDocument> = index.writer_with_num_threads(1, memory_bytes)?;
     for (row, body) in bodies.enumerate() {
         let mut document = TantivyDocument::new();
         if let Some(body) = body {
@@ -75,10 +70,7 @@ fn parse_query(index: &Index, body: Field, query: &str) -> Result<Box<dyn Query>
     parser.set_conjunction_by_default();
     parser
         .parse_query(query)
-        .map_err(|error| Error::FullTextQuery {
-            query: query.to_string(),
-            reason: error.to_string(),
-        })
+        .map_err(|error| Error::FullTextQuery { query: query.to_string(), reason: error.to_string() })
 }
 
 /// Checks a query's syntax without running it, for errors at planning time.
@@ -99,15 +91,8 @@ impl FullTextIndex {
     pub fn open(dir: &Path) -> Result<FullTextIndex> {
         let index = Index::open_in_dir(dir)?;
         let body = index.schema().get_field(BODY_FIELD)?;
-        let reader = index
-            .reader_builder()
-            .reload_policy(tantivy::ReloadPolicy::Manual)
-            .try_into()?;
-        Ok(FullTextIndex {
-            index,
-            body,
-            reader,
-        })
+        let reader = index.reader_builder().reload_policy(tantivy::ReloadPolicy::Manual).try_into()?;
+        Ok(FullTextIndex { index, body, reader })
     }
 
     /// Row numbers (positions in the Parquet file) whose body matches `query`, ascending.
@@ -134,10 +119,7 @@ pub fn matches_bodies(bodies: &StringArray, query: &str) -> Result<BooleanArray>
         (0..bodies.len()).map(|i| bodies.is_valid(i).then(|| bodies.value(i))),
         IN_MEMORY_WRITER_BYTES,
     )?;
-    let reader = index
-        .reader_builder()
-        .reload_policy(tantivy::ReloadPolicy::Manual)
-        .try_into()?;
+    let reader = index.reader_builder().reload_policy(tantivy::ReloadPolicy::Manual).try_into()?;
     let searcher: tantivy::Searcher = tantivy::IndexReader::searcher(&reader);
     for row in searcher.search(&parsed, &RowCollector)? {
         matched.set_bit(row as usize, true);
@@ -148,13 +130,7 @@ pub fn matches_bodies(bodies: &StringArray, query: &str) -> Result<BooleanArray>
 /// Bytes an index takes on disk.
 pub fn index_size_bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter_map(|e| e.metadata().ok())
-                .map(|m| m.len())
-                .sum()
-        })
+        .map(|entries| entries.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
         .unwrap_or(0)
 }
 
@@ -169,15 +145,8 @@ impl Collector for RowCollector {
     type Fruit = Vec<u64>;
     type Child = RowSegmentCollector;
 
-    fn for_segment(
-        &self,
-        _segment: SegmentOrdinal,
-        reader: &SegmentReader,
-    ) -> tantivy::Result<RowSegmentCollector> {
-        Ok(RowSegmentCollector {
-            rows: reader.fast_fields().u64(ROW_FIELD)?,
-            hits: Vec::new(),
-        })
+    fn for_segment(&self, _segment: SegmentOrdinal, reader: &SegmentReader) -> tantivy::Result<RowSegmentCollector> {
+        Ok(RowSegmentCollector { rows: reader.fast_fields().u64(ROW_FIELD)?, hits: Vec::new() })
     }
 
     fn requires_scoring(&self) -> bool {
@@ -221,10 +190,7 @@ mod tests {
     fn expected(query: &str) -> Vec<u64> {
         let array = StringArray::from(BODIES.to_vec());
         let matched = matches_bodies(&array, query).unwrap();
-        (0..matched.len())
-            .filter(|&i| matched.value(i))
-            .map(|i| i as u64)
-            .collect()
+        (0..matched.len()).filter(|&i| matched.value(i)).map(|i| i as u64).collect()
     }
 
     #[test]

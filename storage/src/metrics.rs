@@ -1,8 +1,7 @@
 //! The store's self-metrics, registered on the registry that `/metrics` serves.
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 use crate::error::{Error, Result};
@@ -22,10 +21,7 @@ pub struct StorageMetrics {
     pub wal: WalMetrics,
 }
 
-fn register<T: prometheus::core::Collector + Clone + 'static>(
-    registry: &Registry,
-    collector: T,
-) -> Result<T> {
+fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, collector: T) -> Result<T> {
     registry
         .register(Box::new(collector.clone()))
         .map_err(|e| Error::Internal(format!("registering a metric: {e}")))?;
@@ -39,20 +35,12 @@ fn metric_error(error: prometheus::Error) -> Error {
 impl StorageMetrics {
     pub fn new(registry: &Registry) -> Result<StorageMetrics> {
         let counter = |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec> {
-            register(
-                registry,
-                IntCounterVec::new(Opts::new(name, help), labels).map_err(metric_error)?,
-            )
+            register(registry, IntCounterVec::new(Opts::new(name, help), labels).map_err(metric_error)?)
         };
         let gauge = |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec> {
-            register(
-                registry,
-                IntGaugeVec::new(Opts::new(name, help), labels).map_err(metric_error)?,
-            )
+            register(registry, IntGaugeVec::new(Opts::new(name, help), labels).map_err(metric_error)?)
         };
-        let duration_buckets = vec![
-            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-        ];
+        let duration_buckets = vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
         Ok(StorageMetrics {
             records_ingested: counter(
                 "wake_server_records_ingested_total",
@@ -79,11 +67,7 @@ impl StorageMetrics {
                 "Acknowledged rows held in memory until the next flush, by signal",
                 &["signal"],
             )?,
-            files: gauge(
-                "wake_server_files",
-                "Parquet files in the catalog, by signal",
-                &["signal"],
-            )?,
+            files: gauge("wake_server_files", "Parquet files in the catalog, by signal", &["signal"])?,
             stored_bytes: gauge(
                 "wake_server_stored_bytes",
                 "Bytes on disk of Parquet files and their indexes, by signal",
@@ -92,11 +76,8 @@ impl StorageMetrics {
             flush_duration: register(
                 registry,
                 HistogramVec::new(
-                    HistogramOpts::new(
-                        "wake_server_flush_duration_seconds",
-                        "Time to write buffered rows to Parquet",
-                    )
-                    .buckets(duration_buckets.clone()),
+                    HistogramOpts::new("wake_server_flush_duration_seconds", "Time to write buffered rows to Parquet")
+                        .buckets(duration_buckets.clone()),
                     &["signal"],
                 )
                 .map_err(metric_error)?,
@@ -115,27 +96,18 @@ impl StorageMetrics {
             wal: WalMetrics {
                 bytes_written: register(
                     registry,
-                    IntCounter::new(
-                        "wake_server_wal_written_bytes_total",
-                        "Bytes appended to the write-ahead log",
-                    )
-                    .map_err(metric_error)?,
+                    IntCounter::new("wake_server_wal_written_bytes_total", "Bytes appended to the write-ahead log")
+                        .map_err(metric_error)?,
                 )?,
                 fsyncs: register(
                     registry,
-                    IntCounter::new(
-                        "wake_server_wal_fsyncs_total",
-                        "Group commits (fsyncs) of the write-ahead log",
-                    )
-                    .map_err(metric_error)?,
+                    IntCounter::new("wake_server_wal_fsyncs_total", "Group commits (fsyncs) of the write-ahead log")
+                        .map_err(metric_error)?,
                 )?,
                 size_bytes: register(
                     registry,
-                    IntGauge::new(
-                        "wake_server_wal_size_bytes",
-                        "Bytes of write-ahead log segments on disk",
-                    )
-                    .map_err(metric_error)?,
+                    IntGauge::new("wake_server_wal_size_bytes", "Bytes of write-ahead log segments on disk")
+                        .map_err(metric_error)?,
                 )?,
             },
         })

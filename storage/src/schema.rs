@@ -166,14 +166,9 @@ pub fn timestamp_type() -> DataType {
 /// `Map<Utf8, Utf8>` as the parquet crate writes and reads it back (`key_value` entries,
 /// non-null keys), so that batches from memory and from files have identical types.
 pub fn attribute_map_type() -> DataType {
-    let entries = Fields::from(vec![
-        Field::new("keys", DataType::Utf8, false),
-        Field::new("values", DataType::Utf8, true),
-    ]);
-    DataType::Map(
-        Arc::new(Field::new("entries", DataType::Struct(entries), false)),
-        false,
-    )
+    let entries =
+        Fields::from(vec![Field::new("keys", DataType::Utf8, false), Field::new("values", DataType::Utf8, true)]);
+    DataType::Map(Arc::new(Field::new("entries", DataType::Struct(entries), false)), false)
 }
 
 fn list_of(item: DataType) -> DataType {
@@ -185,10 +180,7 @@ fn utf8(name: &str) -> Field {
 }
 
 fn identity_fields() -> Vec<Field> {
-    PROMOTED_RESOURCE_ATTRIBUTES
-        .iter()
-        .map(|(_, column)| utf8(column))
-        .collect()
+    PROMOTED_RESOURCE_ATTRIBUTES.iter().map(|(_, column)| utf8(column)).collect()
 }
 
 fn attribute_fields() -> Vec<Field> {
@@ -293,10 +285,7 @@ mod tests {
             let schema = signal.schema();
             assert!(schema.field_with_name(signal.time_column()).is_ok());
             for (_, column) in PROMOTED_RESOURCE_ATTRIBUTES {
-                assert!(
-                    schema.field_with_name(column).is_ok(),
-                    "{signal} lacks {column}"
-                );
+                assert!(schema.field_with_name(column).is_ok(), "{signal} lacks {column}");
             }
         }
     }

@@ -50,29 +50,19 @@ impl OtlpRequest {
     }
 
     pub fn decode_protobuf(signal: Signal, bytes: &[u8]) -> Result<OtlpRequest> {
-        let invalid =
-            |e: prost::DecodeError| Error::InvalidRequest(format!("malformed OTLP protobuf: {e}"));
+        let invalid = |e: prost::DecodeError| Error::InvalidRequest(format!("malformed OTLP protobuf: {e}"));
         Ok(match signal {
-            Signal::Logs => {
-                OtlpRequest::Logs(ExportLogsServiceRequest::decode(bytes).map_err(invalid)?)
-            }
-            Signal::Metrics => {
-                OtlpRequest::Metrics(ExportMetricsServiceRequest::decode(bytes).map_err(invalid)?)
-            }
-            Signal::Spans => {
-                OtlpRequest::Traces(ExportTraceServiceRequest::decode(bytes).map_err(invalid)?)
-            }
+            Signal::Logs => OtlpRequest::Logs(ExportLogsServiceRequest::decode(bytes).map_err(invalid)?),
+            Signal::Metrics => OtlpRequest::Metrics(ExportMetricsServiceRequest::decode(bytes).map_err(invalid)?),
+            Signal::Spans => OtlpRequest::Traces(ExportTraceServiceRequest::decode(bytes).map_err(invalid)?),
         })
     }
 
     pub fn decode_json(signal: Signal, bytes: &[u8]) -> Result<OtlpRequest> {
-        let invalid =
-            |e: serde_json::Error| Error::InvalidRequest(format!("malformed OTLP/JSON: {e}"));
+        let invalid = |e: serde_json::Error| Error::InvalidRequest(format!("malformed OTLP/JSON: {e}"));
         Ok(match signal {
             Signal::Logs => OtlpRequest::Logs(serde_json::from_slice(bytes).map_err(invalid)?),
-            Signal::Metrics => {
-                OtlpRequest::Metrics(serde_json::from_slice(bytes).map_err(invalid)?)
-            }
+            Signal::Metrics => OtlpRequest::Metrics(serde_json::from_slice(bytes).map_err(invalid)?),
             Signal::Spans => OtlpRequest::Traces(serde_json::from_slice(bytes).map_err(invalid)?),
         })
     }
@@ -167,10 +157,7 @@ pub struct Store {
 }
 
 pub fn now_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)).unwrap_or(0)
 }
 
 impl Store {
@@ -185,10 +172,7 @@ impl Store {
 
         let wal_dir = data_dir.join("wal");
         let records = wal::replay(&wal_dir)?;
-        let mut state = State {
-            buffers: Default::default(),
-            catalog,
-        };
+        let mut state = State { buffers: Default::default(), catalog };
         let mut max_seq = state.catalog.max_flushed_seq();
         let mut replayed = 0u64;
         for record in records {
@@ -196,33 +180,19 @@ impl Store {
             if record.seq <= state.catalog.flushed_seq(record.signal) {
                 continue;
             }
-            let request =
-                OtlpRequest::decode_protobuf(record.signal, &record.payload).map_err(|e| {
-                    Error::WalCorrupt {
-                        path: wal_dir.clone(),
-                        offset: record.seq,
-                        reason: e.to_string(),
-                    }
-                })?;
+            let request = OtlpRequest::decode_protobuf(record.signal, &record.payload)
+                .map_err(|e| Error::WalCorrupt { path: wal_dir.clone(), offset: record.seq, reason: e.to_string() })?;
             let converted = request.convert(record.received_at_ns)?;
             replayed += converted.accepted();
             state.buffers[slot(record.signal)].push(record.seq, converted.batch);
         }
         for signal in Signal::ALL {
             let files = state.catalog.files(signal);
-            metrics
-                .files
-                .with_label_values(&[signal.table_name()])
-                .set(files.len() as i64);
+            metrics.files.with_label_values(&[signal.table_name()]).set(files.len() as i64);
             metrics
                 .stored_bytes
                 .with_label_values(&[signal.table_name()])
-                .set(
-                    files
-                        .iter()
-                        .map(|f| f.size_bytes + f.index_bytes)
-                        .sum::<u64>() as i64,
-                );
+                .set(files.iter().map(|f| f.size_bytes + f.index_bytes).sum::<u64>() as i64);
             metrics
                 .buffered_bytes
                 .with_label_values(&[signal.table_name()])
@@ -238,10 +208,7 @@ impl Store {
             for record in records {
                 let buffer = &mut state.buffers[slot(record.signal)];
                 buffer.push(record.seq, record.batch);
-                sink_metrics
-                    .buffered_bytes
-                    .with_label_values(&[record.signal.table_name()])
-                    .set(buffer.bytes as i64);
+                sink_metrics.buffered_bytes.with_label_values(&[record.signal.table_name()]).set(buffer.bytes as i64);
             }
         });
         let wal = Wal::start(&wal_dir, max_seq + 1, metrics.wal.clone(), sink)?;
@@ -271,11 +238,7 @@ impl Store {
     /// Makes the request's valid records durable and visible, then returns what was accepted.
     /// `raw_protobuf` is the request's own protobuf encoding when the caller has it, which
     /// saves encoding it again for the WAL.
-    pub async fn ingest(
-        &self,
-        request: OtlpRequest,
-        raw_protobuf: Option<Bytes>,
-    ) -> Result<IngestOutcome> {
+    pub async fn ingest(&self, request: OtlpRequest, raw_protobuf: Option<Bytes>) -> Result<IngestOutcome> {
         let signal = request.signal();
         if self.shutting_down.load(Ordering::SeqCst) {
             return Err(Error::ShuttingDown);
@@ -287,18 +250,17 @@ impl Store {
         self.check_free_space()?;
 
         let received_at_ns = now_ns();
-        let (converted, payload) =
-            tokio::task::spawn_blocking(move || -> Result<(Converted, Bytes)> {
-                let converted = request.convert(received_at_ns)?;
-                let payload = match raw_protobuf {
-                    Some(raw) => raw,
-                    None if converted.accepted() > 0 => Bytes::from(request.encode_protobuf()),
-                    None => Bytes::new(),
-                };
-                Ok((converted, payload))
-            })
-            .await
-            .map_err(|e| Error::Internal(format!("conversion task failed: {e}")))??;
+        let (converted, payload) = tokio::task::spawn_blocking(move || -> Result<(Converted, Bytes)> {
+            let converted = request.convert(received_at_ns)?;
+            let payload = match raw_protobuf {
+                Some(raw) => raw,
+                None if converted.accepted() > 0 => Bytes::from(request.encode_protobuf()),
+                None => Bytes::new(),
+            };
+            Ok((converted, payload))
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("conversion task failed: {e}")))??;
 
         let outcome = IngestOutcome {
             accepted: converted.accepted(),
@@ -308,35 +270,19 @@ impl Store {
         let label = [signal.table_name()];
         if outcome.accepted > 0 {
             let payload_len = payload.len() as u64;
-            self.wal
-                .append(signal, received_at_ns, payload, converted.batch)
-                .await?;
-            self.metrics
-                .records_ingested
-                .with_label_values(&label)
-                .inc_by(outcome.accepted);
-            self.metrics
-                .bytes_ingested
-                .with_label_values(&label)
-                .inc_by(payload_len);
+            self.wal.append(signal, received_at_ns, payload, converted.batch).await?;
+            self.metrics.records_ingested.with_label_values(&label).inc_by(outcome.accepted);
+            self.metrics.bytes_ingested.with_label_values(&label).inc_by(payload_len);
         }
         if outcome.rejected > 0 {
-            self.metrics
-                .records_rejected
-                .with_label_values(&label)
-                .inc_by(outcome.rejected);
+            self.metrics.records_rejected.with_label_values(&label).inc_by(outcome.rejected);
             debug!(%signal, rejected = outcome.rejected, reason = %outcome.error_message, "rejected records");
         }
         Ok(outcome)
     }
 
     fn buffered_bytes(&self) -> usize {
-        self.state
-            .lock()
-            .buffers
-            .iter()
-            .map(|buffer| buffer.bytes)
-            .sum()
+        self.state.lock().buffers.iter().map(|buffer| buffer.bytes).sum()
     }
 
     fn check_free_space(&self) -> Result<()> {
@@ -359,11 +305,7 @@ impl Store {
         TableSnapshot {
             signal,
             files: state.catalog.files(signal).to_vec(),
-            buffered: state.buffers[slot(signal)]
-                .entries
-                .iter()
-                .map(|entry| entry.batch.clone())
-                .collect(),
+            buffered: state.buffers[slot(signal)].entries.iter().map(|entry| entry.batch.clone()).collect(),
         }
     }
 
@@ -403,17 +345,13 @@ impl Store {
         let state = self.state.lock();
         let buffer = &state.buffers[slot(signal)];
         buffer.bytes >= self.config.flush_max_bytes
-            || buffer.oldest.is_some_and(|oldest| {
-                oldest.elapsed() >= Duration::from_secs(self.config.flush_interval_secs)
-            })
+            || buffer
+                .oldest
+                .is_some_and(|oldest| oldest.elapsed() >= Duration::from_secs(self.config.flush_interval_secs))
     }
 
     fn file_name(&self, kind: &str) -> String {
-        format!(
-            "{}-{kind}-{}",
-            now_ns(),
-            self.next_file_id.fetch_add(1, Ordering::Relaxed)
-        )
+        format!("{}-{kind}-{}", now_ns(), self.next_file_id.fetch_add(1, Ordering::Relaxed))
     }
 
     /// Writes a signal's buffered rows to Parquet and drops them from memory and the WAL.
@@ -425,32 +363,21 @@ impl Store {
             let Some(last) = buffer.entries.last() else {
                 return Ok(());
             };
-            (
-                buffer
-                    .entries
-                    .iter()
-                    .map(|entry| entry.batch.clone())
-                    .collect::<Vec<_>>(),
-                last.seq,
-            )
+            (buffer.entries.iter().map(|entry| entry.batch.clone()).collect::<Vec<_>>(), last.seq)
         };
         let started = Instant::now();
         let rows: usize = batches.iter().map(|batch| batch.num_rows()).sum();
         let data_dir = self.config.data_dir.clone();
         let config = self.config.clone();
         let name = self.file_name("f");
-        let files = tokio::task::spawn_blocking(move || {
-            writer::write_partitioned(&data_dir, signal, &batches, &config, &name)
-        })
-        .await
-        .map_err(|e| Error::Internal(format!("flush task failed: {e}")))??;
+        let files =
+            tokio::task::spawn_blocking(move || writer::write_partitioned(&data_dir, signal, &batches, &config, &name))
+                .await
+                .map_err(|e| Error::Internal(format!("flush task failed: {e}")))??;
         let file_count = files.len();
         {
             let mut state = self.state.lock();
-            if let Err(error) = state
-                .catalog
-                .add_flushed(signal, files.clone(), through_seq)
-            {
+            if let Err(error) = state.catalog.add_flushed(signal, files.clone(), through_seq) {
                 for file in &files {
                     file.retire();
                 }
@@ -461,10 +388,7 @@ impl Store {
         }
         self.truncate_wal();
         let elapsed = started.elapsed();
-        self.metrics
-            .flush_duration
-            .with_label_values(&[signal.table_name()])
-            .observe(elapsed.as_secs_f64());
+        self.metrics.flush_duration.with_label_values(&[signal.table_name()]).observe(elapsed.as_secs_f64());
         info!(%signal, rows, files = file_count, through_seq, elapsed_ms = elapsed.as_millis() as u64, "flushed");
         Ok(())
     }
@@ -472,20 +396,12 @@ impl Store {
     fn update_gauges(&self, state: &State, signal: Signal) {
         let label = [signal.table_name()];
         let files = state.catalog.files(signal);
+        self.metrics.files.with_label_values(&label).set(files.len() as i64);
         self.metrics
-            .files
+            .stored_bytes
             .with_label_values(&label)
-            .set(files.len() as i64);
-        self.metrics.stored_bytes.with_label_values(&label).set(
-            files
-                .iter()
-                .map(|f| f.size_bytes + f.index_bytes)
-                .sum::<u64>() as i64,
-        );
-        self.metrics
-            .buffered_bytes
-            .with_label_values(&label)
-            .set(state.buffers[slot(signal)].bytes as i64);
+            .set(files.iter().map(|f| f.size_bytes + f.index_bytes).sum::<u64>() as i64);
+        self.metrics.buffered_bytes.with_label_values(&label).set(state.buffers[slot(signal)].bytes as i64);
     }
 
     fn truncate_wal(&self) {
@@ -535,9 +451,7 @@ impl Store {
             }
             self.update_gauges(&state, signal);
             let elapsed = started.elapsed();
-            self.metrics
-                .compaction_duration
-                .observe(elapsed.as_secs_f64());
+            self.metrics.compaction_duration.observe(elapsed.as_secs_f64());
             info!(
                 %signal,
                 inputs = inputs.len(),
@@ -572,16 +486,12 @@ impl Store {
 /// when there are enough of them. Merging the smallest first keeps write amplification low: a
 /// file near the target is rewritten only once enough data has gathered around it.
 fn small_file_groups(files: &[Arc<DataFile>], config: &StoreConfig) -> Vec<Vec<Arc<DataFile>>> {
-    let mut by_partition: std::collections::BTreeMap<PathBuf, Vec<Arc<DataFile>>> =
-        Default::default();
+    let mut by_partition: std::collections::BTreeMap<PathBuf, Vec<Arc<DataFile>>> = Default::default();
     for file in files {
         if file.size_bytes < config.compaction_target_bytes
             && let Some(dir) = file.partition_dir()
         {
-            by_partition
-                .entry(dir.to_path_buf())
-                .or_default()
-                .push(file.clone());
+            by_partition.entry(dir.to_path_buf()).or_default().push(file.clone());
         }
     }
     by_partition
@@ -613,36 +523,24 @@ mod tests {
             .iter()
             .map(|body| LogRecord {
                 time_unix_nano: 1_795_305_600_000_000_000,
-                body: Some(AnyValue {
-                    value: Some(any_value::Value::StringValue(body.to_string())),
-                }),
+                body: Some(AnyValue { value: Some(any_value::Value::StringValue(body.to_string())) }),
                 ..Default::default()
             })
             .collect();
         OtlpRequest::Logs(ExportLogsServiceRequest {
             resource_logs: vec![ResourceLogs {
-                scope_logs: vec![ScopeLogs {
-                    log_records,
-                    ..Default::default()
-                }],
+                scope_logs: vec![ScopeLogs { log_records, ..Default::default() }],
                 ..Default::default()
             }],
         })
     }
 
     fn rows(snapshot: &TableSnapshot) -> (u64, usize) {
-        (
-            snapshot.files.iter().map(|f| f.num_rows).sum(),
-            snapshot.buffered.iter().map(|b| b.num_rows()).sum(),
-        )
+        (snapshot.files.iter().map(|f| f.num_rows).sum(), snapshot.buffered.iter().map(|b| b.num_rows()).sum())
     }
 
     fn open(dir: &Path) -> Arc<Store> {
-        let config = StoreConfig {
-            data_dir: dir.to_path_buf(),
-            min_free_disk_bytes: 0,
-            ..StoreConfig::default()
-        };
+        let config = StoreConfig { data_dir: dir.to_path_buf(), min_free_disk_bytes: 0, ..StoreConfig::default() };
         Store::open(config, &prometheus::Registry::new()).unwrap()
     }
 
@@ -659,11 +557,7 @@ mod tests {
         drop(store);
 
         let store = open(dir.path());
-        assert_eq!(
-            rows(&store.snapshot(Signal::Logs)),
-            (3, 2),
-            "flushed rows are not replayed again"
-        );
+        assert_eq!(rows(&store.snapshot(Signal::Logs)), (3, 2), "flushed rows are not replayed again");
         store.flush(Signal::Logs).await.unwrap();
         store.ingest(logs(&["f"]), None).await.unwrap();
         drop(store);
@@ -693,13 +587,8 @@ mod tests {
         let after = store.snapshot(Signal::Logs);
         assert_eq!(after.files.len(), 1);
         assert_eq!(rows(&after), (4, 0));
-        assert!(
-            replaced.iter().all(|path| !path.exists()),
-            "inputs are deleted once unused"
-        );
-        let index =
-            crate::fulltext::FullTextIndex::open(after.files[0].index_dir.as_ref().unwrap())
-                .unwrap();
+        assert!(replaced.iter().all(|path| !path.exists()), "inputs are deleted once unused");
+        let index = crate::fulltext::FullTextIndex::open(after.files[0].index_dir.as_ref().unwrap()).unwrap();
         assert_eq!(index.search("gamma").unwrap().len(), 1);
         drop(after);
         drop(store);
@@ -716,21 +605,12 @@ mod tests {
             max_time_ns: 0,
             row_group_row_counts: vec![1],
         };
-        Arc::new(DataFile::new(
-            Signal::Logs,
-            PathBuf::from(partition).join(name),
-            None,
-            stats,
-        ))
+        Arc::new(DataFile::new(Signal::Logs, PathBuf::from(partition).join(name), None, stats))
     }
 
     #[test]
     fn compaction_merges_the_smallest_files_of_a_partition_up_to_the_target() {
-        let config = StoreConfig {
-            compaction_min_files: 3,
-            compaction_target_bytes: 100,
-            ..StoreConfig::default()
-        };
+        let config = StoreConfig { compaction_min_files: 3, compaction_target_bytes: 100, ..StoreConfig::default() };
         let files = vec![
             file("a", "big", 90),
             file("a", "s1", 10),
@@ -742,10 +622,7 @@ mod tests {
         ];
         let groups = small_file_groups(&files, &config);
         assert_eq!(groups.len(), 1, "partition b has too few files");
-        let names: Vec<_> = groups[0]
-            .iter()
-            .map(|f| f.path.file_name().unwrap().to_str().unwrap())
-            .collect();
+        let names: Vec<_> = groups[0].iter().map(|f| f.path.file_name().unwrap().to_str().unwrap()).collect();
         assert_eq!(names, vec!["s1", "s2", "s3"]);
     }
 }

@@ -111,9 +111,7 @@ pub fn replay(dir: &Path) -> Result<Vec<WalRecord>> {
     for (index, (_, path)) in segments.iter().enumerate() {
         let is_last = index + 1 == segments.len();
         let mut data = Vec::new();
-        File::open(path)
-            .and_then(|mut file| file.read_to_end(&mut data))
-            .map_err(|e| Error::io(path, e))?;
+        File::open(path).and_then(|mut file| file.read_to_end(&mut data)).map_err(|e| Error::io(path, e))?;
         let (mut segment_records, valid_len) = parse_segment(&data);
         if valid_len < data.len() {
             warn!(
@@ -123,12 +121,8 @@ pub fn replay(dir: &Path) -> Result<Vec<WalRecord>> {
                 "write-ahead log segment ends in a torn or corrupt record; unacknowledged tail dropped"
             );
             if is_last {
-                let file = OpenOptions::new()
-                    .write(true)
-                    .open(path)
-                    .map_err(|e| Error::io(path, e))?;
-                file.set_len(valid_len as u64)
-                    .map_err(|e| Error::io(path, e))?;
+                let file = OpenOptions::new().write(true).open(path).map_err(|e| Error::io(path, e))?;
+                file.set_len(valid_len as u64).map_err(|e| Error::io(path, e))?;
                 file.sync_all().map_err(|e| Error::io(path, e))?;
             }
         }
@@ -141,18 +135,8 @@ fn parse_segment(data: &[u8]) -> (Vec<WalRecord>, usize) {
     let mut records = Vec::new();
     let mut offset = 0;
     while data.len() - offset >= HEADER_BYTES {
-        let len = u32::from_le_bytes([
-            data[offset],
-            data[offset + 1],
-            data[offset + 2],
-            data[offset + 3],
-        ]) as usize;
-        let crc = u32::from_le_bytes([
-            data[offset + 4],
-            data[offset + 5],
-            data[offset + 6],
-            data[offset + 7],
-        ]);
+        let len = u32::from_le_bytes([data[offset], data[offset + 1], data[offset + 2], data[offset + 3]]) as usize;
+        let crc = u32::from_le_bytes([data[offset + 4], data[offset + 5], data[offset + 6], data[offset + 7]]);
         let start = offset + HEADER_BYTES;
         if !(PAYLOAD_PREFIX_BYTES..=MAX_RECORD_BYTES).contains(&len) || data.len() - start < len {
             break;
@@ -179,13 +163,7 @@ fn parse_segment(data: &[u8]) -> (Vec<WalRecord>, usize) {
     (records, offset)
 }
 
-fn encode_record(
-    buffer: &mut Vec<u8>,
-    signal: Signal,
-    seq: u64,
-    received_at_ns: i64,
-    payload: &[u8],
-) {
+fn encode_record(buffer: &mut Vec<u8>, signal: Signal, seq: u64, received_at_ns: i64, payload: &[u8]) {
     let len = (PAYLOAD_PREFIX_BYTES + payload.len()) as u32;
     let mut hasher = crc32fast::Hasher::new();
     let prefix_start = buffer.len() + HEADER_BYTES;
@@ -238,15 +216,8 @@ impl Wal {
             sealed[index].1 = bound.saturating_sub(1);
         }
         metrics.size_bytes.set(total as i64);
-        let mut writer = Writer {
-            dir: dir.to_path_buf(),
-            sealed,
-            active: None,
-            next_seq,
-            metrics,
-            sink,
-            scratch: Vec::new(),
-        };
+        let mut writer =
+            Writer { dir: dir.to_path_buf(), sealed, active: None, next_seq, metrics, sink, scratch: Vec::new() };
         let (sender, receiver) = mpsc::channel();
         thread::Builder::new()
             .name("wake-wal".into())
@@ -256,24 +227,10 @@ impl Wal {
     }
 
     /// Appends a record and waits until it is durable and visible in the store's buffers.
-    pub async fn append(
-        &self,
-        signal: Signal,
-        received_at_ns: i64,
-        payload: Bytes,
-        batch: RecordBatch,
-    ) -> Result<u64> {
+    pub async fn append(&self, signal: Signal, received_at_ns: i64, payload: Bytes, batch: RecordBatch) -> Result<u64> {
         let (reply, response) = oneshot::channel();
-        let request = AppendRequest {
-            signal,
-            received_at_ns,
-            payload,
-            batch,
-            reply,
-        };
-        self.sender
-            .send(Command::Append(request))
-            .map_err(|_| Error::ShuttingDown)?;
+        let request = AppendRequest { signal, received_at_ns, payload, batch, reply };
+        self.sender.send(Command::Append(request)).map_err(|_| Error::ShuttingDown)?;
         response.await.map_err(|_| Error::ShuttingDown)?
     }
 
@@ -321,11 +278,7 @@ impl Writer {
                 let mut replies = Vec::with_capacity(group.len());
                 for (offset, request) in group.drain(..).enumerate() {
                     let seq = first_seq + offset as u64;
-                    durable.push(DurableRecord {
-                        signal: request.signal,
-                        seq,
-                        batch: request.batch,
-                    });
+                    durable.push(DurableRecord { signal: request.signal, seq, batch: request.batch });
                     replies.push((request.reply, seq));
                 }
                 (self.sink)(durable);
@@ -370,17 +323,10 @@ impl Writer {
         let Some(active) = self.active.as_mut() else {
             return Err(Error::Internal("no active write-ahead log segment".into()));
         };
-        let written = active
-            .file
-            .write_all(&self.scratch)
-            .and_then(|()| active.file.sync_data());
+        let written = active.file.write_all(&self.scratch).and_then(|()| active.file.sync_data());
         if let Err(source) = written {
             let path = active.path.clone();
-            if let Err(truncate_error) = active
-                .file
-                .set_len(active.len)
-                .and_then(|()| active.file.sync_data())
-            {
+            if let Err(truncate_error) = active.file.set_len(active.len).and_then(|()| active.file.sync_data()) {
                 // The file may now end in a partial record: start a fresh segment so that the
                 // partial record stays at a segment's tail, where replay expects and drops it.
                 error!(path = %path.display(), error = %truncate_error, "could not cut back a failed write-ahead log append");
@@ -406,28 +352,16 @@ impl Writer {
             return Ok(());
         }
         let path = self.dir.join(segment_name(first_seq));
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
+        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(|e| Error::io(&path, e))?;
         let len = file.metadata().map_err(|e| Error::io(&path, e))?.len();
         sync_dir(&self.dir)?;
-        self.active = Some(ActiveSegment {
-            file,
-            path,
-            first_seq,
-            last_seq: None,
-            len,
-        });
+        self.active = Some(ActiveSegment { file, path, first_seq, last_seq: None, len });
         Ok(())
     }
 
     fn seal_active(&mut self) {
         if let Some(active) = self.active.take() {
-            let last_seq = active
-                .last_seq
-                .unwrap_or(active.first_seq.saturating_sub(1));
+            let last_seq = active.last_seq.unwrap_or(active.first_seq.saturating_sub(1));
             self.sealed.push((active.first_seq, last_seq, active.path));
         }
     }
@@ -463,9 +397,7 @@ impl Writer {
 }
 
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(dir, e))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(dir, e))
 }
 
 #[cfg(test)]
@@ -491,23 +423,14 @@ mod tests {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let sink_seen = seen.clone();
         let sink: DurableSink = Box::new(move |records| {
-            sink_seen
-                .lock()
-                .unwrap()
-                .extend(records.into_iter().map(|r| r.seq));
+            sink_seen.lock().unwrap().extend(records.into_iter().map(|r| r.seq));
         });
         let wal = Wal::start(dir.path(), 7, metrics(), sink).unwrap();
         let mut tasks = Vec::new();
         for i in 0..20u8 {
             let wal = wal.clone();
             tasks.push(tokio::spawn(async move {
-                wal.append(
-                    Signal::Metrics,
-                    i as i64,
-                    Bytes::from(vec![i; 10]),
-                    empty_batch(),
-                )
-                .await
+                wal.append(Signal::Metrics, i as i64, Bytes::from(vec![i; 10]), empty_batch()).await
             }));
         }
         let mut seqs: Vec<u64> = Vec::new();
@@ -516,11 +439,7 @@ mod tests {
         }
         seqs.sort();
         assert_eq!(seqs, (7..27).collect::<Vec<_>>());
-        assert_eq!(
-            *seen.lock().unwrap(),
-            (7..27).collect::<Vec<_>>(),
-            "sink sees seqs in order"
-        );
+        assert_eq!(*seen.lock().unwrap(), (7..27).collect::<Vec<_>>(), "sink sees seqs in order");
         drop(wal);
 
         let records = replay(dir.path()).unwrap();
@@ -544,10 +463,7 @@ mod tests {
         fs::write(&path, &data).unwrap();
 
         let records = replay(dir.path()).unwrap();
-        assert_eq!(
-            records.iter().map(|r| r.seq).collect::<Vec<_>>(),
-            vec![1, 2]
-        );
+        assert_eq!(records.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2]);
         assert_eq!(fs::metadata(&path).unwrap().len(), intact as u64);
     }
 
@@ -571,14 +487,8 @@ mod tests {
         let wal = Wal::start(dir.path(), 9, metrics(), Box::new(|_| {})).unwrap();
         wal.truncate(5);
         // A later append is a barrier: the truncate command ahead of it has run.
-        wal.append(Signal::Logs, 0, Bytes::from_static(b"x"), empty_batch())
-            .await
-            .unwrap();
-        let remaining: Vec<u64> = list_segments(dir.path())
-            .unwrap()
-            .into_iter()
-            .map(|(s, _)| s)
-            .collect();
+        wal.append(Signal::Logs, 0, Bytes::from_static(b"x"), empty_batch()).await.unwrap();
+        let remaining: Vec<u64> = list_segments(dir.path()).unwrap().into_iter().map(|(s, _)| s).collect();
         assert_eq!(remaining, vec![5, 9]);
     }
 }

@@ -10,18 +10,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, RecordBatch, UInt32Array};
-use arrow::compute::{
-    SortColumn, SortOptions, concat_batches, lexsort_to_indices, take_record_batch,
-};
+use arrow::compute::{SortColumn, SortOptions, concat_batches, lexsort_to_indices, take_record_batch};
 use arrow::datatypes::TimestampNanosecondType;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 
-use crate::catalog::{
-    DataFile, FileStats, INDEX_EXTENSION, PARQUET_EXTENSION, remove_file_and_index,
-};
+use crate::catalog::{DataFile, FileStats, INDEX_EXTENSION, PARQUET_EXTENSION, remove_file_and_index};
 use crate::config::StoreConfig;
 use crate::error::{Error, Result};
 use crate::fulltext;
@@ -90,21 +86,18 @@ pub(crate) fn write_partitioned(
 
     let mut outputs = Vec::with_capacity(hours.len());
     for hour in hours {
-        let partition =
-            if outputs.is_empty() && times.iter().all(|t| t.div_euclid(NANOS_PER_HOUR) == hour) {
-                batch.clone()
-            } else {
-                let indices: UInt32Array = times
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, t)| t.div_euclid(NANOS_PER_HOUR) == hour)
-                    .map(|(row, _)| row as u32)
-                    .collect();
-                take_record_batch(&batch, &indices)?
-            };
-        let dir = data_dir
-            .join(signal.table_name())
-            .join(partition_path(hour));
+        let partition = if outputs.is_empty() && times.iter().all(|t| t.div_euclid(NANOS_PER_HOUR) == hour) {
+            batch.clone()
+        } else {
+            let indices: UInt32Array = times
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| t.div_euclid(NANOS_PER_HOUR) == hour)
+                .map(|(row, _)| row as u32)
+                .collect();
+            take_record_batch(&batch, &indices)?
+        };
+        let dir = data_dir.join(signal.table_name()).join(partition_path(hour));
         let written = sort_batch(&partition, signal).and_then(|sorted| {
             std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
             write_file(&dir, signal, &sorted, config, name)
@@ -129,19 +122,14 @@ fn time_values(batch: &RecordBatch, signal: Signal) -> Result<Vec<i64>> {
         .ok_or_else(|| Error::Internal(format!("{signal} batch lacks its time column")))?;
     let times = column
         .as_primitive_opt::<TimestampNanosecondType>()
-        .ok_or_else(|| {
-            Error::Internal(format!(
-                "{signal} time column is not a nanosecond timestamp"
-            ))
-        })?;
+        .ok_or_else(|| Error::Internal(format!("{signal} time column is not a nanosecond timestamp")))?;
     Ok(times.values().to_vec())
 }
 
 fn partition_path(hour: i64) -> PathBuf {
     let days = hour.div_euclid(24);
     let (year, month, day) = civil_from_days(days);
-    PathBuf::from(format!("{year:04}-{month:02}-{day:02}"))
-        .join(format!("{:02}", hour.rem_euclid(24)))
+    PathBuf::from(format!("{year:04}-{month:02}-{day:02}")).join(format!("{:02}", hour.rem_euclid(24)))
 }
 
 /// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
@@ -164,23 +152,14 @@ fn sort_batch(batch: &RecordBatch, signal: Signal) -> Result<RecordBatch> {
         .filter_map(|name| batch.column_by_name(name))
         .map(|values| SortColumn {
             values: values.clone(),
-            options: Some(SortOptions {
-                descending: false,
-                nulls_first: true,
-            }),
+            options: Some(SortOptions { descending: false, nulls_first: true }),
         })
         .collect();
     let indices = lexsort_to_indices(&columns, None)?;
     Ok(take_record_batch(batch, &indices)?)
 }
 
-fn write_file(
-    dir: &Path,
-    signal: Signal,
-    batch: &RecordBatch,
-    config: &StoreConfig,
-    name: &str,
-) -> Result<DataFile> {
+fn write_file(dir: &Path, signal: Signal, batch: &RecordBatch, config: &StoreConfig, name: &str) -> Result<DataFile> {
     let path = dir.join(format!("{name}.{PARQUET_EXTENSION}"));
     let index_dir = dir.join(format!("{name}.{INDEX_EXTENSION}"));
     write_file_and_index(dir, &path, &index_dir, signal, batch, config)
@@ -197,19 +176,12 @@ fn write_file_and_index(
 ) -> Result<DataFile> {
     let path = path.to_path_buf();
     let file = File::create(&path).map_err(|e| Error::io(&path, e))?;
-    let mut writer = ArrowWriter::try_new(
-        file,
-        batch.schema(),
-        Some(writer_properties(signal, config)?),
-    )?;
+    let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(writer_properties(signal, config)?))?;
     writer.write(batch)?;
     // Close the last, partial row group so that every group's size is known before the footer.
     writer.flush()?;
-    let row_group_row_counts: Vec<u64> = writer
-        .flushed_row_groups()
-        .iter()
-        .map(|group| group.num_rows() as u64)
-        .collect();
+    let row_group_row_counts: Vec<u64> =
+        writer.flushed_row_groups().iter().map(|group| group.num_rows() as u64).collect();
     let mut file = writer.into_inner()?;
     std::io::Write::flush(&mut file).map_err(|e| Error::io(&path, e))?;
     file.sync_all().map_err(|e| Error::io(&path, e))?;
@@ -221,10 +193,7 @@ fn write_file_and_index(
             .column_by_name(schema::BODY)
             .and_then(|column| column.as_string_opt::<i32>())
             .ok_or_else(|| Error::Internal("log batch lacks a utf8 body column".into()))?;
-        fulltext::build_index(
-            &index_dir,
-            (0..bodies.len()).map(|i| bodies.is_valid(i).then(|| bodies.value(i))),
-        )?;
+        fulltext::build_index(&index_dir, (0..bodies.len()).map(|i| bodies.is_valid(i).then(|| bodies.value(i))))?;
         sync_tree(&index_dir)?;
         Some(index_dir)
     } else {
@@ -235,10 +204,7 @@ fn write_file_and_index(
     let times = time_values(batch, signal)?;
     let stats = FileStats {
         size_bytes,
-        index_bytes: index_dir
-            .as_deref()
-            .map(fulltext::index_size_bytes)
-            .unwrap_or(0),
+        index_bytes: index_dir.as_deref().map(fulltext::index_size_bytes).unwrap_or(0),
         num_rows: batch.num_rows() as u64,
         min_time_ns: times.iter().copied().min().unwrap_or(0),
         max_time_ns: times.iter().copied().max().unwrap_or(0),
@@ -249,15 +215,10 @@ fn write_file_and_index(
 
 /// fsyncs every file of a directory and the directory itself (tantivy leaves that to us).
 fn sync_tree(dir: &Path) -> Result<()> {
-    for entry in std::fs::read_dir(dir)
-        .map_err(|e| Error::io(dir, e))?
-        .flatten()
-    {
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?.flatten() {
         let path = entry.path();
         if path.is_file() {
-            File::open(&path)
-                .and_then(|f| f.sync_all())
-                .map_err(|e| Error::io(&path, e))?;
+            File::open(&path).and_then(|f| f.sync_all()).map_err(|e| Error::io(&path, e))?;
         }
     }
     sync_dir(dir)
@@ -268,18 +229,14 @@ pub(crate) fn read_files(files: &[Arc<DataFile>]) -> Result<Vec<RecordBatch>> {
     let mut batches = Vec::new();
     for file in files {
         let handle = File::open(&file.path).map_err(|e| Error::io(&file.path, e))?;
-        let reader =
-            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(handle)?
-                .with_batch_size(64 * 1024)
-                .build()?;
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(handle)?
+            .with_batch_size(64 * 1024)
+            .build()?;
         for batch in reader {
             let batch = batch?;
             // Files carry the exact schema they were written with; rebuilding against the
             // current one keeps field metadata differences from failing concatenation.
-            batches.push(RecordBatch::try_new(
-                file.signal.schema(),
-                batch.columns().to_vec(),
-            )?);
+            batches.push(RecordBatch::try_new(file.signal.schema(), batch.columns().to_vec())?);
         }
     }
     Ok(batches)
@@ -293,10 +250,7 @@ mod tests {
     fn hour_partitions_are_named_by_utc_date_and_hour() {
         assert_eq!(partition_path(0), PathBuf::from("1970-01-01/00"));
         // 1_700_000_000 s is 2023-11-14T22:13:20Z.
-        assert_eq!(
-            partition_path(1_700_000_000 / 3600),
-            PathBuf::from("2023-11-14/22")
-        );
+        assert_eq!(partition_path(1_700_000_000 / 3600), PathBuf::from("2023-11-14/22"));
         assert_eq!(partition_path(-1), PathBuf::from("1969-12-31/23"));
         assert_eq!(civil_from_days(19_782), (2024, 2, 29));
     }

@@ -48,11 +48,7 @@ fn listening_addresses(line: &str) -> Option<Addresses> {
         return None;
     }
     let addr = |name: &str| fields.get(name)?.as_str()?.parse::<SocketAddr>().ok();
-    Some(Addresses {
-        grpc: addr("otlp_grpc_addr")?,
-        otlp_http: addr("otlp_http_addr")?,
-        http: addr("http_addr")?,
-    })
+    Some(Addresses { grpc: addr("otlp_grpc_addr")?, otlp_http: addr("otlp_http_addr")?, http: addr("http_addr")? })
 }
 
 impl WakeServer {
@@ -103,10 +99,7 @@ impl WakeServer {
                 }
                 let text = String::from_utf8_lossy(&line);
                 reader_log.lock().unwrap().push_str(&text);
-                if let Some(addresses) = found
-                    .as_ref()
-                    .and_then(|_| listening_addresses(text.trim_end()))
-                {
+                if let Some(addresses) = found.as_ref().and_then(|_| listening_addresses(text.trim_end())) {
                     let _ = found.take().expect("checked above").send(addresses);
                 }
             }
@@ -179,13 +172,9 @@ impl WakeServer {
     pub fn sql(&self, sql: &str) -> Value {
         let (status, body) = self.sql_response(sql);
         if status != 200 {
-            panic!(
-                "SQL {sql:?} answered {status}: {body}\nserver log tail:\n{}",
-                self.log_tail()
-            );
+            panic!("SQL {sql:?} answered {status}: {body}\nserver log tail:\n{}", self.log_tail());
         }
-        serde_json::from_str(&body)
-            .unwrap_or_else(|e| panic!("SQL {sql:?} answered non-JSON ({e}): {body}"))
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("SQL {sql:?} answered non-JSON ({e}): {body}"))
     }
 
     /// Runs `sql` and returns the status and body, whatever they are.
@@ -195,12 +184,7 @@ impl WakeServer {
             .post(self.api_url("/api/v1/sql"))
             .json(&serde_json::json!({ "sql": sql }))
             .send()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "SQL {sql:?} failed: {e}\nserver log tail:\n{}",
-                    self.log_tail()
-                )
-            });
+            .unwrap_or_else(|e| panic!("SQL {sql:?} failed: {e}\nserver log tail:\n{}", self.log_tail()));
         let status = response.status().as_u16();
         (status, response.text().unwrap_or_default())
     }
@@ -212,13 +196,7 @@ impl WakeServer {
             .get("rows")
             .and_then(Value::as_array)
             .unwrap_or_else(|| panic!("SQL {sql:?} answered without rows: {answer}"));
-        rows.iter()
-            .map(|row| {
-                row.as_array()
-                    .unwrap_or_else(|| panic!("row is not an array: {row}"))
-                    .clone()
-            })
-            .collect()
+        rows.iter().map(|row| row.as_array().unwrap_or_else(|| panic!("row is not an array: {row}")).clone()).collect()
     }
 
     /// The rows of the answer to `sql` as objects keyed by column name.
@@ -234,13 +212,7 @@ impl WakeServer {
             .as_array()
             .unwrap_or_else(|| panic!("SQL {sql:?} answered without rows: {answer}"))
             .iter()
-            .map(|row| {
-                columns
-                    .iter()
-                    .cloned()
-                    .zip(row.as_array().expect("rows are arrays").iter().cloned())
-                    .collect()
-            })
+            .map(|row| columns.iter().cloned().zip(row.as_array().expect("rows are arrays").iter().cloned()).collect())
             .collect()
     }
 
@@ -248,13 +220,8 @@ impl WakeServer {
     pub fn count(&self, sql: &str) -> u64 {
         let rows = self.sql_rows(sql);
         match rows.as_slice() {
-            [row] if row.len() == 1 => {
-                as_u64(&row[0]).unwrap_or_else(|| panic!("SQL {sql:?} answered {row:?}"))
-            }
-            _ => panic!(
-                "SQL {sql:?} answered {} rows, expected one: {rows:?}",
-                rows.len()
-            ),
+            [row] if row.len() == 1 => as_u64(&row[0]).unwrap_or_else(|| panic!("SQL {sql:?} answered {row:?}")),
+            _ => panic!("SQL {sql:?} answered {} rows, expected one: {rows:?}", rows.len()),
         }
     }
 
@@ -278,19 +245,10 @@ impl WakeServer {
 
     /// Writes every buffered row to Parquet now.
     pub fn flush(&self) {
-        let response = self
-            .client
-            .post(self.api_url("/api/v1/admin/flush"))
-            .send()
-            .expect("POST /api/v1/admin/flush");
+        let response = self.client.post(self.api_url("/api/v1/admin/flush")).send().expect("POST /api/v1/admin/flush");
         let status = response.status();
         let body = response.text().unwrap_or_default();
-        assert_eq!(
-            status,
-            200,
-            "flush answered {body}\nserver log tail:\n{}",
-            self.log_tail()
-        );
+        assert_eq!(status, 200, "flush answered {body}\nserver log tail:\n{}", self.log_tail());
     }
 
     /// SIGKILL: the process gets no chance to flush anything.
@@ -333,10 +291,7 @@ impl Drop for WakeServer {
 /// Sends `signal` (e.g. `TERM`) to `pid` with the `kill` command, which keeps the tests free of
 /// `unsafe` (the workspace denies it).
 fn send_signal(pid: u32, signal: &str) -> bool {
-    Command::new("kill")
-        .args([format!("-{signal}"), pid.to_string()])
-        .status()
-        .is_ok_and(|status| status.success())
+    Command::new("kill").args([format!("-{signal}"), pid.to_string()]).status().is_ok_and(|status| status.success())
 }
 
 /// A JSON number (or a numeric string) as u64.
@@ -350,10 +305,7 @@ pub fn as_f64(value: &Value) -> Option<f64> {
 }
 
 pub fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_nanos() as u64
+    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_nanos() as u64
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -397,32 +349,20 @@ pub struct ProtoDuration {
 // OTLP request builders
 
 pub fn string_value(value: &str) -> AnyValue {
-    AnyValue {
-        value: Some(any_value::Value::StringValue(value.to_string())),
-    }
+    AnyValue { value: Some(any_value::Value::StringValue(value.to_string())) }
 }
 
 pub fn attribute(key: &str, value: &str) -> KeyValue {
-    KeyValue {
-        key: key.to_string(),
-        value: Some(string_value(value)),
-        ..Default::default()
-    }
+    KeyValue { key: key.to_string(), value: Some(string_value(value)), ..Default::default() }
 }
 
 /// A log request of one resource (`service.name` = `service`) and one scope.
 pub fn log_request(service: &str, records: Vec<LogRecord>) -> ExportLogsServiceRequest {
     ExportLogsServiceRequest {
         resource_logs: vec![ResourceLogs {
-            resource: Some(Resource {
-                attributes: vec![attribute("service.name", service)],
-                ..Default::default()
-            }),
+            resource: Some(Resource { attributes: vec![attribute("service.name", service)], ..Default::default() }),
             scope_logs: vec![ScopeLogs {
-                scope: Some(InstrumentationScope {
-                    name: "wake-tests".into(),
-                    ..Default::default()
-                }),
+                scope: Some(InstrumentationScope { name: "wake-tests".into(), ..Default::default() }),
                 log_records: records,
                 ..Default::default()
             }],

@@ -3,9 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
-    LogsService, LogsServiceServer,
-};
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{LogsService, LogsServiceServer};
 use opentelemetry_proto::tonic::collector::logs::v1::{
     ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
 };
@@ -15,9 +13,7 @@ use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::
 use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
@@ -56,24 +52,12 @@ impl Receiver {
         let signal = request.signal();
         match self.store.ingest(request, None).await {
             Ok(outcome) => {
-                self.store
-                    .metrics()
-                    .requests
-                    .with_label_values(&transport_label(signal, "grpc", "ok"))
-                    .inc();
+                self.store.metrics().requests.with_label_values(&transport_label(signal, "grpc", "ok")).inc();
                 Ok(outcome)
             }
             Err(error) => {
-                let outcome = if error.class() == ErrorClass::Unavailable {
-                    "unavailable"
-                } else {
-                    "error"
-                };
-                self.store
-                    .metrics()
-                    .requests
-                    .with_label_values(&transport_label(signal, "grpc", outcome))
-                    .inc();
+                let outcome = if error.class() == ErrorClass::Unavailable { "unavailable" } else { "error" };
+                self.store.metrics().requests.with_label_values(&transport_label(signal, "grpc", outcome)).inc();
                 warn!(%signal, %error, transport = "grpc", "export refused");
                 Err(to_status(&error))
             }
@@ -93,11 +77,9 @@ impl LogsService for Receiver {
     ) -> Result<Response<ExportLogsServiceResponse>, Status> {
         let outcome = Receiver::export(self, OtlpRequest::Logs(request.into_inner())).await?;
         Ok(Response::new(ExportLogsServiceResponse {
-            partial_success: rejected(&outcome).map(|(rejected_log_records, error_message)| {
-                ExportLogsPartialSuccess {
-                    rejected_log_records,
-                    error_message,
-                }
+            partial_success: rejected(&outcome).map(|(rejected_log_records, error_message)| ExportLogsPartialSuccess {
+                rejected_log_records,
+                error_message,
             }),
         }))
     }
@@ -112,10 +94,7 @@ impl MetricsService for Receiver {
         let outcome = Receiver::export(self, OtlpRequest::Metrics(request.into_inner())).await?;
         Ok(Response::new(ExportMetricsServiceResponse {
             partial_success: rejected(&outcome).map(|(rejected_data_points, error_message)| {
-                ExportMetricsPartialSuccess {
-                    rejected_data_points,
-                    error_message,
-                }
+                ExportMetricsPartialSuccess { rejected_data_points, error_message }
             }),
         }))
     }
@@ -129,12 +108,8 @@ impl TraceService for Receiver {
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
         let outcome = Receiver::export(self, OtlpRequest::Traces(request.into_inner())).await?;
         Ok(Response::new(ExportTraceServiceResponse {
-            partial_success: rejected(&outcome).map(|(rejected_spans, error_message)| {
-                ExportTracePartialSuccess {
-                    rejected_spans,
-                    error_message,
-                }
-            }),
+            partial_success: rejected(&outcome)
+                .map(|(rejected_spans, error_message)| ExportTracePartialSuccess { rejected_spans, error_message }),
         }))
     }
 }

@@ -14,15 +14,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use opentelemetry_proto::tonic::collector::logs::v1::{
-    ExportLogsPartialSuccess, ExportLogsServiceResponse,
-};
-use opentelemetry_proto::tonic::collector::metrics::v1::{
-    ExportMetricsPartialSuccess, ExportMetricsServiceResponse,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTracePartialSuccess, ExportTraceServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsPartialSuccess, ExportLogsServiceResponse};
+use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsPartialSuccess, ExportMetricsServiceResponse};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTracePartialSuccess, ExportTraceServiceResponse};
 use prost::Message;
 use tracing::warn;
 
@@ -53,10 +47,7 @@ impl Encoding {
 pub fn http_router(store: Arc<Store>) -> Router {
     Router::new()
         .route("/v1/logs", post(|s, h, b| export(s, Signal::Logs, h, b)))
-        .route(
-            "/v1/metrics",
-            post(|s, h, b| export(s, Signal::Metrics, h, b)),
-        )
+        .route("/v1/metrics", post(|s, h, b| export(s, Signal::Metrics, h, b)))
         .route("/v1/traces", post(|s, h, b| export(s, Signal::Spans, h, b)))
         // The limit is ours to apply, after decompression too.
         .layer(DefaultBodyLimit::disable())
@@ -64,16 +55,8 @@ pub fn http_router(store: Arc<Store>) -> Router {
 }
 
 fn request_encoding(headers: &HeaderMap) -> Result<Encoding, Error> {
-    let value = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let media_type = value
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let value = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let media_type = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     match media_type.as_str() {
         "application/x-protobuf" | "application/protobuf" => Ok(Encoding::Protobuf),
         "application/json" => Ok(Encoding::Json),
@@ -82,13 +65,8 @@ fn request_encoding(headers: &HeaderMap) -> Result<Encoding, Error> {
 }
 
 async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, Error> {
-    let too_large = |actual_bytes| Error::RequestTooLarge {
-        limit_bytes: limit,
-        actual_bytes,
-    };
-    if let Some(length) = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+    let too_large = |actual_bytes| Error::RequestTooLarge { limit_bytes: limit, actual_bytes };
+    if let Some(length) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
         && length > limit
     {
         return Err(too_large(length));
@@ -99,9 +77,7 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
             return Err(too_large(limit + 1));
         }
         Err(error) => {
-            return Err(Error::InvalidRequest(format!(
-                "could not read the request body: {error}"
-            )));
+            return Err(Error::InvalidRequest(format!("could not read the request body: {error}")));
         }
     };
     let encoding = headers
@@ -123,18 +99,13 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
             }
             Ok(Bytes::from(inflated))
         }
-        other => Err(Error::InvalidRequest(format!(
-            "unsupported Content-Encoding {other:?}: expected gzip or identity"
-        ))),
+        other => {
+            Err(Error::InvalidRequest(format!("unsupported Content-Encoding {other:?}: expected gzip or identity")))
+        }
     }
 }
 
-async fn export(
-    State(store): State<Arc<Store>>,
-    signal: Signal,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
+async fn export(State(store): State<Arc<Store>>, signal: Signal, headers: HeaderMap, body: Body) -> Response {
     // Answer in the request's encoding; an unknown content type gets JSON.
     let encoding = request_encoding(&headers).unwrap_or(Encoding::Json);
     let result = async {
@@ -149,24 +120,12 @@ async fn export(
     .await;
     match result {
         Ok(outcome) => {
-            store
-                .metrics()
-                .requests
-                .with_label_values(&transport_label(signal, "http", "ok"))
-                .inc();
+            store.metrics().requests.with_label_values(&transport_label(signal, "http", "ok")).inc();
             success(signal, encoding, &outcome)
         }
         Err(error) => {
-            let outcome = if error.class() == ErrorClass::Unavailable {
-                "unavailable"
-            } else {
-                "error"
-            };
-            store
-                .metrics()
-                .requests
-                .with_label_values(&transport_label(signal, "http", outcome))
-                .inc();
+            let outcome = if error.class() == ErrorClass::Unavailable { "unavailable" } else { "error" };
+            store.metrics().requests.with_label_values(&transport_label(signal, "http", outcome)).inc();
             warn!(%signal, %error, transport = "http", "export refused");
             failure(encoding, &error)
         }
@@ -189,81 +148,50 @@ fn success(signal: Signal, encoding: Encoding, outcome: &IngestOutcome) -> Respo
         Signal::Logs => encoded(
             encoding,
             &ExportLogsServiceResponse {
-                partial_success: partial.then(|| ExportLogsPartialSuccess {
-                    rejected_log_records: rejected,
-                    error_message: message,
-                }),
+                partial_success: partial
+                    .then(|| ExportLogsPartialSuccess { rejected_log_records: rejected, error_message: message }),
             },
         ),
         Signal::Metrics => encoded(
             encoding,
             &ExportMetricsServiceResponse {
-                partial_success: partial.then(|| ExportMetricsPartialSuccess {
-                    rejected_data_points: rejected,
-                    error_message: message,
-                }),
+                partial_success: partial
+                    .then(|| ExportMetricsPartialSuccess { rejected_data_points: rejected, error_message: message }),
             },
         ),
         Signal::Spans => encoded(
             encoding,
             &ExportTraceServiceResponse {
-                partial_success: partial.then(|| ExportTracePartialSuccess {
-                    rejected_spans: rejected,
-                    error_message: message,
-                }),
+                partial_success: partial
+                    .then(|| ExportTracePartialSuccess { rejected_spans: rejected, error_message: message }),
             },
         ),
     };
-    (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, encoding.content_type())],
-        body,
-    )
-        .into_response()
+    (StatusCode::OK, [(header::CONTENT_TYPE, encoding.content_type())], body).into_response()
 }
 
 /// OTLP/HTTP failures carry a `google.rpc.Status`; only 429, 502, 503 and 504 are retried.
 fn failure(encoding: Encoding, error: &Error) -> Response {
     let (status, grpc_code) = match error.class() {
         ErrorClass::BadRequest => (StatusCode::BAD_REQUEST, tonic::Code::InvalidArgument),
-        ErrorClass::TooLarge => (
-            StatusCode::PAYLOAD_TOO_LARGE,
-            tonic::Code::ResourceExhausted,
-        ),
-        ErrorClass::UnsupportedMediaType => (
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            tonic::Code::InvalidArgument,
-        ),
-        ErrorClass::Unavailable if matches!(error, Error::Backpressure { .. }) => (
-            StatusCode::TOO_MANY_REQUESTS,
-            tonic::Code::ResourceExhausted,
-        ),
+        ErrorClass::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, tonic::Code::ResourceExhausted),
+        ErrorClass::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, tonic::Code::InvalidArgument),
+        ErrorClass::Unavailable if matches!(error, Error::Backpressure { .. }) => {
+            (StatusCode::TOO_MANY_REQUESTS, tonic::Code::ResourceExhausted)
+        }
         ErrorClass::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, tonic::Code::Unavailable),
         ErrorClass::Internal => (StatusCode::INTERNAL_SERVER_ERROR, tonic::Code::Internal),
     };
     let message = error.to_string();
     let body = match encoding {
-        Encoding::Protobuf => tonic_types::Status {
-            code: grpc_code as i32,
-            message,
-            details: Vec::new(),
+        Encoding::Protobuf => {
+            tonic_types::Status { code: grpc_code as i32, message, details: Vec::new() }.encode_to_vec()
         }
-        .encode_to_vec(),
-        Encoding::Json => serde_json::json!({ "code": grpc_code as i32, "message": message })
-            .to_string()
-            .into_bytes(),
+        Encoding::Json => serde_json::json!({ "code": grpc_code as i32, "message": message }).to_string().into_bytes(),
     };
-    let mut response = (
-        status,
-        [(header::CONTENT_TYPE, encoding.content_type())],
-        body,
-    )
-        .into_response();
+    let mut response = (status, [(header::CONTENT_TYPE, encoding.content_type())], body).into_response();
     if error.class() == ErrorClass::Unavailable {
-        response.headers_mut().insert(
-            header::RETRY_AFTER,
-            HeaderValue::from(error.retry_after_secs()),
-        );
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(error.retry_after_secs()));
     }
     response
 }
@@ -275,21 +203,12 @@ mod tests {
     #[test]
     fn content_types_are_recognised_with_parameters() {
         let mut headers = HeaderMap::new();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json; charset=utf-8"),
-        );
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
         assert_eq!(request_encoding(&headers).unwrap(), Encoding::Json);
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/x-protobuf"),
-        );
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-protobuf"));
         assert_eq!(request_encoding(&headers).unwrap(), Encoding::Protobuf);
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-        assert!(matches!(
-            request_encoding(&headers),
-            Err(Error::UnsupportedContentType(_))
-        ));
+        assert!(matches!(request_encoding(&headers), Err(Error::UnsupportedContentType(_))));
     }
 
     #[tokio::test]
@@ -300,25 +219,19 @@ mod tests {
         assert!(bomb.len() < 64 * 1024);
         let mut headers = HeaderMap::new();
         headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-        let error = read_body(&headers, Body::from(bomb), 1024 * 1024)
-            .await
-            .unwrap_err();
+        let error = read_body(&headers, Body::from(bomb), 1024 * 1024).await.unwrap_err();
         assert!(matches!(error, Error::RequestTooLarge { .. }), "{error}");
     }
 
     #[tokio::test]
     async fn oversize_bodies_and_bad_gzip_are_client_errors() {
         let headers = HeaderMap::new();
-        let error = read_body(&headers, Body::from(vec![1u8; 2048]), 1024)
-            .await
-            .unwrap_err();
+        let error = read_body(&headers, Body::from(vec![1u8; 2048]), 1024).await.unwrap_err();
         assert!(matches!(error, Error::RequestTooLarge { .. }), "{error}");
 
         let mut headers = HeaderMap::new();
         headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-        let error = read_body(&headers, Body::from(&b"not gzip"[..]), 1024)
-            .await
-            .unwrap_err();
+        let error = read_body(&headers, Body::from(&b"not gzip"[..]), 1024).await.unwrap_err();
         assert_eq!(error.class(), ErrorClass::BadRequest, "{error}");
     }
 }

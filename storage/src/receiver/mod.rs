@@ -9,10 +9,6 @@ pub use http::http_router;
 
 use crate::schema::Signal;
 
-pub(crate) fn transport_label(
-    signal: Signal,
-    transport: &'static str,
-    outcome: &'static str,
-) -> [&'static str; 3] {
+pub(crate) fn transport_label(signal: Signal, transport: &'static str, outcome: &'static str) -> [&'static str; 3] {
     [signal.table_name(), transport, outcome]
 }
