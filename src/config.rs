@@ -1,11 +1,13 @@
-//! `wake server` configuration: defaults, then the optional YAML file, then environment
-//! variables and flags (clap merges those two), each layer overriding the one before.
+//! `wake server` and `wake agent` configuration: defaults, then the optional YAML file, then
+//! environment variables and flags (clap merges those two), each layer overriding the one before.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
 use serde::Deserialize;
+use wake_collector::AgentConfig;
+use wake_collector::export::Protocol;
 use wake_storage::StoreConfig;
 
 /// Flags of `wake server`; each has a `WAKE_…` environment variable. Unset flags fall back to
@@ -100,6 +102,141 @@ impl ServerConfig {
         config.store.validate().context("invalid configuration")?;
         Ok(config)
     }
+}
+
+/// Flags of `wake agent`; each has a `WAKE_…` environment variable. Unset flags fall back to the
+/// config file, then to the defaults shown.
+#[derive(clap::Args, Debug, Default)]
+pub struct AgentArgs {
+    /// YAML configuration file, keys as in the flags with underscores.
+    #[arg(long, env = "WAKE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The store's OTLP endpoint [default: http://127.0.0.1:4317].
+    #[arg(long, env = "WAKE_ENDPOINT")]
+    pub endpoint: Option<String>,
+    /// OTLP transport: grpc or http (use the store's 4318 endpoint for http) [default: grpc].
+    #[arg(long, env = "WAKE_PROTOCOL", value_parser = parse_protocol)]
+    pub protocol: Option<Protocol>,
+    /// Kubernetes pod logs [default: /var/log/pods].
+    #[arg(long, env = "WAKE_LOG_ROOT")]
+    pub log_root: Option<PathBuf>,
+    /// kubelet's container-id symlinks [default: `containers` beside --log-root].
+    #[arg(long, env = "WAKE_CONTAINERS_DIR")]
+    pub containers_dir: Option<PathBuf>,
+    /// Docker json-file logs [default: /var/lib/docker/containers].
+    #[arg(long, env = "WAKE_DOCKER_ROOT")]
+    pub docker_root: Option<PathBuf>,
+    /// cgroup file system [default: /sys/fs/cgroup].
+    #[arg(long, env = "WAKE_CGROUP_ROOT")]
+    pub cgroup_root: Option<PathBuf>,
+    /// containers/storage of CRI-O and podman, for image names [default: /var/lib/containers/storage].
+    #[arg(long, env = "WAKE_CONTAINERS_STORAGE_ROOT")]
+    pub containers_storage_root: Option<PathBuf>,
+    /// Checkpoints [default: /var/lib/wake-agent].
+    #[arg(long, env = "WAKE_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// This node's name [default: $NODE_NAME, else the host name].
+    #[arg(long, env = "WAKE_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Only these namespaces (comma-separated globs).
+    #[arg(long, env = "WAKE_INCLUDE_NAMESPACES", value_delimiter = ',')]
+    pub include_namespaces: Option<Vec<String>>,
+    /// Never these namespaces (comma-separated globs).
+    #[arg(long, env = "WAKE_EXCLUDE_NAMESPACES", value_delimiter = ',')]
+    pub exclude_namespaces: Option<Vec<String>>,
+    /// Only these pods (comma-separated globs).
+    #[arg(long, env = "WAKE_INCLUDE_PODS", value_delimiter = ',')]
+    pub include_pods: Option<Vec<String>>,
+    /// Never these pods (comma-separated globs).
+    #[arg(long, env = "WAKE_EXCLUDE_PODS", value_delimiter = ',')]
+    pub exclude_pods: Option<Vec<String>>,
+    /// Only these containers (comma-separated globs).
+    #[arg(long, env = "WAKE_INCLUDE_CONTAINERS", value_delimiter = ',')]
+    pub include_containers: Option<Vec<String>>,
+    /// Never these containers (comma-separated globs).
+    #[arg(long, env = "WAKE_EXCLUDE_CONTAINERS", value_delimiter = ',')]
+    pub exclude_containers: Option<Vec<String>>,
+    /// How often cgroup metrics are read, e.g. 10s [default: 10s].
+    #[arg(long, env = "WAKE_METRICS_INTERVAL", value_parser = wake_collector::config::parse_duration)]
+    pub metrics_interval: Option<std::time::Duration>,
+    /// The agent's /metrics and /healthz [default: 0.0.0.0:4390].
+    #[arg(long, env = "WAKE_HTTP_ADDR")]
+    pub http_addr: Option<SocketAddr>,
+    /// Longer lines are cut and marked log.truncated=true [default: 1048576].
+    #[arg(long, env = "WAKE_MAX_LINE_BYTES")]
+    pub max_line_bytes: Option<usize>,
+    /// A batch is sent at this many bytes [default: 1048576]...
+    #[arg(long, env = "WAKE_BATCH_MAX_BYTES")]
+    pub batch_max_bytes: Option<usize>,
+    /// ...or this long after its first record [default: 1s].
+    #[arg(long, env = "WAKE_BATCH_TIMEOUT", value_parser = wake_collector::config::parse_duration)]
+    pub batch_timeout: Option<std::time::Duration>,
+    /// A renamed or deleted file is released this long after its last byte was read [default: 5s].
+    #[arg(long, env = "WAKE_RELEASE_AFTER", value_parser = wake_collector::config::parse_duration)]
+    pub release_after: Option<std::time::Duration>,
+}
+
+fn parse_protocol(text: &str) -> Result<Protocol, String> {
+    match text {
+        "grpc" => Ok(Protocol::Grpc),
+        "http" | "http/protobuf" => Ok(Protocol::Http),
+        other => Err(format!("expected grpc or http, got {other:?}")),
+    }
+}
+
+pub fn load_agent_config(args: &AgentArgs) -> anyhow::Result<AgentConfig> {
+    let mut config: AgentConfig = match &args.config {
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
+            serde_yaml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))?
+        }
+        None => AgentConfig::default(),
+    };
+    macro_rules! override_with {
+        ($($field:ident),*) => {
+            $(if let Some(value) = args.$field.clone() {
+                config.$field = value;
+            })*
+        };
+    }
+    override_with!(
+        endpoint,
+        protocol,
+        log_root,
+        docker_root,
+        cgroup_root,
+        containers_storage_root,
+        state_dir,
+        include_namespaces,
+        exclude_namespaces,
+        include_pods,
+        exclude_pods,
+        include_containers,
+        exclude_containers,
+        metrics_interval,
+        http_addr,
+        max_line_bytes,
+        batch_max_bytes,
+        batch_timeout,
+        release_after
+    );
+    if args.containers_dir.is_some() {
+        config.containers_dir = args.containers_dir.clone();
+    }
+    if args.node_name.is_some() {
+        config.node_name = args.node_name.clone();
+    }
+    if config.node_name.is_none() {
+        config.node_name = std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty()).or_else(host_name);
+    }
+    config.validate().context("invalid configuration")?;
+    Ok(config)
+}
+
+fn host_name() -> Option<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    Some(name.trim().to_string()).filter(|n| !n.is_empty())
 }
 
 #[cfg(test)]

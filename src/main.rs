@@ -30,6 +30,8 @@ enum LogFormat {
 enum Command {
     /// Run the store: OTLP receivers, durable Parquet + tantivy storage, SQL query API.
     Server(config::ServerArgs),
+    /// Run the node agent: tail container logs, read cgroup metrics, forward them as OTLP.
+    Agent(config::AgentArgs),
 }
 
 fn init_logging(format: LogFormat) {
@@ -44,6 +46,20 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+async fn run_agent(config: wake_collector::AgentConfig) -> anyhow::Result<()> {
+    let (stop_sender, stop) = tokio::sync::watch::channel(false);
+    let mut agent = tokio::spawn(wake_collector::run(config, stop));
+    tokio::select! {
+        // The agent stopped on its own: an error at start-up (say, its port is taken).
+        finished = &mut agent => finished??,
+        () = server::shutdown_signal() => {
+            let _ = stop_sender.send(true);
+            agent.await??;
+        }
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
@@ -54,6 +70,13 @@ fn main() -> ExitCode {
                 .thread_name("wake")
                 .build()?
                 .block_on(server::run(config))
+        }),
+        Command::Agent(args) => config::load_agent_config(&args).and_then(|config| {
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("wake-agent")
+                .build()?
+                .block_on(run_agent(config))
         }),
     };
     match result {

@@ -2,5 +2,28 @@
 //! reads cgroup metrics, and forwards everything to the store as OTLP, checkpointing offsets
 //! only after the store acknowledged.
 //!
-//! The agent is not built yet: this crate holds its place in the workspace so that the data
-//! flow (collector → OTLP → storage → files → query) is visible in the layout.
+//! How the modules fit:
+//! - [`discovery`] finds log files (Kubernetes CRI layout, Docker `json-file`) and the identity
+//!   of the container behind each ([`identity`]);
+//! - [`tail`] reads one file through rotation, truncation and deletion, [`parse`] turns its
+//!   physical lines into records (CRI and Docker formats, partial-line reassembly);
+//! - [`checkpoint`] keeps the acknowledged offset of every file;
+//! - [`cgroup`] reads container resource metrics from cgroup v1 and v2;
+//! - [`export`] sends OTLP to the store with retries and back-off;
+//! - [`agent`] runs it all: a reader thread that batches records, a shipper that exports each
+//!   batch and only then checkpoints it, a metrics loop, and the agent's own HTTP endpoint.
+
+pub mod agent;
+pub mod cgroup;
+pub mod checkpoint;
+pub mod config;
+pub mod discovery;
+pub mod error;
+pub mod export;
+pub mod identity;
+pub mod parse;
+pub mod tail;
+
+pub use agent::run;
+pub use config::AgentConfig;
+pub use error::{Error, Result};

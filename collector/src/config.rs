@@ -1,0 +1,243 @@
+//! Configuration of `wake agent`: a serde struct with one default per field, validated before
+//! the agent starts. The binary layers the YAML file, environment variables and flags over it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::discovery::{Discovery, Filters, RuntimeMetadata};
+use crate::error::{Error, Result};
+use crate::export::{ExportConfig, Protocol};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// The store's OTLP endpoint (`http://host:4317` for gRPC, `http://host:4318` for HTTP).
+    pub endpoint: String,
+    pub protocol: Protocol,
+    /// Kubernetes pod logs: `<log_root>/<namespace>_<pod>_<uid>/<container>/<restart>.log`.
+    pub log_root: PathBuf,
+    /// kubelet's `<pod>_<namespace>_<container>-<id>.log` symlinks; default: `containers`
+    /// beside `log_root`.
+    pub containers_dir: Option<PathBuf>,
+    /// Docker `json-file` logs: `<docker_root>/<id>/<id>-json.log`.
+    pub docker_root: PathBuf,
+    pub cgroup_root: PathBuf,
+    /// containerd's task state, read for image names.
+    pub containerd_task_root: PathBuf,
+    /// containers/storage (CRI-O, podman), read for image names.
+    pub containers_storage_root: PathBuf,
+    /// Checkpoints live here; it must survive agent restarts (a hostPath in a DaemonSet).
+    pub state_dir: PathBuf,
+    /// Default: the `NODE_NAME` environment variable (the downward API), else the host name.
+    pub node_name: Option<String>,
+    pub include_namespaces: Vec<String>,
+    pub exclude_namespaces: Vec<String>,
+    pub include_pods: Vec<String>,
+    pub exclude_pods: Vec<String>,
+    pub include_containers: Vec<String>,
+    pub exclude_containers: Vec<String>,
+    #[serde(deserialize_with = "duration")]
+    pub metrics_interval: Duration,
+    /// The agent's own `/metrics` and `/healthz`.
+    pub http_addr: SocketAddr,
+    /// A line longer than this is cut, and its record marked `log.truncated=true`.
+    pub max_line_bytes: usize,
+    /// A batch is sent once it holds this many bytes of log text...
+    pub batch_max_bytes: usize,
+    /// ...or once its oldest record waited this long.
+    #[serde(deserialize_with = "duration")]
+    pub batch_timeout: Duration,
+    /// A line whose last chunk is partial (no newline yet) is sent as it is after this long.
+    #[serde(deserialize_with = "duration")]
+    pub partial_line_timeout: Duration,
+    /// A renamed or deleted file is released this long after it was read to its end.
+    #[serde(deserialize_with = "duration")]
+    pub release_after: Duration,
+    /// Directory scans when no file-system event arrived (and when inotify is unavailable).
+    #[serde(deserialize_with = "duration")]
+    pub scan_interval: Duration,
+    /// Checkpoints of files that are gone expire after this long.
+    #[serde(deserialize_with = "duration")]
+    pub checkpoint_ttl: Duration,
+    /// Per export attempt.
+    #[serde(deserialize_with = "duration")]
+    pub export_timeout: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub initial_backoff: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub max_backoff: Duration,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            endpoint: "http://127.0.0.1:4317".into(),
+            protocol: Protocol::Grpc,
+            log_root: PathBuf::from("/var/log/pods"),
+            containers_dir: None,
+            docker_root: PathBuf::from("/var/lib/docker/containers"),
+            cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+            containerd_task_root: PathBuf::from("/run/containerd/io.containerd.runtime.v2.task"),
+            containers_storage_root: PathBuf::from("/var/lib/containers/storage"),
+            state_dir: PathBuf::from("/var/lib/wake-agent"),
+            node_name: None,
+            include_namespaces: Vec::new(),
+            exclude_namespaces: Vec::new(),
+            include_pods: Vec::new(),
+            exclude_pods: Vec::new(),
+            include_containers: Vec::new(),
+            exclude_containers: Vec::new(),
+            metrics_interval: Duration::from_secs(10),
+            http_addr: SocketAddr::from(([0, 0, 0, 0], 4390)),
+            max_line_bytes: 1024 * 1024,
+            batch_max_bytes: 1024 * 1024,
+            batch_timeout: Duration::from_secs(1),
+            partial_line_timeout: Duration::from_secs(2),
+            release_after: Duration::from_secs(5),
+            scan_interval: Duration::from_secs(1),
+            checkpoint_ttl: Duration::from_secs(24 * 3600),
+            export_timeout: Duration::from_secs(10),
+            initial_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `10s`, `500ms`, `1m` (humantime), or a bare number of seconds.
+fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Seconds(u64),
+        Text(String),
+    }
+    match Raw::deserialize(deserializer)? {
+        Raw::Seconds(seconds) => Ok(Duration::from_secs(seconds)),
+        Raw::Text(text) => parse_duration(&text).map_err(serde::de::Error::custom),
+    }
+}
+
+/// Parses `10s`, `500ms`, `1m` or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(seconds));
+    }
+    humantime::parse_duration(text).map_err(|error| format!("invalid duration {text:?}: {error}"))
+}
+
+impl AgentConfig {
+    pub fn validate(&self) -> Result<()> {
+        let fail = |message: String| Err(Error::Config(message));
+        if !(self.endpoint.starts_with("http://") || self.endpoint.starts_with("https://")) {
+            return fail(format!("endpoint must be an http:// or https:// URL, got {:?}", self.endpoint));
+        }
+        if self.max_line_bytes < 1024 {
+            return fail(format!("max_line_bytes must be at least 1024, got {}", self.max_line_bytes));
+        }
+        if self.batch_max_bytes < 1024 {
+            return fail(format!("batch_max_bytes must be at least 1024, got {}", self.batch_max_bytes));
+        }
+        for (name, value) in [
+            ("metrics_interval", self.metrics_interval),
+            ("batch_timeout", self.batch_timeout),
+            ("scan_interval", self.scan_interval),
+            ("export_timeout", self.export_timeout),
+            ("initial_backoff", self.initial_backoff),
+        ] {
+            if value.is_zero() {
+                return fail(format!("{name} must be more than 0"));
+            }
+        }
+        if self.max_backoff < self.initial_backoff {
+            return fail("max_backoff must be at least initial_backoff".into());
+        }
+        self.filters()?;
+        Ok(())
+    }
+
+    pub fn containers_dir(&self) -> PathBuf {
+        self.containers_dir.clone().unwrap_or_else(|| match self.log_root.parent() {
+            Some(parent) => parent.join("containers"),
+            None => PathBuf::from("/var/log/containers"),
+        })
+    }
+
+    fn filters(&self) -> Result<Filters> {
+        let compile = |patterns: &[String]| -> Result<Vec<glob::Pattern>> {
+            patterns
+                .iter()
+                .map(|p| glob::Pattern::new(p).map_err(|e| Error::Config(format!("invalid filter pattern {p:?}: {e}"))))
+                .collect()
+        };
+        Ok(Filters {
+            include_namespaces: compile(&self.include_namespaces)?,
+            exclude_namespaces: compile(&self.exclude_namespaces)?,
+            include_pods: compile(&self.include_pods)?,
+            exclude_pods: compile(&self.exclude_pods)?,
+            include_containers: compile(&self.include_containers)?,
+            exclude_containers: compile(&self.exclude_containers)?,
+        })
+    }
+
+    pub fn discovery(&self) -> Result<Discovery> {
+        Ok(Discovery {
+            log_root: self.log_root.clone(),
+            containers_dir: self.containers_dir(),
+            docker_root: self.docker_root.clone(),
+            node_name: self.node_name.clone(),
+            filters: self.filters()?,
+            runtime: RuntimeMetadata {
+                docker_root: self.docker_root.clone(),
+                containerd_task_root: self.containerd_task_root.clone(),
+                containers_storage_root: self.containers_storage_root.clone(),
+            },
+        })
+    }
+
+    pub fn export(&self) -> ExportConfig {
+        ExportConfig {
+            endpoint: self.endpoint.clone(),
+            protocol: self.protocol,
+            timeout: self.export_timeout,
+            initial_backoff: self.initial_backoff,
+            max_backoff: self.max_backoff,
+            gzip: true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yaml_durations_and_defaults() {
+        let config: AgentConfig =
+            serde_yaml_ng_free_parse("{\"metrics_interval\": \"15s\", \"batch_timeout\": 2, \"protocol\": \"http\"}");
+        assert_eq!(config.metrics_interval, Duration::from_secs(15));
+        assert_eq!(config.batch_timeout, Duration::from_secs(2));
+        assert_eq!(config.protocol, Protocol::Http);
+        assert_eq!(config.log_root, PathBuf::from("/var/log/pods"));
+        assert_eq!(config.containers_dir(), PathBuf::from("/var/log/containers"));
+        config.validate().unwrap();
+    }
+
+    /// JSON is YAML: the binary reads YAML, this crate only needs serde.
+    fn serde_yaml_ng_free_parse(json: &str) -> AgentConfig {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn invalid_settings_are_refused_with_their_name() {
+        let config = AgentConfig { include_pods: vec!["[".into()], ..AgentConfig::default() };
+        assert!(config.validate().unwrap_err().to_string().contains("filter pattern"));
+        let config = AgentConfig { endpoint: "127.0.0.1:4317".into(), ..AgentConfig::default() };
+        assert!(config.validate().unwrap_err().to_string().contains("endpoint"));
+        assert!(parse_duration("ten").is_err());
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+    }
+}

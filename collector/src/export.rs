@@ -1,0 +1,1143 @@
+//! The agent's OTLP exporter: sends log and metric batches to the store over gRPC or HTTP/protobuf
+//! and reports back only once the store acknowledged them, because the caller checkpoints file
+//! offsets on `Ok` and anything checkpointed is never read again.
+//!
+//! # Retry policy
+//!
+//! As the OTLP specification prescribes ("Retryable response codes", "Throttling"):
+//!
+//! - gRPC: CANCELLED, DEADLINE_EXCEEDED, ABORTED, OUT_OF_RANGE, UNAVAILABLE and DATA_LOSS are retried;
+//!   RESOURCE_EXHAUSTED only when the status carries a `google.rpc.RetryInfo` (the server promises
+//!   that capacity comes back). Errors raised by the client itself (connection refused or reset,
+//!   HTTP/2 failures) are retried whatever code tonic gave them. Every other code is permanent.
+//! - HTTP: 429, 502, 503, 504 and transport errors are retried; any 2xx is an acknowledgement; every
+//!   other status (400, 413, 415, ...) is permanent.
+//! - An attempt that gets no answer within `ExportConfig::timeout` is retried, over a new connection,
+//!   since a silently dead peer would otherwise stall every later attempt on the same connection.
+//!
+//! A delay given by the server (`RetryInfo.retry_delay`, `Retry-After` in seconds or as an HTTP date)
+//! is used as it is, capped at five minutes. Otherwise the delay is exponential backoff with *equal
+//! jitter*: for the n-th retry (n from 0) `d = min(max_backoff, initial_backoff * 2^n)` and the delay
+//! is uniformly random in `[d/2, d]`, which spreads agents that failed together without ever
+//! retrying almost immediately.
+//!
+//! Retries are unbounded: delivery is at-least-once and the log files are the buffer, so giving up
+//! would only lose data. Each retry is logged at warn and counted. Shutdown (the `cancel` watch turning
+//! `true`) interrupts the wait between attempts; an attempt already in flight is allowed to finish
+//! (it is bounded by the timeout) so that a batch the store is accepting right now gets checkpointed.
+//! Giving up loses nothing: the data was not checkpointed and is read again after the restart.
+//!
+//! Compression: gRPC requests are gzip-compressed when `ExportConfig::gzip` is set. HTTP requests are
+//! sent uncompressed for now, since the crate has no gzip encoder of its own (tonic's is internal).
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsServiceRequest, ExportLogsServiceResponse, logs_service_client::LogsServiceClient,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse, metrics_service_client::MetricsServiceClient,
+};
+use parking_lot::Mutex;
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prost::Message;
+use prost::bytes::Bytes;
+use tokio::sync::watch;
+use tonic::Code;
+use tonic::codec::CompressionEncoding;
+use tonic::transport::{Channel, Endpoint};
+use tonic_types::StatusExt;
+
+/// Server-requested delays beyond this are not trusted: a store that asks for an hour is more
+/// likely misconfigured than really needing it, and the agent should keep probing.
+const MAX_SERVER_DELAY: Duration = Duration::from_secs(300);
+/// Bodies of error responses are only read this far: they end up in a log line.
+const MAX_ERROR_TEXT: usize = 512;
+/// Responses larger than this are not read completely; an OTLP response is a few bytes.
+const MAX_RESPONSE_BODY: usize = 4 << 20;
+const PROTOBUF: &str = "application/x-protobuf";
+const USER_AGENT: &str = concat!("wake-agent/", env!("CARGO_PKG_VERSION"));
+
+/// The OTLP transport.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Grpc,
+    Http,
+}
+
+/// Where and how to export.
+#[derive(Clone, Debug)]
+pub struct ExportConfig {
+    /// Base URL of the store's OTLP receiver, e.g. `http://127.0.0.1:4317` for gRPC or
+    /// `http://127.0.0.1:4318` for HTTP (`/v1/logs` and `/v1/metrics` are appended).
+    pub endpoint: String,
+    pub protocol: Protocol,
+    /// Per attempt, connecting included.
+    pub timeout: Duration,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    /// Compress gRPC requests with gzip (HTTP requests are always sent uncompressed).
+    pub gzip: bool,
+}
+
+impl ExportConfig {
+    /// A configuration with the default timeout (10s), backoff (500ms up to 30s) and gzip on.
+    pub fn new(endpoint: impl Into<String>, protocol: Protocol) -> Self {
+        ExportConfig {
+            endpoint: endpoint.into(),
+            protocol,
+            timeout: Duration::from_secs(10),
+            initial_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(30),
+            gzip: true,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("invalid OTLP endpoint: {0}")]
+    InvalidEndpoint(String),
+    /// The store refused the batch for good; sending it again would be refused again.
+    #[error("store refused the {signal} batch: {message}")]
+    Permanent { signal: &'static str, message: String },
+    /// Shutdown began before the store acknowledged; the batch was not delivered (as far as we know).
+    #[error("export cancelled by shutdown")]
+    Cancelled,
+}
+
+/// The store's acknowledgement of one request.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Acknowledged {
+    /// Records (log records or data points) the store accepted the request but dropped.
+    pub rejected: u64,
+    /// The store's explanation of a partial success, or a warning; empty on full success.
+    pub message: String,
+}
+
+/// Prometheus instruments of the exporter.
+#[derive(Clone)]
+pub struct ExportMetrics {
+    requests: IntCounterVec,
+    retries: IntCounterVec,
+    rejected: IntCounterVec,
+    duration: HistogramVec,
+}
+
+impl ExportMetrics {
+    /// Creates the instruments and registers them on `registry`.
+    pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let requests = IntCounterVec::new(
+            Opts::new("wake_agent_export_requests_total", "OTLP export attempts by signal and outcome"),
+            &["signal", "outcome"],
+        )?;
+        let retries = IntCounterVec::new(
+            Opts::new("wake_agent_export_retries_total", "OTLP export attempts that are retried"),
+            &["signal"],
+        )?;
+        let rejected = IntCounterVec::new(
+            Opts::new(
+                "wake_agent_export_rejected_records_total",
+                "Records the store dropped from acknowledged requests (OTLP partial success)",
+            ),
+            &["signal"],
+        )?;
+        let duration = HistogramVec::new(
+            HistogramOpts::new("wake_agent_export_duration_seconds", "Duration of one OTLP export attempt")
+                .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            &["signal"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(retries.clone()))?;
+        registry.register(Box::new(rejected.clone()))?;
+        registry.register(Box::new(duration.clone()))?;
+        Ok(ExportMetrics { requests, retries, rejected, duration })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Signal {
+    Logs,
+    Metrics,
+}
+
+impl Signal {
+    fn as_str(self) -> &'static str {
+        match self {
+            Signal::Logs => "logs",
+            Signal::Metrics => "metrics",
+        }
+    }
+}
+
+/// What one attempt came to.
+#[derive(Debug)]
+enum Attempt {
+    Acknowledged(Acknowledged),
+    Retryable {
+        error: String,
+        /// The delay the server asked for, if it did.
+        delay: Option<Duration>,
+        /// The connection itself is suspect: dial a new one for the next attempt.
+        reconnect: bool,
+    },
+    Permanent(String),
+}
+
+/// Sends OTLP requests to the store until acknowledged. Cheap to clone; clones share connections.
+#[derive(Clone)]
+pub struct Exporter {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: ExportConfig,
+    metrics: ExportMetrics,
+    transport: Transport,
+}
+
+enum Transport {
+    Grpc(Box<GrpcTransport>),
+    Http(HttpTransport),
+}
+
+struct GrpcTransport {
+    endpoint: Endpoint,
+    /// Created on first use rather than in `Exporter::new`, because a tonic channel spawns its
+    /// worker on the current tokio runtime; dropped to force a fresh connection.
+    channel: Mutex<Option<Channel>>,
+}
+
+impl GrpcTransport {
+    fn channel(&self) -> Channel {
+        self.channel.lock().get_or_insert_with(|| self.endpoint.connect_lazy()).clone()
+    }
+
+    fn reconnect(&self) {
+        // In-flight requests keep their clone of the old channel; only new attempts redial.
+        *self.channel.lock() = None;
+    }
+}
+
+struct HttpTransport {
+    client: reqwest::Client,
+    logs_url: reqwest::Url,
+    metrics_url: reqwest::Url,
+}
+
+impl fmt::Debug for Exporter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Exporter").field("config", &self.inner.config).finish_non_exhaustive()
+    }
+}
+
+impl Exporter {
+    /// Validates the endpoint; no connection is made until the first export.
+    pub fn new(config: ExportConfig, metrics: ExportMetrics) -> Result<Self, ExportError> {
+        let transport = match config.protocol {
+            Protocol::Grpc => Transport::Grpc(Box::new(grpc_transport(&config)?)),
+            Protocol::Http => Transport::Http(http_transport(&config)?),
+        };
+        Ok(Exporter { inner: Arc::new(Inner { config, metrics, transport }) })
+    }
+
+    pub fn config(&self) -> &ExportConfig {
+        &self.inner.config
+    }
+
+    /// Sends `request` until the store acknowledged it. `Ok` carries the partial-success count
+    /// (already logged and counted); `Err(Permanent)` means the store refused the batch for good and
+    /// the caller should drop it; `Err(Cancelled)` means `cancel` turned true before an
+    /// acknowledgement.
+    pub async fn export_logs(
+        &self,
+        request: ExportLogsServiceRequest,
+        cancel: &watch::Receiver<bool>,
+    ) -> Result<Acknowledged, ExportError> {
+        let gzip = self.inner.config.gzip;
+        let timeout = self.inner.config.timeout;
+        match &self.inner.transport {
+            Transport::Grpc(grpc) => {
+                let request = &request;
+                self.send_until_acknowledged(Signal::Logs, cancel, move || {
+                    grpc_logs(grpc.channel(), request.clone(), gzip, timeout)
+                })
+                .await
+            }
+            Transport::Http(http) => {
+                let body = Bytes::from(request.encode_to_vec());
+                let (client, url) = (&http.client, &http.logs_url);
+                self.send_until_acknowledged(Signal::Logs, cancel, move || {
+                    http_attempt(client, url, body.clone(), decode_logs_response)
+                })
+                .await
+            }
+        }
+    }
+
+    /// Like [`Exporter::export_logs`], for metrics.
+    pub async fn export_metrics(
+        &self,
+        request: ExportMetricsServiceRequest,
+        cancel: &watch::Receiver<bool>,
+    ) -> Result<Acknowledged, ExportError> {
+        let gzip = self.inner.config.gzip;
+        let timeout = self.inner.config.timeout;
+        match &self.inner.transport {
+            Transport::Grpc(grpc) => {
+                let request = &request;
+                self.send_until_acknowledged(Signal::Metrics, cancel, move || {
+                    grpc_metrics(grpc.channel(), request.clone(), gzip, timeout)
+                })
+                .await
+            }
+            Transport::Http(http) => {
+                let body = Bytes::from(request.encode_to_vec());
+                let (client, url) = (&http.client, &http.metrics_url);
+                self.send_until_acknowledged(Signal::Metrics, cancel, move || {
+                    http_attempt(client, url, body.clone(), decode_metrics_response)
+                })
+                .await
+            }
+        }
+    }
+
+    async fn send_until_acknowledged<F, Fut>(
+        &self,
+        signal: Signal,
+        cancel: &watch::Receiver<bool>,
+        mut attempt: F,
+    ) -> Result<Acknowledged, ExportError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Attempt>,
+    {
+        let config = &self.inner.config;
+        let metrics = &self.inner.metrics;
+        let name = signal.as_str();
+        let mut cancel = cancel.clone();
+        let mut failures: u32 = 0;
+        loop {
+            if *cancel.borrow() {
+                return Err(ExportError::Cancelled);
+            }
+            let started = Instant::now();
+            let outcome = match tokio::time::timeout(config.timeout, attempt()).await {
+                Ok(outcome) => outcome,
+                Err(_) => Attempt::Retryable {
+                    error: format!("no answer within {:?}", config.timeout),
+                    delay: None,
+                    reconnect: true,
+                },
+            };
+            metrics.duration.with_label_values(&[name]).observe(started.elapsed().as_secs_f64());
+            match outcome {
+                Attempt::Acknowledged(ack) => {
+                    metrics.requests.with_label_values(&[name, "ok"]).inc();
+                    if ack.rejected > 0 || !ack.message.is_empty() {
+                        metrics.rejected.with_label_values(&[name]).inc_by(ack.rejected);
+                        tracing::warn!(
+                            signal = name,
+                            rejected = ack.rejected,
+                            message = %ack.message,
+                            "store accepted the export only partially"
+                        );
+                    }
+                    return Ok(ack);
+                }
+                Attempt::Permanent(message) => {
+                    metrics.requests.with_label_values(&[name, "permanent_error"]).inc();
+                    return Err(ExportError::Permanent { signal: name, message });
+                }
+                Attempt::Retryable { error, delay, reconnect } => {
+                    metrics.requests.with_label_values(&[name, "retryable_error"]).inc();
+                    metrics.retries.with_label_values(&[name]).inc();
+                    if reconnect && let Transport::Grpc(grpc) = &self.inner.transport {
+                        grpc.reconnect();
+                    }
+                    let delay = match delay {
+                        Some(delay) => delay.min(MAX_SERVER_DELAY),
+                        None => backoff(config.initial_backoff, config.max_backoff, failures),
+                    };
+                    failures = failures.saturating_add(1);
+                    tracing::warn!(signal = name, attempt = failures, %error, ?delay, "OTLP export failed; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = shutdown(&mut cancel) => return Err(ExportError::Cancelled),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Resolves once shutdown began; never if the sender is gone, since then it cannot begin.
+async fn shutdown(cancel: &mut watch::Receiver<bool>) {
+    if cancel.wait_for(|shutting_down| *shutting_down).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// The delay before retry number `retry` (from 0) when the server did not ask for one: equal jitter,
+/// uniformly random in `[d/2, d]` with `d = min(max, initial * 2^retry)`.
+fn backoff(initial: Duration, max: Duration, retry: u32) -> Duration {
+    // Never zero: with unbounded retries a zero delay would be a hot loop.
+    let ceiling = initial.saturating_mul(1u32 << retry.min(31)).min(max).max(Duration::from_millis(1));
+    let ceiling = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
+    Duration::from_nanos(fastrand::u64(ceiling / 2..=ceiling))
+}
+
+fn grpc_transport(config: &ExportConfig) -> Result<GrpcTransport, ExportError> {
+    let invalid = |why: String| ExportError::InvalidEndpoint(format!("{}: {why}", config.endpoint));
+    let endpoint = Endpoint::from_shared(config.endpoint.clone()).map_err(|e| invalid(e.to_string()))?;
+    match endpoint.uri().scheme_str() {
+        Some("http") => {}
+        Some("https") => return Err(invalid("https needs TLS, which this agent is built without".into())),
+        _ => return Err(invalid("expected an http:// URL".into())),
+    }
+    if endpoint.uri().host().is_none_or(str::is_empty) {
+        return Err(invalid("no host".into()));
+    }
+    let endpoint = endpoint
+        .user_agent(USER_AGENT)
+        .map_err(|e| invalid(e.to_string()))?
+        .connect_timeout(config.timeout)
+        .tcp_nodelay(true)
+        // Detects a vanished store between exports, so the next export dials anew instead of timing out.
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(config.timeout);
+    Ok(GrpcTransport { endpoint, channel: Mutex::new(None) })
+}
+
+fn http_transport(config: &ExportConfig) -> Result<HttpTransport, ExportError> {
+    let invalid = |why: String| ExportError::InvalidEndpoint(format!("{}: {why}", config.endpoint));
+    let base = reqwest::Url::parse(&config.endpoint).map_err(|e| invalid(e.to_string()))?;
+    match base.scheme() {
+        "http" => {}
+        "https" => return Err(invalid("https needs TLS, which this agent is built without".into())),
+        _ => return Err(invalid("expected an http:// URL".into())),
+    }
+    if base.host_str().is_none_or(str::is_empty) {
+        return Err(invalid("no host".into()));
+    }
+    if base.query().is_some() || base.fragment().is_some() {
+        return Err(invalid("a query or fragment cannot take the /v1/<signal> path".into()));
+    }
+    // The endpoint is a base URL, as OTEL_EXPORTER_OTLP_ENDPOINT: the signal path goes after its path.
+    let signal_url = |signal: &str| {
+        let path = format!("{}/v1/{signal}", base.path().trim_end_matches('/'));
+        let mut url = base.clone();
+        url.set_path(&path);
+        url
+    };
+    let client = reqwest::Client::builder()
+        .user_agent(USER_AGENT)
+        .connect_timeout(config.timeout)
+        // A redirect would turn the POST into a GET or replay the body elsewhere; an OTLP receiver has
+        // no reason to redirect, so the 3xx is reported as it is.
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| invalid(format!("HTTP client: {e}")))?;
+    Ok(HttpTransport { client, logs_url: signal_url("logs"), metrics_url: signal_url("metrics") })
+}
+
+async fn grpc_logs(channel: Channel, request: ExportLogsServiceRequest, gzip: bool, timeout: Duration) -> Attempt {
+    let mut client = LogsServiceClient::new(channel).accept_compressed(CompressionEncoding::Gzip);
+    if gzip {
+        client = client.send_compressed(CompressionEncoding::Gzip);
+    }
+    match client.export(grpc_request(request, timeout)).await {
+        Ok(response) => Attempt::Acknowledged(logs_acknowledged(response.into_inner())),
+        Err(status) => classify_status(&status),
+    }
+}
+
+async fn grpc_metrics(
+    channel: Channel,
+    request: ExportMetricsServiceRequest,
+    gzip: bool,
+    timeout: Duration,
+) -> Attempt {
+    let mut client = MetricsServiceClient::new(channel).accept_compressed(CompressionEncoding::Gzip);
+    if gzip {
+        client = client.send_compressed(CompressionEncoding::Gzip);
+    }
+    match client.export(grpc_request(request, timeout)).await {
+        Ok(response) => Attempt::Acknowledged(metrics_acknowledged(response.into_inner())),
+        Err(status) => classify_status(&status),
+    }
+}
+
+fn grpc_request<T>(message: T, timeout: Duration) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    // Lets the store abandon work the agent no longer waits for.
+    request.set_timeout(timeout);
+    request
+}
+
+fn classify_status(status: &tonic::Status) -> Attempt {
+    let retry_info = status.get_details_retry_info();
+    // Statuses the store sent carry no source; tonic attaches one to those it made up from a
+    // connection or HTTP/2 failure, which say nothing about the request and are worth retrying even
+    // when mapped to codes like UNKNOWN or INTERNAL.
+    let local = std::error::Error::source(status).is_some();
+    let retryable = local
+        || match status.code() {
+            Code::Cancelled
+            | Code::DeadlineExceeded
+            | Code::Aborted
+            | Code::OutOfRange
+            | Code::Unavailable
+            | Code::DataLoss => true,
+            Code::ResourceExhausted => retry_info.is_some(),
+            _ => false,
+        };
+    let error = if status.message().is_empty() {
+        format!("gRPC {:?}", status.code())
+    } else {
+        format!("gRPC {:?}: {}", status.code(), status.message())
+    };
+    if retryable {
+        let error = match std::error::Error::source(status) {
+            Some(source) => format!("{error} ({})", error_chain(source)),
+            None => error,
+        };
+        Attempt::Retryable { error, delay: retry_info.and_then(|info| info.retry_delay), reconnect: local }
+    } else {
+        Attempt::Permanent(error)
+    }
+}
+
+fn logs_acknowledged(response: ExportLogsServiceResponse) -> Acknowledged {
+    response
+        .partial_success
+        .map(|partial| Acknowledged {
+            rejected: u64::try_from(partial.rejected_log_records).unwrap_or(0),
+            message: partial.error_message,
+        })
+        .unwrap_or_default()
+}
+
+fn metrics_acknowledged(response: ExportMetricsServiceResponse) -> Acknowledged {
+    response
+        .partial_success
+        .map(|partial| Acknowledged {
+            rejected: u64::try_from(partial.rejected_data_points).unwrap_or(0),
+            message: partial.error_message,
+        })
+        .unwrap_or_default()
+}
+
+fn decode_logs_response(body: &[u8]) -> Result<Acknowledged, prost::DecodeError> {
+    ExportLogsServiceResponse::decode(body).map(logs_acknowledged)
+}
+
+fn decode_metrics_response(body: &[u8]) -> Result<Acknowledged, prost::DecodeError> {
+    ExportMetricsServiceResponse::decode(body).map(metrics_acknowledged)
+}
+
+/// `google.rpc.Status`, the body of OTLP/HTTP error responses; `details` (3) is skipped.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+}
+
+async fn http_attempt(
+    client: &reqwest::Client,
+    url: &reqwest::Url,
+    body: Bytes,
+    decode: fn(&[u8]) -> Result<Acknowledged, prost::DecodeError>,
+) -> Attempt {
+    use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
+
+    let response = match client.post(url.clone()).header(CONTENT_TYPE, PROTOBUF).body(body).send().await {
+        Ok(response) => response,
+        Err(e) => return Attempt::Retryable { error: error_chain(&e), delay: None, reconnect: true },
+    };
+    let status = response.status();
+    let retry_after =
+        response.headers().get(RETRY_AFTER).and_then(|value| value.to_str().ok()).and_then(parse_retry_after);
+    // Without a Content-Type the body is assumed to be what was asked for: protobuf.
+    let protobuf = response.headers().get(CONTENT_TYPE).and_then(|value| value.to_str().ok()).is_none_or(|ct| {
+        let ct = ct.trim_start().to_ascii_lowercase();
+        ct.starts_with(PROTOBUF) || ct.starts_with("application/protobuf")
+    });
+    let body = read_body(response).await;
+
+    if status.is_success() {
+        // The status line is the acknowledgement; the body only details a partial success, so a
+        // body that cannot be read or decoded does not undo it.
+        let body = match body {
+            Ok(body) => body,
+            Err(e) => {
+                let error = error_chain(&e);
+                tracing::warn!(%url, %error, "OTLP/HTTP response body unreadable; taking the 2xx as success");
+                return Attempt::Acknowledged(Acknowledged::default());
+            }
+        };
+        if body.is_empty() || !protobuf {
+            return Attempt::Acknowledged(Acknowledged::default());
+        }
+        return Attempt::Acknowledged(decode(&body).unwrap_or_else(|e| {
+            tracing::warn!(%url, error = %e, "OTLP/HTTP response body undecodable; taking the 2xx as success");
+            Acknowledged::default()
+        }));
+    }
+
+    let detail = match &body {
+        Ok(body) => describe_error_body(body, protobuf),
+        Err(e) => format!("(body unreadable: {})", error_chain(e)),
+    };
+    let error = if detail.is_empty() { format!("HTTP {status}") } else { format!("HTTP {status}: {detail}") };
+    match status.as_u16() {
+        429 | 502 | 503 | 504 => Attempt::Retryable { error, delay: retry_after, reconnect: false },
+        _ => Attempt::Permanent(error),
+    }
+}
+
+async fn read_body(mut response: reqwest::Response) -> Result<Vec<u8>, reqwest::Error> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        body.extend_from_slice(&chunk);
+        if body.len() >= MAX_RESPONSE_BODY {
+            break;
+        }
+    }
+    Ok(body)
+}
+
+fn describe_error_body(body: &[u8], protobuf: bool) -> String {
+    if protobuf && let Ok(status) = RpcStatus::decode(body) {
+        return truncate(status.message.trim());
+    }
+    truncate(String::from_utf8_lossy(body).trim())
+}
+
+fn truncate(text: &str) -> String {
+    match text.char_indices().nth(MAX_ERROR_TEXT) {
+        Some((end, _)) => format!("{}...", &text[..end]),
+        None => text.to_owned(),
+    }
+}
+
+/// `Retry-After` as delay-seconds or as an HTTP date (IMF-fixdate, which RFC 2822 parsing accepts).
+fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    let at = UNIX_EPOCH + Duration::from_secs(u64::try_from(at.timestamp()).ok()?);
+    // A date in the past means "now".
+    Some(at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
+}
+
+/// An error with its causes: reqwest's and hyper's top-level messages alone rarely say what failed.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::net::SocketAddr;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::response::{IntoResponse, Response};
+    use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsPartialSuccess;
+    use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{LogsService, LogsServiceServer};
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsPartialSuccess;
+    use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+    use tokio::net::TcpListener;
+    use tonic::transport::server::TcpIncoming;
+    use tonic_types::ErrorDetails;
+
+    use super::*;
+
+    type Reply = Result<ExportLogsServiceResponse, tonic::Status>;
+
+    /// A LogsService answering from a script; once the script is exhausted, full success.
+    #[derive(Default)]
+    struct ScriptedLogs {
+        script: Mutex<VecDeque<Reply>>,
+        attempts: AtomicUsize,
+        received: Mutex<Vec<ExportLogsServiceRequest>>,
+        encodings: Mutex<Vec<Option<String>>>,
+    }
+
+    #[tonic::async_trait]
+    impl LogsService for ScriptedLogs {
+        async fn export(
+            &self,
+            request: tonic::Request<ExportLogsServiceRequest>,
+        ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
+            self.attempts.fetch_add(1, Ordering::SeqCst);
+            let encoding = request.metadata().get("grpc-encoding").and_then(|v| v.to_str().ok()).map(str::to_owned);
+            self.encodings.lock().push(encoding);
+            self.received.lock().push(request.into_inner());
+            let reply = self.script.lock().pop_front().unwrap_or_else(|| Ok(ExportLogsServiceResponse::default()));
+            reply.map(tonic::Response::new)
+        }
+    }
+
+    fn scripted(replies: Vec<Reply>) -> Arc<ScriptedLogs> {
+        Arc::new(ScriptedLogs { script: Mutex::new(replies.into()), ..Default::default() })
+    }
+
+    fn serve_grpc(listener: TcpListener, service: Arc<ScriptedLogs>) {
+        let service = LogsServiceServer::from_arc(service).accept_compressed(CompressionEncoding::Gzip);
+        tokio::spawn(
+            tonic::transport::Server::builder().add_service(service).serve_with_incoming(TcpIncoming::from(listener)),
+        );
+    }
+
+    async fn grpc_server(replies: Vec<Reply>) -> (SocketAddr, Arc<ScriptedLogs>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let service = scripted(replies);
+        serve_grpc(listener, service.clone());
+        (addr, service)
+    }
+
+    fn test_config(endpoint: String, protocol: Protocol) -> ExportConfig {
+        ExportConfig {
+            timeout: Duration::from_secs(2),
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(40),
+            ..ExportConfig::new(endpoint, protocol)
+        }
+    }
+
+    fn exporter(config: ExportConfig) -> (Exporter, Registry) {
+        let registry = Registry::new();
+        let metrics = ExportMetrics::new(&registry).unwrap();
+        (Exporter::new(config, metrics).unwrap(), registry)
+    }
+
+    fn counter(registry: &Registry, name: &str, labels: &[(&str, &str)]) -> f64 {
+        registry
+            .gather()
+            .iter()
+            .filter(|family| family.name() == name)
+            .flat_map(|family| family.get_metric())
+            .filter(|metric| {
+                labels.iter().all(|(key, value)| {
+                    metric.get_label().iter().any(|label| label.name() == *key && label.value() == *value)
+                })
+            })
+            .map(|metric| metric.get_counter().get_value())
+            .sum()
+    }
+
+    fn logs_request(body: &str) -> ExportLogsServiceRequest {
+        ExportLogsServiceRequest {
+            resource_logs: vec![ResourceLogs {
+                scope_logs: vec![ScopeLogs {
+                    log_records: vec![LogRecord {
+                        body: Some(opentelemetry_proto::tonic::common::v1::AnyValue {
+                            value: Some(opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(
+                                body.into(),
+                            )),
+                        }),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    fn partial(rejected: i64, message: &str) -> ExportLogsServiceResponse {
+        ExportLogsServiceResponse {
+            partial_success: Some(ExportLogsPartialSuccess {
+                rejected_log_records: rejected,
+                error_message: message.into(),
+            }),
+        }
+    }
+
+    fn not_cancelled() -> watch::Receiver<bool> {
+        watch::channel(false).1
+    }
+
+    #[tokio::test]
+    async fn grpc_honours_retry_info_then_surfaces_partial_success() {
+        let busy = tonic::Status::with_error_details(
+            Code::Unavailable,
+            "busy",
+            ErrorDetails::with_retry_info(Some(Duration::from_millis(200))),
+        );
+        let (addr, service) = grpc_server(vec![Err(busy), Ok(partial(3, "3 records too old"))]).await;
+        let (exporter, registry) = exporter(test_config(format!("http://{addr}"), Protocol::Grpc));
+
+        let started = Instant::now();
+        let ack = exporter.export_logs(logs_request("hello"), &not_cancelled()).await.unwrap();
+
+        assert!(started.elapsed() >= Duration::from_millis(150), "RetryInfo delay ignored: {:?}", started.elapsed());
+        assert_eq!(ack, Acknowledged { rejected: 3, message: "3 records too old".into() });
+        assert_eq!(service.attempts.load(Ordering::SeqCst), 2);
+        // The retry sent the same batch, gzip-compressed.
+        assert!(service.received.lock().iter().all(|request| *request == logs_request("hello")));
+        assert_eq!(*service.encodings.lock(), vec![Some("gzip".to_owned()); 2]);
+        let outcome = |outcome| counter(&registry, "wake_agent_export_requests_total", &[("outcome", outcome)]);
+        assert_eq!((outcome("ok"), outcome("retryable_error"), outcome("permanent_error")), (1.0, 1.0, 0.0));
+        assert_eq!(counter(&registry, "wake_agent_export_retries_total", &[("signal", "logs")]), 1.0);
+        assert_eq!(counter(&registry, "wake_agent_export_rejected_records_total", &[("signal", "logs")]), 3.0);
+    }
+
+    #[tokio::test]
+    async fn grpc_resource_exhausted_without_retry_info_is_permanent() {
+        let (addr, service) =
+            grpc_server(vec![Err(tonic::Status::resource_exhausted("quota")), Ok(partial(0, ""))]).await;
+        let (exporter, registry) = exporter(test_config(format!("http://{addr}"), Protocol::Grpc));
+
+        let error = exporter.export_logs(logs_request("x"), &not_cancelled()).await.unwrap_err();
+
+        assert!(matches!(&error, ExportError::Permanent { signal: "logs", message } if message.contains("quota")));
+        assert_eq!(service.attempts.load(Ordering::SeqCst), 1);
+        assert_eq!(counter(&registry, "wake_agent_export_requests_total", &[("outcome", "permanent_error")]), 1.0);
+        assert_eq!(counter(&registry, "wake_agent_export_retries_total", &[]), 0.0);
+    }
+
+    #[tokio::test]
+    async fn grpc_resource_exhausted_with_retry_info_and_data_loss_are_retried() {
+        let throttled = tonic::Status::with_error_details(
+            Code::ResourceExhausted,
+            "slow down",
+            ErrorDetails::with_retry_info(Some(Duration::from_millis(10))),
+        );
+        let replies = vec![Err(throttled), Err(tonic::Status::data_loss("lost")), Ok(partial(0, ""))];
+        let (addr, service) = grpc_server(replies).await;
+        let (exporter, _registry) = exporter(test_config(format!("http://{addr}"), Protocol::Grpc));
+
+        let ack = exporter.export_logs(logs_request("x"), &not_cancelled()).await.unwrap();
+
+        assert_eq!(ack, Acknowledged::default());
+        assert_eq!(service.attempts.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn grpc_invalid_argument_is_permanent() {
+        let (addr, service) = grpc_server(vec![Err(tonic::Status::invalid_argument("bad batch"))]).await;
+        let config = ExportConfig { gzip: false, ..test_config(format!("http://{addr}"), Protocol::Grpc) };
+        let (exporter, _registry) = exporter(config);
+
+        let error = exporter.export_logs(logs_request("x"), &not_cancelled()).await.unwrap_err();
+
+        assert!(matches!(error, ExportError::Permanent { .. }), "{error:?}");
+        assert_eq!(service.attempts.load(Ordering::SeqCst), 1);
+        assert_eq!(*service.encodings.lock(), vec![None]);
+    }
+
+    #[tokio::test]
+    async fn grpc_connection_refused_is_retried_until_a_server_appears() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let (exporter, registry) = exporter(test_config(format!("http://{addr}"), Protocol::Grpc));
+
+        let export = tokio::spawn(async move { exporter.export_logs(logs_request("late"), &not_cancelled()).await });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!export.is_finished());
+        let service = scripted(vec![]);
+        serve_grpc(TcpListener::bind(addr).await.unwrap(), service.clone());
+
+        let ack = tokio::time::timeout(Duration::from_secs(3), export).await.unwrap().unwrap().unwrap();
+
+        assert_eq!(ack, Acknowledged::default());
+        assert_eq!(service.attempts.load(Ordering::SeqCst), 1);
+        assert!(counter(&registry, "wake_agent_export_retries_total", &[("signal", "logs")]) >= 2.0);
+    }
+
+    #[tokio::test]
+    async fn cancel_stops_the_retry_loop() {
+        let replies = (0..1000).map(|_| Err(tonic::Status::unavailable("down"))).collect();
+        let (addr, service) = grpc_server(replies).await;
+        let (exporter, _registry) = exporter(test_config(format!("http://{addr}"), Protocol::Grpc));
+        let (shutdown, cancel) = watch::channel(false);
+
+        let export = tokio::spawn(async move { exporter.export_logs(logs_request("x"), &cancel).await });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        shutdown.send(true).unwrap();
+        let result = tokio::time::timeout(Duration::from_secs(1), export).await.unwrap().unwrap();
+
+        assert!(matches!(result, Err(ExportError::Cancelled)), "{result:?}");
+        let attempts = service.attempts.load(Ordering::SeqCst);
+        assert!(attempts >= 2, "only {attempts} attempts");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(service.attempts.load(Ordering::SeqCst), attempts, "attempts went on after cancel");
+    }
+
+    #[tokio::test]
+    async fn already_cancelled_sends_nothing() {
+        let (addr, service) = grpc_server(vec![]).await;
+        let (exporter, _registry) = exporter(test_config(format!("http://{addr}"), Protocol::Grpc));
+        let (_shutdown, cancel) = watch::channel(true);
+
+        let result = exporter.export_logs(logs_request("x"), &cancel).await;
+
+        assert!(matches!(result, Err(ExportError::Cancelled)));
+        assert_eq!(service.attempts.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn grpc_attempt_without_answer_times_out_and_is_retried() {
+        // Accepts connections but never speaks HTTP/2, like a wedged peer.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counted = accepted.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                held.push(stream);
+            }
+        });
+        let config = ExportConfig {
+            timeout: Duration::from_millis(100),
+            ..test_config(format!("http://{addr}"), Protocol::Grpc)
+        };
+        let (exporter, registry) = exporter(config);
+        let (shutdown, cancel) = watch::channel(false);
+
+        let export = tokio::spawn(async move { exporter.export_logs(logs_request("x"), &cancel).await });
+        tokio::time::sleep(Duration::from_millis(450)).await;
+        shutdown.send(true).unwrap();
+        let result = tokio::time::timeout(Duration::from_secs(1), export).await.unwrap().unwrap();
+
+        assert!(matches!(result, Err(ExportError::Cancelled)), "{result:?}");
+        assert!(counter(&registry, "wake_agent_export_retries_total", &[]) >= 2.0);
+        // Each timed-out attempt dropped the channel, so the next one dialled a new connection.
+        assert!(accepted.load(Ordering::SeqCst) >= 2, "{} connections", accepted.load(Ordering::SeqCst));
+    }
+
+    /// An OTLP/HTTP receiver answering from a script; once exhausted, 200 with an empty body.
+    #[derive(Default)]
+    struct ScriptedHttp {
+        script: Mutex<VecDeque<Response>>,
+        attempts: AtomicUsize,
+        received: Mutex<Vec<HttpRequest>>,
+    }
+
+    struct HttpRequest {
+        signal: &'static str,
+        content_type: Option<String>,
+        body: Vec<u8>,
+    }
+
+    async fn http_server(replies: Vec<Response>) -> (SocketAddr, Arc<ScriptedHttp>) {
+        let state = Arc::new(ScriptedHttp { script: Mutex::new(replies.into()), ..Default::default() });
+        let handler = |signal: &'static str| {
+            let state = state.clone();
+            move |headers: HeaderMap, body: axum::body::Bytes| async move {
+                state.attempts.fetch_add(1, Ordering::SeqCst);
+                let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).map(str::to_owned);
+                state.received.lock().push(HttpRequest { signal, content_type, body: body.to_vec() });
+                state.script.lock().pop_front().unwrap_or_else(|| StatusCode::OK.into_response())
+            }
+        };
+        let router = axum::Router::new()
+            .route("/otlp/v1/logs", axum::routing::post(handler("logs")))
+            .route("/otlp/v1/metrics", axum::routing::post(handler("metrics")));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        (addr, state)
+    }
+
+    fn protobuf_response(status: StatusCode, body: Vec<u8>) -> Response {
+        (status, [("content-type", PROTOBUF)], body).into_response()
+    }
+
+    #[tokio::test]
+    async fn http_honours_retry_after_then_surfaces_partial_success() {
+        let replies = vec![
+            (StatusCode::SERVICE_UNAVAILABLE, [("retry-after", "1")], "overloaded").into_response(),
+            protobuf_response(StatusCode::OK, partial(2, "2 records malformed").encode_to_vec()),
+        ];
+        let (addr, server) = http_server(replies).await;
+        let (exporter, registry) = exporter(test_config(format!("http://{addr}/otlp/"), Protocol::Http));
+
+        let started = Instant::now();
+        let ack = exporter.export_logs(logs_request("hello"), &not_cancelled()).await.unwrap();
+
+        assert!(started.elapsed() >= Duration::from_millis(900), "Retry-After ignored: {:?}", started.elapsed());
+        assert_eq!(ack, Acknowledged { rejected: 2, message: "2 records malformed".into() });
+        assert_eq!(server.attempts.load(Ordering::SeqCst), 2);
+        for request in server.received.lock().iter() {
+            assert_eq!(request.signal, "logs");
+            assert_eq!(request.content_type.as_deref(), Some(PROTOBUF));
+            assert_eq!(ExportLogsServiceRequest::decode(request.body.as_slice()).unwrap(), logs_request("hello"));
+        }
+        assert_eq!(counter(&registry, "wake_agent_export_retries_total", &[("signal", "logs")]), 1.0);
+        assert_eq!(counter(&registry, "wake_agent_export_rejected_records_total", &[("signal", "logs")]), 2.0);
+    }
+
+    #[tokio::test]
+    async fn http_400_is_permanent_and_carries_the_status_message() {
+        let status = RpcStatus { code: 3, message: "resource_logs[0] has no resource".into() };
+        let (addr, server) =
+            http_server(vec![protobuf_response(StatusCode::BAD_REQUEST, status.encode_to_vec())]).await;
+        let (exporter, registry) = exporter(test_config(format!("http://{addr}/otlp"), Protocol::Http));
+
+        let error = exporter.export_logs(logs_request("x"), &not_cancelled()).await.unwrap_err();
+
+        let ExportError::Permanent { signal, message } = error else { panic!("{error:?}") };
+        assert_eq!(signal, "logs");
+        assert!(message.contains("400") && message.contains("resource_logs[0] has no resource"), "{message}");
+        assert_eq!(server.attempts.load(Ordering::SeqCst), 1);
+        assert_eq!(counter(&registry, "wake_agent_export_requests_total", &[("outcome", "permanent_error")]), 1.0);
+    }
+
+    #[tokio::test]
+    async fn http_metrics_go_to_v1_metrics_and_502_is_retried() {
+        let replies = vec![
+            (StatusCode::BAD_GATEWAY, "upstream down").into_response(),
+            protobuf_response(
+                StatusCode::OK,
+                ExportMetricsServiceResponse {
+                    partial_success: Some(ExportMetricsPartialSuccess {
+                        rejected_data_points: 5,
+                        error_message: "NaN".into(),
+                    }),
+                }
+                .encode_to_vec(),
+            ),
+            // Empty 200 body: full success.
+            StatusCode::OK.into_response(),
+        ];
+        let (addr, server) = http_server(replies).await;
+        let (exporter, registry) = exporter(test_config(format!("http://{addr}/otlp"), Protocol::Http));
+
+        let first = exporter.export_metrics(ExportMetricsServiceRequest::default(), &not_cancelled()).await.unwrap();
+        let second = exporter.export_metrics(ExportMetricsServiceRequest::default(), &not_cancelled()).await.unwrap();
+
+        assert_eq!(first, Acknowledged { rejected: 5, message: "NaN".into() });
+        assert_eq!(second, Acknowledged::default());
+        assert_eq!(server.attempts.load(Ordering::SeqCst), 3);
+        assert!(server.received.lock().iter().all(|request| request.signal == "metrics"));
+        assert_eq!(counter(&registry, "wake_agent_export_rejected_records_total", &[("signal", "metrics")]), 5.0);
+    }
+
+    #[tokio::test]
+    async fn http_connection_refused_is_retried_and_cancellable() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let (exporter, registry) = exporter(test_config(format!("http://{addr}"), Protocol::Http));
+        let (shutdown, cancel) = watch::channel(false);
+
+        let export = tokio::spawn(async move { exporter.export_logs(logs_request("x"), &cancel).await });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        shutdown.send(true).unwrap();
+        let result = tokio::time::timeout(Duration::from_secs(1), export).await.unwrap().unwrap();
+
+        assert!(matches!(result, Err(ExportError::Cancelled)), "{result:?}");
+        assert!(counter(&registry, "wake_agent_export_requests_total", &[("outcome", "retryable_error")]) >= 2.0);
+    }
+
+    #[test]
+    fn invalid_endpoints_are_refused() {
+        for (endpoint, protocol) in [
+            ("not a url", Protocol::Grpc),
+            ("127.0.0.1:4317", Protocol::Grpc),
+            ("https://store:4317", Protocol::Grpc),
+            ("not a url", Protocol::Http),
+            ("https://store:4318", Protocol::Http),
+            ("ftp://store:4318", Protocol::Http),
+            ("http://store:4318/?x=1", Protocol::Http),
+        ] {
+            let metrics = ExportMetrics::new(&Registry::new()).unwrap();
+            let result = Exporter::new(ExportConfig::new(endpoint, protocol), metrics);
+            assert!(matches!(result, Err(ExportError::InvalidEndpoint(_))), "{endpoint} accepted");
+        }
+    }
+
+    #[test]
+    fn http_signal_urls_extend_the_base_path() {
+        let metrics = ExportMetrics::new(&Registry::new()).unwrap();
+        let exporter = Exporter::new(ExportConfig::new("http://store:4318", Protocol::Http), metrics).unwrap();
+        let Transport::Http(http) = &exporter.inner.transport else { panic!("not HTTP") };
+        assert_eq!(http.logs_url.as_str(), "http://store:4318/v1/logs");
+        assert_eq!(http.metrics_url.as_str(), "http://store:4318/v1/metrics");
+    }
+
+    #[test]
+    fn backoff_is_exponential_with_equal_jitter_and_capped() {
+        let (initial, max) = (Duration::from_millis(500), Duration::from_secs(30));
+        for _ in 0..200 {
+            for (retry, ceiling) in [(0, 500), (1, 1000), (2, 2000), (5, 16_000), (6, 30_000), (40, 30_000)] {
+                let delay = backoff(initial, max, retry);
+                let ceiling = Duration::from_millis(ceiling);
+                assert!(delay >= ceiling / 2 && delay <= ceiling, "retry {retry}: {delay:?}");
+            }
+        }
+        assert!(backoff(Duration::ZERO, Duration::ZERO, 0) >= Duration::from_micros(500));
+    }
+
+    #[test]
+    fn retry_after_accepts_seconds_and_http_dates() {
+        assert_eq!(parse_retry_after(" 7 "), Some(Duration::from_secs(7)));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO));
+        let later = chrono::DateTime::<chrono::Utc>::from(SystemTime::now() + Duration::from_secs(120));
+        let parsed = parse_retry_after(&later.format("%a, %d %b %Y %H:%M:%S GMT").to_string()).unwrap();
+        assert!(parsed > Duration::from_secs(110) && parsed <= Duration::from_secs(120), "{parsed:?}");
+        assert_eq!(parse_retry_after("soon"), None);
+        assert_eq!(parse_retry_after("-3"), None);
+    }
+
+    #[test]
+    fn grpc_codes_follow_the_otlp_retry_table() {
+        let retryable = [
+            Code::Cancelled,
+            Code::DeadlineExceeded,
+            Code::Aborted,
+            Code::OutOfRange,
+            Code::Unavailable,
+            Code::DataLoss,
+        ];
+        for code in retryable {
+            assert!(matches!(classify_status(&tonic::Status::new(code, "")), Attempt::Retryable { .. }), "{code:?}");
+        }
+        let permanent = [
+            Code::Unknown,
+            Code::InvalidArgument,
+            Code::NotFound,
+            Code::AlreadyExists,
+            Code::PermissionDenied,
+            Code::ResourceExhausted,
+            Code::FailedPrecondition,
+            Code::Unimplemented,
+            Code::Internal,
+            Code::Unauthenticated,
+        ];
+        for code in permanent {
+            assert!(matches!(classify_status(&tonic::Status::new(code, "")), Attempt::Permanent(_)), "{code:?}");
+        }
+        // A locally raised transport failure is retried whatever code tonic mapped it to.
+        let reset = tonic::Status::from_error(Box::new(std::io::Error::other("connection reset")));
+        assert_eq!(reset.code(), Code::Unknown);
+        assert!(matches!(classify_status(&reset), Attempt::Retryable { reconnect: true, .. }));
+    }
+}
