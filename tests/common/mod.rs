@@ -26,127 +26,141 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A running `wake server`. Dropping it kills the process.
 pub struct WakeServer {
-    child: Child,
+    process: WakeProcess,
     pub grpc_addr: SocketAddr,
     pub otlp_http_addr: SocketAddr,
     pub http_addr: SocketAddr,
-    log: Arc<Mutex<String>>,
     client: reqwest::blocking::Client,
 }
 
-struct Addresses {
-    grpc: SocketAddr,
-    otlp_http: SocketAddr,
-    http: SocketAddr,
-}
-
-/// The addresses in a JSON `listening` line, or `None` for any other line.
-fn listening_addresses(line: &str) -> Option<Addresses> {
+/// The fields of a JSON `listening` line, or `None` for any other line.
+fn listening_fields(line: &str) -> Option<Value> {
     let json: Value = serde_json::from_str(line).ok()?;
     let fields = json.get("fields")?;
-    if fields.get("message")?.as_str()? != "listening" {
-        return None;
+    (fields.get("message")?.as_str()? == "listening").then(|| fields.clone())
+}
+
+fn addr(fields: &Value, name: &str) -> SocketAddr {
+    fields
+        .get(name)
+        .and_then(Value::as_str)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address {name} in the listening line {fields}"))
+}
+
+/// A running `wake` process and everything it wrote to stderr.
+pub struct WakeProcess {
+    pub child: Child,
+    pub log: Arc<Mutex<String>>,
+    /// The fields of its `listening` log line.
+    pub listening: Value,
+}
+
+/// Spawns `wake <args>` with JSON logs and no `WAKE_…` variables from the environment, and
+/// waits for its `listening` line.
+pub fn spawn_wake(args: &[&std::ffi::OsStr]) -> WakeProcess {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_wake"));
+    command
+        .args(["--log-format", "json"])
+        .args(args)
+        // The `listening` line is logged at info; a caller's RUST_LOG must not hide it.
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    // Settings from the environment would silently change what a test exercises.
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("WAKE_") {
+            command.env_remove(name);
+        }
     }
-    let addr = |name: &str| fields.get(name)?.as_str()?.parse::<SocketAddr>().ok();
-    Some(Addresses { grpc: addr("otlp_grpc_addr")?, otlp_http: addr("otlp_http_addr")?, http: addr("http_addr")? })
+    let mut child = command.spawn().expect("spawning the wake binary");
+
+    let log = Arc::new(Mutex::new(String::new()));
+    let (found, listening) = mpsc::channel();
+    let stderr = child.stderr.take().expect("piped stderr");
+    let reader_log = log.clone();
+    // Reads stderr to its end so that the process never blocks on a full pipe.
+    thread::spawn(move || {
+        let mut reader = BufReader::new(stderr);
+        let mut found = Some(found);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match reader.read_until(b'\n', &mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            let text = String::from_utf8_lossy(&line);
+            reader_log.lock().unwrap().push_str(&text);
+            if let Some(fields) = found.as_ref().and_then(|_| listening_fields(text.trim_end())) {
+                let _ = found.take().expect("checked above").send(fields);
+            }
+        }
+    });
+
+    match listening.recv_timeout(START_TIMEOUT) {
+        Ok(listening) => WakeProcess { child, log, listening },
+        Err(error) => {
+            let exit = child.try_wait().ok().flatten();
+            let _ = child.kill();
+            let _ = child.wait();
+            // Give the reader a moment to collect the last lines.
+            thread::sleep(Duration::from_millis(200));
+            panic!(
+                "wake {args:?} did not log `listening` ({error}); exit status {exit:?}; stderr:\n{}",
+                log.lock().unwrap()
+            );
+        }
+    }
 }
 
 impl WakeServer {
     /// Starts `wake server` on port 0 over `data_dir` and waits until it listens.
     pub fn start(data_dir: &Path, extra_args: &[&str]) -> WakeServer {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_wake"));
-        command
-            .args(["server", "--data-dir"])
-            .arg(data_dir)
-            .args([
-                "--otlp-grpc-addr",
-                "127.0.0.1:0",
-                "--otlp-http-addr",
-                "127.0.0.1:0",
-                "--http-addr",
-                "127.0.0.1:0",
-                "--log-format",
-                "json",
-            ])
-            .args(extra_args)
-            // The `listening` line is logged at info; a caller's RUST_LOG must not hide it.
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        // Settings from the environment would silently change what a test exercises.
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("WAKE_") {
-                command.env_remove(name);
-            }
+        WakeServer::start_on(data_dir, "127.0.0.1:0", extra_args)
+    }
+
+    /// Like [`WakeServer::start`], with the OTLP/gRPC listener on `grpc_addr` (to restart a
+    /// server where its clients expect it).
+    pub fn start_on(data_dir: &Path, grpc_addr: &str, extra_args: &[&str]) -> WakeServer {
+        let mut args: Vec<&std::ffi::OsStr> = vec!["server".as_ref(), "--data-dir".as_ref(), data_dir.as_os_str()];
+        for arg in ["--otlp-grpc-addr", grpc_addr, "--otlp-http-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"] {
+            args.push(arg.as_ref());
         }
-        let mut child = command.spawn().expect("spawning the wake binary");
-
-        let log = Arc::new(Mutex::new(String::new()));
-        let (found, addresses) = mpsc::channel();
-        let stderr = child.stderr.take().expect("piped stderr");
-        let reader_log = log.clone();
-        // Reads stderr to its end so that the server never blocks on a full pipe.
-        thread::spawn(move || {
-            let mut reader = BufReader::new(stderr);
-            let mut found = Some(found);
-            let mut line = Vec::new();
-            loop {
-                line.clear();
-                match reader.read_until(b'\n', &mut line) {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {}
-                }
-                let text = String::from_utf8_lossy(&line);
-                reader_log.lock().unwrap().push_str(&text);
-                if let Some(addresses) = found.as_ref().and_then(|_| listening_addresses(text.trim_end())) {
-                    let _ = found.take().expect("checked above").send(addresses);
-                }
-            }
-        });
-
-        let addresses = match addresses.recv_timeout(START_TIMEOUT) {
-            Ok(addresses) => addresses,
-            Err(error) => {
-                let exit = child.try_wait().ok().flatten();
-                let _ = child.kill();
-                let _ = child.wait();
-                // Give the reader a moment to collect the last lines.
-                thread::sleep(Duration::from_millis(200));
-                panic!(
-                    "wake server did not log `listening` ({error}); exit status {exit:?}; stderr:\n{}",
-                    log.lock().unwrap()
-                );
-            }
-        };
+        args.extend(extra_args.iter().map(|a| std::ffi::OsStr::new(a)));
+        let process = spawn_wake(&args);
         let client = reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(60))
             .build()
             .expect("building the HTTP client");
         WakeServer {
-            child,
-            grpc_addr: addresses.grpc,
-            otlp_http_addr: addresses.otlp_http,
-            http_addr: addresses.http,
-            log,
+            grpc_addr: addr(&process.listening, "otlp_grpc_addr"),
+            otlp_http_addr: addr(&process.listening, "otlp_http_addr"),
+            http_addr: addr(&process.listening, "http_addr"),
+            process,
             client,
         }
     }
 
-    /// Everything the server wrote to stderr so far.
     pub fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
+        self.process.log()
     }
 
-    /// The last lines of the log, for panic messages.
     pub fn log_tail(&self) -> String {
-        let log = self.log();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
+        self.process.log_tail()
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.child.id()
+    }
+
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.process.terminate()
     }
 
     /// `http://127.0.0.1:port`, as gRPC clients and exporters want it.
@@ -250,11 +264,29 @@ impl WakeServer {
         let body = response.text().unwrap_or_default();
         assert_eq!(status, 200, "flush answered {body}\nserver log tail:\n{}", self.log_tail());
     }
+}
+
+impl WakeProcess {
+    /// Everything the process wrote to stderr so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// The last lines of the log, for panic messages.
+    pub fn log_tail(&self) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
 
     /// SIGKILL: the process gets no chance to flush anything.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
-        self.child.wait().expect("waiting for the killed server");
+        self.child.wait().expect("waiting for the killed process");
     }
 
     /// SIGTERM, then waits for the graceful shutdown to finish.
@@ -263,28 +295,52 @@ impl WakeServer {
         assert!(send_signal(pid, "TERM"), "sending SIGTERM to {pid}");
         let deadline = Instant::now() + STOP_TIMEOUT;
         loop {
-            if let Some(status) = self.child.try_wait().expect("polling the server") {
+            if let Some(status) = self.child.try_wait().expect("polling the process") {
                 return status;
             }
             if Instant::now() >= deadline {
                 let _ = self.child.kill();
                 let _ = self.child.wait();
-                panic!(
-                    "wake server did not stop within {STOP_TIMEOUT:?} of SIGTERM\nserver log tail:\n{}",
-                    self.log_tail()
-                );
+                panic!("wake did not stop within {STOP_TIMEOUT:?} of SIGTERM\nlog tail:\n{}", self.log_tail());
             }
             thread::sleep(Duration::from_millis(50));
         }
     }
 }
 
-impl Drop for WakeServer {
+impl Drop for WakeProcess {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+/// A running `wake agent`. Dropping it kills the process.
+pub struct WakeAgent {
+    pub process: WakeProcess,
+    pub http_addr: SocketAddr,
+}
+
+impl WakeAgent {
+    /// Starts `wake agent` with its HTTP endpoint on port 0 and `args`, and waits until it listens.
+    pub fn start(args: &[&std::ffi::OsStr]) -> WakeAgent {
+        let mut all: Vec<&std::ffi::OsStr> = vec!["agent".as_ref(), "--http-addr".as_ref(), "127.0.0.1:0".as_ref()];
+        all.extend_from_slice(args);
+        let process = spawn_wake(&all);
+        WakeAgent { http_addr: addr(&process.listening, "http_addr"), process }
+    }
+
+    /// The value of an unlabelled self-metric, summed over its label sets if it has any.
+    pub fn metric(&self, name: &str) -> f64 {
+        let text = reqwest::blocking::get(format!("http://{}/metrics", self.http_addr))
+            .and_then(|r| r.text())
+            .unwrap_or_else(|e| panic!("GET /metrics of the agent: {e}"));
+        text.lines()
+            .filter(|line| line.starts_with(name) && line[name.len()..].starts_with([' ', '{']))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
     }
 }
 
