@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs Wake's full test suite: unit tests of every crate and the end-to-end tests in tests/,
 # which spawn the real `wake` binary and talk to it with real OpenTelemetry SDKs.
-# Installs what the end-to-end tests need (the Python OpenTelemetry SDK from PyPI) first.
+# Installs what the end-to-end tests need first: podman, runc and busybox-static from Debian (real
+# containers for the agent's tests) and the Python OpenTelemetry SDK from PyPI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +11,12 @@ cd "$(dirname "$0")/.."
 cache_dir="${WAKE_CACHE_DIR:-/var/tmp/wake-cache}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/wake-target}"
 mkdir -p "$cache_dir"
+
+if ! command -v podman >/dev/null || ! command -v runc >/dev/null || ! [ -x /bin/busybox ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq podman runc busybox-static >/dev/null
+fi
 
 venv="$cache_dir/venv"
 if ! "$venv/bin/python" -c 'import opentelemetry.sdk, opentelemetry.exporter.otlp.proto.grpc, opentelemetry.exporter.otlp.proto.http' 2>/dev/null; then
