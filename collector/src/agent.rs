@@ -431,13 +431,14 @@ async fn ship_metrics(
     metrics: AgentMetrics,
 ) {
     let reader = Arc::new(CgroupReader::new(config.cgroup_root.clone()));
-    let filters = match config.discovery() {
-        Ok(discovery) => discovery.filters,
+    let discovery = match config.discovery() {
+        Ok(discovery) => Arc::new(discovery),
         Err(error) => {
             error!(%error, "metrics disabled");
             return;
         }
     };
+    let filters = discovery.filters.clone();
     let start_time = now_unix_nanos();
     let mut ticker = tokio::time::interval(config.metrics_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -449,10 +450,21 @@ async fn ship_metrics(
         let reader = reader.clone();
         let identities = identities.clone();
         let node_name = config.node_name.clone();
+        let discovery = discovery.clone();
         let samples = tokio::task::spawn_blocking(move || {
+            let cgroups = reader.discover();
+            // A container's cgroup can appear before the reader met its log file: look its
+            // identity up in the log directories now rather than send points without it.
+            if cgroups.iter().any(|c| !identities.read().contains_key(&c.container_id)) {
+                let mut known = identities.write();
+                for source in discovery.scan() {
+                    if let Some(id) = source.identity.container_id.clone() {
+                        known.entry(id).or_insert(source.identity);
+                    }
+                }
+            }
             let known = identities.read();
-            reader
-                .discover()
+            cgroups
                 .into_iter()
                 .map(|cgroup| {
                     let identity = known.get(&cgroup.container_id).cloned().unwrap_or_else(|| ContainerIdentity {
