@@ -38,8 +38,12 @@ impl Node {
         self.root.join(sub)
     }
 
+    /// An agent sending to `server` over gRPC.
     fn agent(&self, server: &WakeServer, extra: &[&str]) -> WakeAgent {
-        let endpoint = server.grpc_endpoint();
+        self.agent_to(&server.grpc_endpoint(), extra)
+    }
+
+    fn agent_to(&self, endpoint: &str, extra: &[&str]) -> WakeAgent {
         let mut args: Vec<&OsStr> = Vec::new();
         let paths = [
             ("--log-root", self.path("var/log/pods")),
@@ -257,7 +261,9 @@ fn docker_json_file_logs_keep_identity_and_join_their_cgroup_metrics() {
         std::fs::write(scope.join(file), content).expect("cgroup file");
     }
 
-    let _agent = node.agent(&server, &["--metrics-interval", "1s"]);
+    // OTLP/HTTP this time (gzip-compressed protobuf), to the store's 4318 listener.
+    let endpoint = format!("http://{}", server.otlp_http_addr);
+    let _agent = node.agent_to(&endpoint, &["--metrics-interval", "1s", "--protocol", "http"]);
     server.wait_for_count("SELECT count(*) FROM logs", 3, WAIT);
     let rows = server.sql_rows(
         "SELECT body, log_iostream, k8s_namespace_name, k8s_pod_name, k8s_container_name, container_id, \

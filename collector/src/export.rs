@@ -27,8 +27,8 @@
 //! (it is bounded by the timeout) so that a batch the store is accepting right now gets checkpointed.
 //! Giving up loses nothing: the data was not checkpointed and is read again after the restart.
 //!
-//! Compression: gRPC requests are gzip-compressed when `ExportConfig::gzip` is set. HTTP requests are
-//! sent uncompressed for now, since the crate has no gzip encoder of its own (tonic's is internal).
+//! Compression: with `ExportConfig::gzip` set, gRPC requests use gRPC's gzip encoding and HTTP
+//! requests are sent with `Content-Encoding: gzip`.
 
 use std::fmt;
 use std::future::Future;
@@ -80,7 +80,7 @@ pub struct ExportConfig {
     pub timeout: Duration,
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
-    /// Compress gRPC requests with gzip (HTTP requests are always sent uncompressed).
+    /// Compress requests with gzip.
     pub gzip: bool,
 }
 
@@ -269,10 +269,10 @@ impl Exporter {
                 .await
             }
             Transport::Http(http) => {
-                let body = Bytes::from(request.encode_to_vec());
+                let body = http_body(request.encode_to_vec(), gzip);
                 let (client, url) = (&http.client, &http.logs_url);
                 self.send_until_acknowledged(Signal::Logs, cancel, move || {
-                    http_attempt(client, url, body.clone(), decode_logs_response)
+                    http_attempt(client, url, body.clone(), gzip, decode_logs_response)
                 })
                 .await
             }
@@ -296,10 +296,10 @@ impl Exporter {
                 .await
             }
             Transport::Http(http) => {
-                let body = Bytes::from(request.encode_to_vec());
+                let body = http_body(request.encode_to_vec(), gzip);
                 let (client, url) = (&http.client, &http.metrics_url);
                 self.send_until_acknowledged(Signal::Metrics, cancel, move || {
-                    http_attempt(client, url, body.clone(), decode_metrics_response)
+                    http_attempt(client, url, body.clone(), gzip, decode_metrics_response)
                 })
                 .await
             }
@@ -549,15 +549,34 @@ struct RpcStatus {
     message: String,
 }
 
+/// The request body, gzip-compressed when asked (level 1: the store is usually near, and the
+/// agent should spend its CPU reading, not compressing).
+fn http_body(encoded: Vec<u8>, gzip: bool) -> Bytes {
+    if !gzip {
+        return Bytes::from(encoded);
+    }
+    let mut encoder = flate2::write::GzEncoder::new(Vec::with_capacity(encoded.len() / 4), flate2::Compression::fast());
+    // Writing into a Vec cannot fail.
+    match std::io::Write::write_all(&mut encoder, &encoded).and_then(|()| encoder.finish()) {
+        Ok(compressed) => Bytes::from(compressed),
+        Err(_) => Bytes::from(encoded),
+    }
+}
+
 async fn http_attempt(
     client: &reqwest::Client,
     url: &reqwest::Url,
     body: Bytes,
+    gzip: bool,
     decode: fn(&[u8]) -> Result<Acknowledged, prost::DecodeError>,
 ) -> Attempt {
-    use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
+    use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
 
-    let response = match client.post(url.clone()).header(CONTENT_TYPE, PROTOBUF).body(body).send().await {
+    let mut request = client.post(url.clone()).header(CONTENT_TYPE, PROTOBUF);
+    if gzip {
+        request = request.header(CONTENT_ENCODING, "gzip");
+    }
+    let response = match request.body(body).send().await {
         Ok(response) => response,
         Err(e) => return Attempt::Retryable { error: error_chain(&e), delay: None, reconnect: true },
     };
@@ -943,6 +962,8 @@ mod tests {
     struct HttpRequest {
         signal: &'static str,
         content_type: Option<String>,
+        content_encoding: Option<String>,
+        /// Decompressed.
         body: Vec<u8>,
     }
 
@@ -952,8 +973,16 @@ mod tests {
             let state = state.clone();
             move |headers: HeaderMap, body: axum::body::Bytes| async move {
                 state.attempts.fetch_add(1, Ordering::SeqCst);
-                let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).map(str::to_owned);
-                state.received.lock().push(HttpRequest { signal, content_type, body: body.to_vec() });
+                let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+                let (content_type, content_encoding) = (header("content-type"), header("content-encoding"));
+                let body = if content_encoding.as_deref() == Some("gzip") {
+                    let mut inflated = Vec::new();
+                    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&body[..]), &mut inflated).unwrap();
+                    inflated
+                } else {
+                    body.to_vec()
+                };
+                state.received.lock().push(HttpRequest { signal, content_type, content_encoding, body });
                 state.script.lock().pop_front().unwrap_or_else(|| StatusCode::OK.into_response())
             }
         };
@@ -988,6 +1017,7 @@ mod tests {
         for request in server.received.lock().iter() {
             assert_eq!(request.signal, "logs");
             assert_eq!(request.content_type.as_deref(), Some(PROTOBUF));
+            assert_eq!(request.content_encoding.as_deref(), Some("gzip"));
             assert_eq!(ExportLogsServiceRequest::decode(request.body.as_slice()).unwrap(), logs_request("hello"));
         }
         assert_eq!(counter(&registry, "wake_agent_export_retries_total", &[("signal", "logs")]), 1.0);
