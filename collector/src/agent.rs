@@ -44,6 +44,8 @@ const SCOPE_NAME: &str = "wake.agent";
 const READ_BUDGET_PER_FILE: usize = 1024 * 1024;
 /// How long the reader sleeps when no file had anything new and no event arrived.
 const IDLE_WAIT: Duration = Duration::from_millis(200);
+/// How soon after a directory event the reader scans once more.
+const FOLLOW_UP_SCAN: Duration = Duration::from_millis(100);
 /// Batches queued between the reader and the shipper.
 const QUEUED_BATCHES: usize = 2;
 
@@ -196,13 +198,21 @@ impl Reader {
         let mut batch = LogBatch::new();
         let mut last_scan: Option<Instant> = None;
         let mut rescan_requested = true;
+        // A new directory's own watch is only added once its creation event is handled, so a
+        // file created in it right away raises no event: look again shortly after.
+        let mut follow_up_scan: Option<Instant> = None;
         let mut last_expiry = Instant::now();
         loop {
             if *self.shutdown.borrow() {
                 return;
             }
             let now = Instant::now();
-            if rescan_requested || last_scan.is_none_or(|t| now.duration_since(t) >= self.config.scan_interval) {
+            let follow_up_due = follow_up_scan.is_some_and(|at| now >= at);
+            if rescan_requested
+                || follow_up_due
+                || last_scan.is_none_or(|t| now.duration_since(t) >= self.config.scan_interval)
+            {
+                follow_up_scan = if rescan_requested { Some(now + FOLLOW_UP_SCAN) } else { None };
                 self.scan(now);
                 if last_scan.is_none() || now.duration_since(last_expiry) >= Duration::from_secs(3600) {
                     self.expire_checkpoints();
@@ -212,8 +222,15 @@ impl Reader {
                 rescan_requested = false;
             }
             let read = self.read_all(now, &mut batch);
+            // Full or old batches go at once; and while the shipper has nothing queued, whatever
+            // was read goes as soon as the files have nothing more, so that a quiet node's lines
+            // are not held back for the batch timeout. Under load, batches fill while the
+            // shipper is busy.
+            let shipper_idle = self.batches.capacity() == self.batches.max_capacity();
             let due = batch.bytes >= self.config.batch_max_bytes
-                || (!batch.is_empty() && now.duration_since(batch.started_at) >= self.config.batch_timeout);
+                || (!batch.is_empty()
+                    && (now.duration_since(batch.started_at) >= self.config.batch_timeout
+                        || (read == 0 && shipper_idle)));
             if due {
                 let full = std::mem::replace(&mut batch, LogBatch::new());
                 // Blocks while the shipper is behind: reading stops, memory stays bounded.
@@ -222,7 +239,8 @@ impl Reader {
                 }
             }
             if read == 0 {
-                match self.events.recv_timeout(IDLE_WAIT) {
+                let wait = follow_up_scan.map_or(IDLE_WAIT, |at| at.saturating_duration_since(now).min(IDLE_WAIT));
+                match self.events.recv_timeout(wait) {
                     Ok(structural) => {
                         rescan_requested |= structural;
                         // Coalesce a burst of events into one pass.
@@ -357,6 +375,10 @@ impl Reader {
 fn add_records(batch: &mut LogBatch, tailer: &Tailer, records: Vec<TailedRecord>, metrics: &AgentMetrics) {
     let path = tailer.path().display().to_string();
     let observed = now_unix_nanos();
+    if batch.records == 0 {
+        // A batch's age is its oldest record's.
+        batch.started_at = Instant::now();
+    }
     let same_file = batch.files.last().is_some_and(|f| f.path == path && f.identity == tailer.source.identity);
     if !same_file {
         batch.files.push(FileRecords {
