@@ -517,7 +517,7 @@ async fn ship_metrics(
             .iter()
             .flat_map(|r| &r.scope_metrics)
             .flat_map(|s| &s.metrics)
-            .map(|m| data_points(m))
+            .map(data_points)
             .sum();
         match exporter.export_metrics(ExportMetricsServiceRequest { resource_metrics }, &shutdown).await {
             Ok(_) => metrics.records_sent.with_label_values(&["metrics"]).inc_by(points as u64),
