@@ -513,12 +513,8 @@ async fn ship_metrics(
             continue;
         }
         let resource_metrics = to_resource_metrics(&samples, start_time, now_unix_nanos());
-        let points: usize = resource_metrics
-            .iter()
-            .flat_map(|r| &r.scope_metrics)
-            .flat_map(|s| &s.metrics)
-            .map(data_points)
-            .sum();
+        let points: usize =
+            resource_metrics.iter().flat_map(|r| &r.scope_metrics).flat_map(|s| &s.metrics).map(data_points).sum();
         match exporter.export_metrics(ExportMetricsServiceRequest { resource_metrics }, &shutdown).await {
             Ok(_) => metrics.records_sent.with_label_values(&["metrics"]).inc_by(points as u64),
             Err(ExportError::Cancelled) => return,

@@ -128,13 +128,25 @@ impl QueryEngine {
         let context = self.context.clone();
         let sql_text = sql.to_string();
         let run = async move {
-            let plan = context.state().create_logical_plan(&sql_text).await?;
-            ensure_read_only(&plan)?;
-            let frame = context.execute_logical_plan(plan).await?;
+            let frame = read_only_frame(&context, &sql_text).await?;
             let schema = Arc::new(frame.schema().as_arrow().clone());
             let batches = frame.collect().await?;
             Ok::<_, Error>(QueryOutput { schema, batches })
         };
+        let result = self.run_measured(run, sql, started).await;
+        if let Ok(output) = &result {
+            debug!(rows = output.num_rows(), elapsed_ms = started.elapsed().as_millis() as u64, "query");
+        }
+        result
+    }
+
+    /// Runs a query future on the query runtime and counts it in the self-metrics.
+    async fn run_measured<T: Send + 'static>(
+        &self,
+        run: impl Future<Output = Result<T>> + Send + 'static,
+        sql: &str,
+        started: Instant,
+    ) -> Result<T> {
         let result = match &self.runtime {
             Some(runtime) => runtime.spawn(run).await.unwrap_or_else(|e| Err(Error::Task(e.to_string()))),
             None => Err(Error::Task("the query engine is shut down".into())),
@@ -142,12 +154,45 @@ impl QueryEngine {
         let outcome = if result.is_ok() { "ok" } else { "error" };
         self.metrics.queries.with_label_values(&[outcome]).inc();
         self.metrics.duration.with_label_values(&[outcome]).observe(started.elapsed().as_secs_f64());
-        match &result {
-            Ok(output) => debug!(rows = output.num_rows(), elapsed_ms = started.elapsed().as_millis() as u64, "query"),
-            Err(error) => warn!(%error, sql, "query failed"),
+        if let Err(error) = &result {
+            warn!(%error, sql, "query failed");
         }
         result
     }
+}
+
+impl QueryEngine {
+    /// Runs one read-only SQL statement and hands its result batches, as they are produced, to
+    /// `on_batch` with `state`, until it returns `false` (the rest of the query is then
+    /// cancelled). For query languages that stop early, like LogQL with a line limit.
+    pub async fn sql_fold<S, F>(&self, sql: &str, state: S, mut on_batch: F) -> Result<S>
+    where
+        S: Send + 'static,
+        F: FnMut(&mut S, &RecordBatch) -> bool + Send + 'static,
+    {
+        let started = Instant::now();
+        let context = self.context.clone();
+        let sql_text = sql.to_string();
+        let run = async move {
+            let frame = read_only_frame(&context, &sql_text).await?;
+            let mut stream = frame.execute_stream().await?;
+            let mut state = state;
+            while let Some(batch) = futures::StreamExt::next(&mut stream).await {
+                if !on_batch(&mut state, &batch?) {
+                    break;
+                }
+            }
+            Ok::<_, Error>(state)
+        };
+        self.run_measured(run, sql, started).await
+    }
+}
+
+/// Plans `sql` and refuses anything but a read-only query.
+async fn read_only_frame(context: &SessionContext, sql: &str) -> Result<datafusion::dataframe::DataFrame> {
+    let plan = context.state().create_logical_plan(sql).await?;
+    ensure_read_only(&plan)?;
+    Ok(context.execute_logical_plan(plan).await?)
 }
 
 impl Drop for QueryEngine {

@@ -24,9 +24,12 @@ struct SqlRequest {
     sql: String,
 }
 
-/// Routes `/api/v1/sql`.
+/// Routes `/api/v1/sql` and the Loki API.
 pub fn router(engine: Arc<QueryEngine>) -> Router {
-    Router::new().route("/api/v1/sql", get(sql_get).post(sql_post)).with_state(engine)
+    Router::new()
+        .route("/api/v1/sql", get(sql_get).post(sql_post))
+        .with_state(engine.clone())
+        .merge(crate::loki::router(engine))
 }
 
 async fn sql_get(

@@ -19,6 +19,7 @@ mod error;
 pub mod fulltext;
 mod http;
 pub mod json;
+pub mod loki;
 mod table;
 
 pub use engine::{QueryConfig, QueryEngine, QueryOutput};
