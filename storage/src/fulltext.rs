@@ -61,6 +61,12 @@ fn write_documents<'a>(
         writer.add_document(document)?;
     }
     writer.commit()?;
+    // One segment per file: several would each repeat the term dictionary and cost a lookup
+    // per segment at query time.
+    let segments = index.searchable_segment_ids()?;
+    if segments.len() > 1 {
+        writer.merge(&segments).wait()?;
+    }
     writer.wait_merging_threads()?;
     Ok(())
 }
