@@ -182,7 +182,7 @@ pub fn search_files(
         let index = cache.get(dir)?;
         let mut rows: Option<Vec<u64>> = None;
         for query in queries {
-            let found = index.search(query)?;
+            let found = index.candidates(query)?;
             rows = Some(match rows {
                 None => found,
                 Some(previous) => intersect_sorted(&previous, &found),

@@ -3,7 +3,8 @@
 //! The scan is a union of a Parquet scan over the files that may hold matching rows and an
 //! in-memory scan of the acknowledged rows not yet flushed. Filters are pushed down inexactly
 //! (DataFusion re-checks them), except `matches(body, '…')`, which the scan answers exactly:
-//! from the index for indexed files, by evaluating the function for everything else.
+//! indexed files are read only at the rows their index names as candidates, and the function
+//! decides those rows and every row no index covers.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -127,28 +128,29 @@ impl TableProvider for WakeTable {
             .map_err(|e| DataFusionError::External(Box::new(e)))?
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
 
-        let mut inputs = Vec::new();
-        inputs.extend(scan.parquet(
-            hits.selected.into_iter().map(|(f, plan)| (f, Some(plan))).collect(),
-            &projection,
-            limit,
-        )?);
-
-        // Rows no index covers: evaluate `matches` on them, reading `body` even if unprojected.
+        // The index gives candidate rows (a superset: phrases and exclusions are decided on the
+        // text); `matches` decides them, and every row no index covers, reading `body` even if
+        // it is not projected.
         let body = self.schema.index_of(BODY)?;
         let mut wide_projection = projection.clone();
         if !wide_projection.contains(&body) {
             wide_projection.push(body);
         }
-        let mut unindexed = Vec::new();
-        unindexed.extend(scan.parquet(
+        let mut candidates = Vec::new();
+        candidates.extend(scan.parquet(
+            hits.selected.into_iter().map(|(f, plan)| (f, Some(plan))).collect(),
+            &wide_projection,
+            None,
+        )?);
+        candidates.extend(scan.parquet(
             hits.unindexed.into_iter().map(|f| (f, None)).collect(),
             &wide_projection,
             None,
         )?);
-        unindexed.extend(scan.memory(snapshot.buffered, &wide_projection)?);
-        if !unindexed.is_empty() {
-            let wide = scan.union(unindexed, &wide_projection)?;
+        candidates.extend(scan.memory(snapshot.buffered, &wide_projection)?);
+        let mut inputs = Vec::new();
+        if !candidates.is_empty() {
+            let wide = scan.union(candidates, &wide_projection)?;
             let wide_schema = DFSchema::try_from(wide.schema())?;
             let text_filter = conjunction(filters.iter().filter(|f| indexable_query(f).is_some()).cloned())
                 .ok_or_else(|| DataFusionError::Internal("full-text filter vanished".into()))?;
@@ -158,7 +160,9 @@ impl TableProvider for WakeTable {
                 let field = filtered.schema().field(i).clone();
                 (Arc::new(ColumnExpr::new(field.name(), i)) as Arc<dyn PhysicalExpr>, field.name().clone())
             });
-            inputs.push(Arc::new(ProjectionExec::try_new(narrowed.collect::<Vec<_>>(), filtered)?));
+            inputs
+                .push(Arc::new(ProjectionExec::try_new(narrowed.collect::<Vec<_>>(), filtered)?)
+                    as Arc<dyn ExecutionPlan>);
         }
         let plan = scan.union(inputs, &projection)?;
         Ok(Arc::new(FullTextSearchExec::new(plan, hits.stats)))

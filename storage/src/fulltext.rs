@@ -4,16 +4,24 @@
 //! file, as a fast field, so a hit becomes a row selection for the Parquet reader whatever
 //! segment layout tantivy chose. Queries use tantivy's query syntax with AND between terms
 //! (as Quickwit does), over the default tokenizer (split on non-alphanumerics, lowercase).
-//! [`matches_bodies`] answers the same query over strings in memory with the very same
-//! tokenizer and parser, so rows give the same answer before and after a flush.
+//!
+//! The on-disk index is a *filter*: it records which rows hold each term, without term
+//! frequencies or positions, which would triple its size. [`FullTextIndex::candidates`]
+//! therefore answers a superset of the rows that match (a phrase becomes all of its terms,
+//! exclusions are ignored); [`matches_bodies`] then decides each candidate exactly, with the full
+//! query semantics, and answers rows that no index covers, so a row gives the same answer before
+//! and after a flush.
 
 use std::path::Path;
 
 use arrow::array::{Array, BooleanArray, BooleanBufferBuilder, StringArray};
+use tantivy::Term;
 use tantivy::collector::{Collector, SegmentCollector};
 use tantivy::columnar::Column;
-use tantivy::query::{Query, QueryParser};
-use tantivy::schema::{FAST, Field, Schema, TEXT};
+use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, QueryParser, TermQuery};
+use tantivy::query_grammar::{UserInputAst, UserInputLeaf};
+use tantivy::schema::{FAST, Field, IndexRecordOption, Schema, TEXT, TextFieldIndexing, TextOptions};
+use tantivy::tokenizer::TokenStream;
 use tantivy::{DocId, Index, IndexWriter, Score, SegmentOrdinal, SegmentReader, TantivyDocument};
 
 use crate::error::{Error, Result};
@@ -30,6 +38,7 @@ struct IndexSchema {
     row: Field,
 }
 
+/// The exact schema, with positions, for answering queries over bodies in memory.
 fn index_schema() -> IndexSchema {
     let mut builder = Schema::builder();
     let body = builder.add_text_field(BODY_FIELD, TEXT);
@@ -37,10 +46,19 @@ fn index_schema() -> IndexSchema {
     IndexSchema { schema: builder.build(), body, row }
 }
 
+/// The on-disk schema: which rows hold each term, nothing more.
+fn filter_schema() -> IndexSchema {
+    let mut builder = Schema::builder();
+    let indexing = TextFieldIndexing::default().set_tokenizer("default").set_index_option(IndexRecordOption::Basic);
+    let body = builder.add_text_field(BODY_FIELD, TextOptions::default().set_indexing_options(indexing));
+    let row = builder.add_u64_field(ROW_FIELD, FAST);
+    IndexSchema { schema: builder.build(), body, row }
+}
+
 /// Writes the index of one Parquet file's bodies, in the file's row order, into `dir`.
 pub fn build_index<'a>(dir: &Path, bodies: impl Iterator<Item = Option<&'a str>>) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let fields = index_schema();
+    let fields = filter_schema();
     let index = Index::create_in_dir(dir, fields.schema.clone())?;
     write_documents(&index, &fields, bodies, WRITER_MEMORY_BYTES)
 }
@@ -97,10 +115,73 @@ impl FullTextIndex {
         Ok(FullTextIndex { index, body, reader })
     }
 
-    /// Row numbers (positions in the Parquet file) whose body matches `query`, ascending.
-    pub fn search(&self, query: &str) -> Result<Vec<u64>> {
-        let query = parse_query(&self.index, self.body, query)?;
-        Ok(self.reader.searcher().search(&query, &RowCollector)?)
+    /// Row numbers (positions in the Parquet file), ascending, that may match `query`: every
+    /// matching row is among them; [`matches_bodies`] decides.
+    pub fn candidates(&self, query: &str) -> Result<Vec<u64>> {
+        // Syntax and field errors are reported as the exact parser sees them.
+        validate_query(query)?;
+        let ast = tantivy::query_grammar::parse_query(query)
+            .map_err(|_| Error::FullTextQuery { query: query.to_string(), reason: "invalid query".into() })?;
+        let superset = self.superset(&ast);
+        Ok(self.reader.searcher().search(superset.as_ref(), &RowCollector)?)
+    }
+
+    /// A query over the filter index that matches at least every row `ast` matches.
+    fn superset(&self, ast: &UserInputAst) -> Box<dyn Query> {
+        match ast {
+            UserInputAst::Boost(inner, _) => self.superset(inner),
+            UserInputAst::Leaf(leaf) => match leaf.as_ref() {
+                UserInputLeaf::Literal(literal) if literal.field_name.as_deref().is_none_or(|f| f == BODY_FIELD) => {
+                    // A phrase's rows hold each of its terms; a prefix's last term may be longer.
+                    let mut terms = self.terms(&literal.phrase);
+                    if literal.prefix {
+                        terms.pop();
+                    }
+                    match terms.len() {
+                        0 => Box::new(AllQuery),
+                        1 => Box::new(TermQuery::new(terms.remove(0), IndexRecordOption::Basic)),
+                        _ => Box::new(BooleanQuery::new(
+                            terms
+                                .into_iter()
+                                .map(|t| (Occur::Must, Box::new(TermQuery::new(t, IndexRecordOption::Basic)) as _))
+                                .collect(),
+                        )),
+                    }
+                }
+                _ => Box::new(AllQuery),
+            },
+            UserInputAst::Clause(clauses) => {
+                // Exclusions are dropped (the superset of "not x" is everything). With the
+                // parser's AND default, an unmarked clause is required.
+                let required: Vec<_> = clauses
+                    .iter()
+                    .filter(|(occur, _)| matches!(occur, None | Some(Occur::Must)))
+                    .map(|(_, ast)| (Occur::Must, self.superset(ast)))
+                    .collect();
+                if !required.is_empty() {
+                    return Box::new(BooleanQuery::new(required));
+                }
+                let optional: Vec<_> = clauses
+                    .iter()
+                    .filter(|(occur, _)| matches!(occur, Some(Occur::Should)))
+                    .map(|(_, ast)| (Occur::Should, self.superset(ast)))
+                    .collect();
+                if optional.is_empty() { Box::new(AllQuery) } else { Box::new(BooleanQuery::new(optional)) }
+            }
+        }
+    }
+
+    fn terms(&self, text: &str) -> Vec<Term> {
+        let mut analyzer = match self.index.tokenizer_for_field(self.body) {
+            Ok(analyzer) => analyzer,
+            Err(_) => return Vec::new(),
+        };
+        let mut stream = analyzer.token_stream(text);
+        let mut terms = Vec::new();
+        while stream.advance() {
+            terms.push(Term::from_field_text(self.body, &stream.token().text));
+        }
+        terms
     }
 }
 
@@ -196,23 +277,28 @@ mod tests {
     }
 
     #[test]
-    fn on_disk_and_in_memory_answers_agree() {
+    fn on_disk_candidates_cover_the_exact_answer() {
         let dir = tempfile::tempdir().unwrap();
         build_index(dir.path(), BODIES.iter().copied()).unwrap();
         let index = FullTextIndex::open(dir.path()).unwrap();
-        for (query, rows) in [
-            ("connection", vec![0, 5]),
-            ("error", vec![4, 5]),
-            ("ERROR", vec![4, 5]),
-            ("connection error", vec![5]),
-            ("connection OR disk", vec![0, 4, 5]),
-            ("\"disk full\"", vec![4]),
-            ("req-7f3a9c1e5b", vec![2]),
-            ("absent", vec![]),
+        // (query, exact rows, candidate rows): candidates are exact for terms, a superset for
+        // phrases (all terms, any order) and exclusions (ignored).
+        for (query, exact, candidates) in [
+            ("connection", vec![0, 5], vec![0, 5]),
+            ("error", vec![4, 5], vec![4, 5]),
+            ("ERROR", vec![4, 5], vec![4, 5]),
+            ("connection error", vec![5], vec![5]),
+            ("connection OR disk", vec![0, 4, 5], vec![0, 4, 5]),
+            ("\"disk full\"", vec![4], vec![4]),
+            ("req-7f3a9c1e5b", vec![2], vec![2]),
+            ("\"error connection\"", vec![], vec![5]),
+            ("connection -error", vec![0], vec![0, 5]),
+            ("absent", vec![], vec![]),
         ] {
-            assert_eq!(index.search(query).unwrap(), rows, "on disk: {query}");
-            assert_eq!(expected(query), rows, "in memory: {query}");
+            assert_eq!(expected(query), exact, "in memory: {query}");
+            assert_eq!(index.candidates(query).unwrap(), candidates, "on disk: {query}");
         }
+        assert!(index.candidates("body:(unclosed").is_err());
     }
 
     #[test]

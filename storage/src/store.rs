@@ -589,7 +589,7 @@ mod tests {
         assert_eq!(rows(&after), (4, 0));
         assert!(replaced.iter().all(|path| !path.exists()), "inputs are deleted once unused");
         let index = crate::fulltext::FullTextIndex::open(after.files[0].index_dir.as_ref().unwrap()).unwrap();
-        assert_eq!(index.search("gamma").unwrap().len(), 1);
+        assert_eq!(index.candidates("gamma").unwrap().len(), 1);
         drop(after);
         drop(store);
         let store = open(dir.path());
