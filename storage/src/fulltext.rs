@@ -69,39 +69,35 @@ impl Default for FilterTokenizer {
     }
 }
 
-struct FilterTokenStream {
-    tokens: Vec<tantivy::tokenizer::Token>,
-    next: usize,
+/// The inner analyzer's tokens, less the all-digit ones, without copying any.
+struct FilterTokenStream<'a> {
+    inner: tantivy::tokenizer::BoxTokenStream<'a>,
 }
 
 impl tantivy::tokenizer::Tokenizer for FilterTokenizer {
-    type TokenStream<'a> = FilterTokenStream;
+    type TokenStream<'a> = FilterTokenStream<'a>;
 
-    fn token_stream<'a>(&'a mut self, text: &'a str) -> FilterTokenStream {
-        let mut stream = self.inner.token_stream(text);
-        let mut tokens = Vec::new();
-        while stream.advance() {
-            let token = stream.token();
-            if !token.text.bytes().all(|b| b.is_ascii_digit()) {
-                tokens.push(token.clone());
-            }
-        }
-        FilterTokenStream { tokens, next: 0 }
+    fn token_stream<'a>(&'a mut self, text: &'a str) -> FilterTokenStream<'a> {
+        FilterTokenStream { inner: self.inner.token_stream(text) }
     }
 }
 
-impl TokenStream for FilterTokenStream {
+impl TokenStream for FilterTokenStream<'_> {
     fn advance(&mut self) -> bool {
-        self.next += 1;
-        self.next <= self.tokens.len()
+        while self.inner.advance() {
+            if !self.inner.token().text.bytes().all(|b| b.is_ascii_digit()) {
+                return true;
+            }
+        }
+        false
     }
 
     fn token(&self) -> &tantivy::tokenizer::Token {
-        &self.tokens[self.next - 1]
+        self.inner.token()
     }
 
     fn token_mut(&mut self) -> &mut tantivy::tokenizer::Token {
-        &mut self.tokens[self.next - 1]
+        self.inner.token_mut()
     }
 }
 
