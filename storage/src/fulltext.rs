@@ -18,6 +18,7 @@ use arrow::array::{Array, BooleanArray, BooleanBufferBuilder, StringArray};
 use tantivy::Term;
 use tantivy::collector::{Collector, SegmentCollector};
 use tantivy::columnar::Column;
+use tantivy::indexer::UserOperation;
 use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, QueryParser, TermQuery};
 use tantivy::query_grammar::{UserInputAst, UserInputLeaf};
 use tantivy::schema::{FAST, Field, IndexRecordOption, Schema, TEXT, TextFieldIndexing, TextOptions};
@@ -30,6 +31,8 @@ const BODY_FIELD: &str = "body";
 const ROW_FIELD: &str = "row";
 /// tantivy's floor for a writer's memory arena is 15 MB; more makes fewer segments per file.
 const WRITER_MEMORY_BYTES: usize = 96 * 1024 * 1024;
+/// Documents handed to the indexing thread at a time.
+const INDEX_BATCH_DOCS: usize = 4096;
 const IN_MEMORY_WRITER_BYTES: usize = 16 * 1024 * 1024;
 
 struct IndexSchema {
@@ -133,13 +136,22 @@ fn write_documents<'a>(
     memory_bytes: usize,
 ) -> Result<()> {
     let mut writer: IndexWriter<TantivyDocument> = index.writer_with_num_threads(1, memory_bytes)?;
+    // Documents go to tantivy's indexing thread in batches: one channel message per document
+    // made the two threads trade places for every row.
+    let mut batch = Vec::with_capacity(INDEX_BATCH_DOCS);
     for (row, body) in bodies.enumerate() {
         let mut document = TantivyDocument::new();
         if let Some(body) = body {
             document.add_text(fields.body, body);
         }
         document.add_u64(fields.row, row as u64);
-        writer.add_document(document)?;
+        batch.push(UserOperation::Add(document));
+        if batch.len() == INDEX_BATCH_DOCS {
+            writer.run(std::mem::replace(&mut batch, Vec::with_capacity(INDEX_BATCH_DOCS)))?;
+        }
+    }
+    if !batch.is_empty() {
+        writer.run(batch)?;
     }
     writer.commit()?;
     // Not merged into one segment: measured, merging saved 4 % of the index for 35 % more
