@@ -1,6 +1,7 @@
 //! The `wake` binary: parses arguments, builds the configuration, and runs a component of the
 //! library crates. Everything else lives in `storage/`, `query/` and `collector/`.
 
+mod cli;
 mod config;
 mod server;
 
@@ -32,6 +33,10 @@ enum Command {
     Server(config::ServerArgs),
     /// Run the node agent: tail container logs, read cgroup metrics, forward them as OTLP.
     Agent(config::AgentArgs),
+    /// Run a SQL query against a Wake server and print the result as a table.
+    Sql(cli::SqlArgs),
+    /// Print container logs from a Wake server (LogQL, or plain words to search for).
+    Logs(cli::LogsArgs),
 }
 
 fn init_logging(format: LogFormat) {
@@ -44,6 +49,10 @@ fn init_logging(format: LogFormat) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
 }
 
 async fn run_agent(config: wake_collector::AgentConfig) -> anyhow::Result<()> {
@@ -78,6 +87,8 @@ fn main() -> ExitCode {
                 .build()?
                 .block_on(run_agent(config))
         }),
+        Command::Sql(args) => client_runtime().and_then(|runtime| runtime.block_on(cli::sql(args))),
+        Command::Logs(args) => client_runtime().and_then(|runtime| runtime.block_on(cli::logs(args))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

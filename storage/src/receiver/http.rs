@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use bytes::Bytes;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsPartialSuccess, ExportLogsServiceResponse};
 use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsPartialSuccess, ExportMetricsServiceResponse};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTracePartialSuccess, ExportTraceServiceResponse};
@@ -64,22 +64,48 @@ fn request_encoding(headers: &HeaderMap) -> Result<Encoding, Error> {
     }
 }
 
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, Error> {
+/// How much of an oversized body is read and discarded before answering 413, and for how long:
+/// a server that answers and closes while the client is still sending makes most clients see a
+/// reset connection instead of the 413, and retry.
+const DRAIN_MAX_BYTES: usize = 64 * 1024 * 1024;
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+async fn read_body(headers: &HeaderMap, mut body: Body, limit: usize) -> Result<Bytes, Error> {
     let too_large = |actual_bytes| Error::RequestTooLarge { limit_bytes: limit, actual_bytes };
-    if let Some(length) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
-        && length > limit
-    {
-        return Err(too_large(length));
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    let mut raw = Vec::with_capacity(declared.unwrap_or(0).min(limit));
+    let mut seen = 0usize;
+    if declared.is_none_or(|length| length <= limit) {
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| Error::InvalidRequest(format!("could not read the request body: {e}")))?;
+            let Ok(data) = frame.into_data() else { continue };
+            seen += data.len();
+            if raw.len() + data.len() > limit {
+                break;
+            }
+            raw.extend_from_slice(&data);
+        }
+        if seen <= limit {
+            return decode_body(headers, Bytes::from(raw), limit);
+        }
     }
-    let raw = match Limited::new(body, limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => {
-            return Err(too_large(limit + 1));
+    // Too large: read the rest (within bounds) before answering, so that the client gets to read
+    // the 413 rather than a reset connection.
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while let Some(Ok(frame)) = body.frame().await {
+            seen = seen.saturating_add(frame.data_ref().map_or(0, |d| d.len()));
+            if seen > DRAIN_MAX_BYTES {
+                break;
+            }
         }
-        Err(error) => {
-            return Err(Error::InvalidRequest(format!("could not read the request body: {error}")));
-        }
-    };
+    })
+    .await;
+    Err(too_large(declared.unwrap_or(seen).max(limit + 1)))
+}
+
+/// Undoes the `Content-Encoding` of a body, within the size limit.
+fn decode_body(headers: &HeaderMap, raw: Bytes, limit: usize) -> Result<Bytes, Error> {
+    let too_large = |actual_bytes| Error::RequestTooLarge { limit_bytes: limit, actual_bytes };
     let encoding = headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
