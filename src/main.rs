@@ -30,9 +30,9 @@ enum LogFormat {
 #[derive(Subcommand)]
 enum Command {
     /// Run the store: OTLP receivers, durable Parquet + tantivy storage, SQL query API.
-    Server(config::ServerArgs),
+    Server(Box<config::ServerArgs>),
     /// Run the node agent: tail container logs, read cgroup metrics, forward them as OTLP.
-    Agent(config::AgentArgs),
+    Agent(Box<config::AgentArgs>),
     /// Run a SQL query against a Wake server and print the result as a table.
     Sql(cli::SqlArgs),
     /// Print container logs from a Wake server (LogQL, or plain words to search for).

@@ -57,7 +57,7 @@ impl Node {
             args.push(path.as_os_str());
         }
         for arg in
-            ["--endpoint", &endpoint, "--node-name", "node-7", "--release-after", "1s", "--batch-timeout", "200ms"]
+            ["--endpoint", endpoint, "--node-name", "node-7", "--release-after", "1s", "--batch-timeout", "200ms"]
         {
             args.push(arg.as_ref());
         }

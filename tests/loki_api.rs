@@ -23,7 +23,9 @@ fn ns(seconds: i64) -> String {
 }
 
 /// (namespace, pod, container, stream, line i → body)
-fn containers() -> Vec<(&'static str, &'static str, &'static str, &'static str, fn(i64) -> String)> {
+type Container = (&'static str, &'static str, &'static str, &'static str, fn(i64) -> String);
+
+fn containers() -> Vec<Container> {
     vec![
         ("ns-a", "pod-1", "app", "stdout", |i| {
             let (level, status) = if i % 5 == 0 { ("error", 500) } else { ("info", 200) };
@@ -196,6 +198,12 @@ fn log_queries_filter_parse_limit_and_order() {
     assert_eq!(filtered.len(), 9, "{filtered:?}");
     let negated = lines(&range(&server, r#"{namespace="ns-b"} !~ "n=[0-9]$""#, &[("limit", "1000")]));
     assert_eq!(negated.len(), 50);
+    // Once flushed, `|=` is narrowed by the full-text index and decided on the text: same answer.
+    server.flush();
+    let flushed = lines(&range(&server, r#"{namespace="ns-b"} |= "n=1" != "n=10" |~ "n=1[0-9]$""#, &[]));
+    assert_eq!(flushed, filtered);
+    let words = lines(&range(&server, r#"{namespace="ns-a"} |= "slow query 4""#, &[("limit", "1000")]));
+    assert_eq!(words.len(), 11, "slow query 4 and 40 to 49: {words:?}");
 
     // `| json` with a numeric label filter: every fifth line has status 500.
     let data = range(&server, r#"{k8s_pod_name="pod-1"} | json | status >= 500"#, &[("limit", "1000")]);

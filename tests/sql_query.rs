@@ -115,6 +115,16 @@ fn check_matches_agree_with_regex(server: &WakeServer, moment: &str) {
         let by_regex = line_ids(server, scan_condition);
         assert_eq!(by_index, by_regex, "{moment}: matches(body, {query:?}) and the regex disagree");
     }
+    // Substrings, as LogQL's `|=`: the index narrows, the text decides, case-sensitively.
+    for needle in
+        ["Failed password", "blk_-", "PacketResponder 1 for", "10.", "java.io", "ERROR", "error", "=", "zzz-none"]
+    {
+        let literal = needle.replace('\'', "''");
+        let narrowed = line_ids(server, &format!("contains_text(body, '{literal}')"));
+        let scanned = line_ids(server, &format!("strpos(body, '{literal}') > 0"));
+        assert_eq!(narrowed, scanned, "{moment}: contains_text(body, {needle:?})");
+    }
+
     // The queries are not vacuous: the samples hold most of them many times.
     for word in ["failed", "PacketResponder", "exception", "error"] {
         let hits = line_ids(server, &format!("matches(body, '{word}')"));
@@ -148,6 +158,12 @@ fn matches_agrees_with_a_scan_and_uses_the_index_after_flush() {
     assert!(plan.contains("FullTextSearchExec"), "{plan}");
     assert!(plan.contains(&format!("rows_selected={failed} of {sent}")), "{plan}");
     assert!(plan.contains("files_searched=") && !plan.contains("files_searched=0"), "{plan}");
+
+    let needle_hits = line_ids(&server, "contains_text(body, 'Failed password')").len();
+    let plan = explain(&server, "SELECT count(*) FROM logs WHERE contains_text(body, 'Failed password')");
+    assert!(plan.contains("FullTextSearchExec"), "{plan}");
+    assert!(plan.contains("rows_selected="), "{plan}");
+    assert!(needle_hits > 0);
 
     // A query the index cannot answer (a function of the body) is still correct, by scanning.
     let upper = server.count("SELECT count(*) FROM logs WHERE matches(upper(body), 'FAILED')");

@@ -14,7 +14,7 @@ use tracing::{debug, warn};
 use wake_storage::{Signal, Store};
 
 use crate::error::{Error, Result};
-use crate::fulltext::MatchesFunction;
+use crate::fulltext::TextFunction;
 use crate::table::WakeTable;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -104,7 +104,8 @@ impl QueryEngine {
         options.execution.parquet.reorder_filters = true;
         let runtime_env = RuntimeEnvBuilder::new().with_memory_limit(config.memory_limit_bytes, 1.0).build_arc()?;
         let context = SessionContext::new_with_config_rt(session, runtime_env);
-        context.register_udf(MatchesFunction::udf());
+        context.register_udf(TextFunction::matches());
+        context.register_udf(TextFunction::contains_text());
         for signal in Signal::ALL {
             context.register_table(signal.table_name(), Arc::new(WakeTable::new(store.clone(), signal)))?;
         }

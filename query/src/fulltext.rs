@@ -1,4 +1,5 @@
-//! Full-text search in SQL: `matches(body, '<tantivy query>')`.
+//! Full-text search in SQL: `matches(body, '<tantivy query>')` (words, tantivy's query syntax)
+//! and `contains_text(body, '<substring>')` (case-sensitive substring, LogQL's `|=`).
 //!
 //! As a row-level function, `matches` runs the query over the bodies it is given with the same
 //! tokenizer and parser as the on-disk indexes ([`wake_storage::fulltext::matches_bodies`]), so
@@ -31,22 +32,51 @@ use wake_storage::fulltext::{FullTextIndex, matches_bodies};
 use wake_storage::schema::BODY;
 
 pub const MATCHES_FUNCTION: &str = "matches";
+pub const CONTAINS_FUNCTION: &str = "contains_text";
 
-/// The `matches(text, query)` scalar function.
-#[derive(Debug, PartialEq, Eq, Hash)]
-pub struct MatchesFunction {
-    signature: Signature,
+/// A full-text condition on `body` that the indexes can narrow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TextFilter {
+    /// `matches(body, query)`.
+    Matches(String),
+    /// `contains_text(body, substring)`.
+    Contains(String),
 }
 
-impl MatchesFunction {
-    pub fn udf() -> ScalarUDF {
-        ScalarUDF::new_from_impl(MatchesFunction { signature: Signature::string(2, Volatility::Immutable) })
+impl fmt::Display for TextFilter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TextFilter::Matches(query) => write!(f, "matches({query:?})"),
+            TextFilter::Contains(needle) => write!(f, "contains_text({needle:?})"),
+        }
     }
 }
 
-impl ScalarUDFImpl for MatchesFunction {
+/// `matches(text, query)` (tantivy query syntax, answered like the indexes answer it) and
+/// `contains_text(text, substring)` (`strpos(text, substring) > 0`), as scalar functions.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct TextFunction {
+    name: &'static str,
+    signature: Signature,
+}
+
+impl TextFunction {
+    fn udf(name: &'static str) -> ScalarUDF {
+        ScalarUDF::new_from_impl(TextFunction { name, signature: Signature::string(2, Volatility::Immutable) })
+    }
+
+    pub fn matches() -> ScalarUDF {
+        TextFunction::udf(MATCHES_FUNCTION)
+    }
+
+    pub fn contains_text() -> ScalarUDF {
+        TextFunction::udf(CONTAINS_FUNCTION)
+    }
+}
+
+impl ScalarUDFImpl for TextFunction {
     fn name(&self) -> &str {
-        MATCHES_FUNCTION
+        self.name
     }
 
     fn signature(&self) -> &Signature {
@@ -58,19 +88,23 @@ impl ScalarUDFImpl for MatchesFunction {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
-        let [text, query] = args.args.as_slice() else {
-            return exec_err!("matches() takes two arguments: a text column and a query string");
+        let name = self.name;
+        let [text, pattern] = args.args.as_slice() else {
+            return exec_err!("{name}() takes two arguments: a text column and a string");
         };
-        let Some(query) = scalar_string(query) else {
-            return exec_err!("matches(): the query must be a string literal, e.g. matches(body, 'error AND timeout')");
+        let Some(pattern) = scalar_string(pattern) else {
+            return exec_err!("{name}(): the second argument must be a string literal, e.g. {name}(body, 'timeout')");
         };
-        let text = text.to_array(args.number_rows)?;
-        let text = arrow::compute::cast(&text, &DataType::Utf8)?;
+        let text = arrow::compute::cast(&text.to_array(args.number_rows)?, &DataType::Utf8)?;
         let Some(bodies) = text.as_any().downcast_ref::<StringArray>() else {
-            return exec_err!("matches(): the first argument must be text");
+            return exec_err!("{name}(): the first argument must be text");
         };
-        let matched = matches_bodies(bodies, &query).map_err(|e| DataFusionError::External(Box::new(e)))?;
-        Ok(ColumnarValue::Array(Arc::new(matched) as ArrayRef))
+        let found = if name == MATCHES_FUNCTION {
+            matches_bodies(bodies, &pattern).map_err(|e| DataFusionError::External(Box::new(e)))?
+        } else {
+            (0..bodies.len()).map(|i| Some(bodies.is_valid(i) && bodies.value(i).contains(&pattern))).collect()
+        };
+        Ok(ColumnarValue::Array(Arc::new(found) as ArrayRef))
     }
 }
 
@@ -83,29 +117,33 @@ fn scalar_string(value: &ColumnarValue) -> Option<String> {
     }
 }
 
-/// The query of a `matches(body, '<literal>')` filter, which the index can answer exactly.
-pub fn indexable_query(filter: &Expr) -> Option<&str> {
+/// The full-text condition of a `matches(body, '…')` or `contains_text(body, '…')` filter.
+pub fn indexable_query(filter: &Expr) -> Option<TextFilter> {
     let Expr::ScalarFunction(call) = filter else {
         return None;
     };
-    if call.func.name() != MATCHES_FUNCTION {
-        return None;
-    }
-    match call.args.as_slice() {
-        [
-            Expr::Column(column),
-            Expr::Literal(ScalarValue::Utf8(Some(query)) | ScalarValue::Utf8View(Some(query)), _),
-        ] if column.name == BODY => Some(query),
+    let text = match call.args.as_slice() {
+        [Expr::Column(column), Expr::Literal(ScalarValue::Utf8(Some(text)) | ScalarValue::Utf8View(Some(text)), _)]
+            if column.name == BODY =>
+        {
+            text.clone()
+        }
+        _ => return None,
+    };
+    match call.func.name() {
+        MATCHES_FUNCTION => Some(TextFilter::Matches(text)),
+        CONTAINS_FUNCTION => Some(TextFilter::Contains(text)),
         _ => None,
     }
 }
 
-/// Whether an expression calls `matches` anywhere (such filters never go to the Parquet
-/// reader, where they would be evaluated on every row).
+/// Whether an expression calls a full-text function anywhere (such filters never go to the
+/// Parquet reader, where they would be evaluated on every row).
 pub fn calls_matches(expr: &Expr) -> bool {
     let mut found = false;
     let _ = expr.apply(|e| {
-        if matches!(e, Expr::ScalarFunction(call) if call.func.name() == MATCHES_FUNCTION) {
+        if matches!(e, Expr::ScalarFunction(call) if [MATCHES_FUNCTION, CONTAINS_FUNCTION].contains(&call.func.name()))
+        {
             found = true;
             return Ok(TreeNodeRecursion::Stop);
         }
@@ -154,7 +192,7 @@ pub struct FileHits {
 
 #[derive(Debug, Clone, Default)]
 pub struct SearchStats {
-    pub queries: Vec<String>,
+    pub queries: Vec<TextFilter>,
     pub files_searched: usize,
     pub files_skipped: usize,
     pub rows_selected: u64,
@@ -166,7 +204,7 @@ pub struct SearchStats {
 pub fn search_files(
     cache: &IndexCache,
     files: Vec<Arc<DataFile>>,
-    queries: &[String],
+    queries: &[TextFilter],
 ) -> wake_storage::Result<FileHits> {
     cache.retain_live(&files);
     let mut hits = FileHits {
@@ -182,7 +220,10 @@ pub fn search_files(
         let index = cache.get(dir)?;
         let mut rows: Option<Vec<u64>> = None;
         for query in queries {
-            let found = index.candidates(query)?;
+            let found = match query {
+                TextFilter::Matches(query) => index.candidates(query)?,
+                TextFilter::Contains(needle) => index.substring_candidates(needle)?,
+            };
             rows = Some(match rows {
                 None => found,
                 Some(previous) => intersect_sorted(&previous, &found),
@@ -265,8 +306,8 @@ impl DisplayAs for FullTextSearchExec {
     fn fmt_as(&self, _format: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
         write!(
             f,
-            "FullTextSearchExec: fulltext index queries={:?}, files_searched={}, files_skipped={}, rows_selected={} of {}",
-            self.stats.queries,
+            "FullTextSearchExec: fulltext index queries=[{}], files_searched={}, files_skipped={}, rows_selected={} of {}",
+            self.stats.queries.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
             self.stats.files_searched,
             self.stats.files_skipped,
             self.stats.rows_selected,
@@ -356,9 +397,9 @@ mod tests {
 
     #[test]
     fn only_matches_over_body_with_a_literal_is_indexable() {
-        let udf = Arc::new(MatchesFunction::udf());
+        let udf = Arc::new(TextFunction::matches());
         let on_body = udf.call(vec![col("body"), lit("timeout")]);
-        assert_eq!(indexable_query(&on_body), Some("timeout"));
+        assert_eq!(indexable_query(&on_body), Some(TextFilter::Matches("timeout".into())));
         let on_other = udf.call(vec![col("severity_text"), lit("timeout")]);
         assert_eq!(indexable_query(&on_other), None);
         assert!(calls_matches(&on_other.or(col("flags").eq(lit(1)))));

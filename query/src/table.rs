@@ -93,7 +93,7 @@ impl TableProvider for WakeTable {
         let mut other_filters = Vec::new();
         for filter in filters {
             match indexable_query(filter) {
-                Some(query) if self.signal == Signal::Logs => text_queries.push(query.to_string()),
+                Some(query) if self.signal == Signal::Logs => text_queries.push(query),
                 _ => other_filters.push(filter.clone()),
             }
         }
@@ -253,8 +253,10 @@ impl ScanBuilder<'_> {
         if files.is_empty() {
             return Ok(None);
         }
-        let mut options = TableParquetOptions::default();
-        options.global = self.state.config_options().execution.parquet.clone();
+        let mut options = TableParquetOptions {
+            global: self.state.config_options().execution.parquet.clone(),
+            ..TableParquetOptions::default()
+        };
         options.global.pushdown_filters = true;
         options.global.reorder_filters = true;
         let mut source = ParquetSource::new(self.schema.clone()).with_table_parquet_options(options);

@@ -345,7 +345,7 @@ mod tests {
         let old = Arc::new(DataFile::new(Signal::Spans, path.clone(), None, stats()));
         catalog.add_flushed(Signal::Spans, vec![old.clone()], 1).unwrap();
         let reader = old.clone();
-        catalog.replace(Signal::Spans, &[old.clone()], vec![]).unwrap();
+        catalog.replace(Signal::Spans, std::slice::from_ref(&old), vec![]).unwrap();
         drop(old);
         assert!(path.exists(), "a query still holds it");
         drop(reader);

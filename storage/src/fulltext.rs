@@ -202,6 +202,54 @@ impl FullTextIndex {
         Ok(self.reader.searcher().search(superset.as_ref(), &RowCollector)?)
     }
 
+    /// Row numbers, ascending, whose body may contain `needle` as a substring (case-sensitive
+    /// substring search, as LogQL's `|=`). Every alphanumeric run of the needle is part of a
+    /// token of any matching line: a run inside the needle is a whole token, the first run ends
+    /// a token, the last run starts one, a run spanning the needle lies within one. Runs of
+    /// digits only, and runs longer than the tokenizer keeps, are not in the index and narrow
+    /// nothing.
+    pub fn substring_candidates(&self, needle: &str) -> Result<Vec<u64>> {
+        let lower = needle.to_lowercase();
+        let mut runs: Vec<(usize, usize)> = Vec::new();
+        let mut start = None;
+        for (i, c) in lower.char_indices() {
+            match (c.is_alphanumeric(), start) {
+                (true, None) => start = Some(i),
+                (false, Some(s)) => {
+                    runs.push((s, i));
+                    start = None;
+                }
+                _ => {}
+            }
+        }
+        if let Some(s) = start {
+            runs.push((s, lower.len()));
+        }
+        let mut required: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+        for (from, to) in runs {
+            let run = &lower[from..to];
+            if run.len() > 40 || run.bytes().all(|b| b.is_ascii_digit()) {
+                continue;
+            }
+            // Alphanumeric runs hold no regex metacharacters.
+            let pattern = match (from == 0, to == lower.len()) {
+                (false, false) => {
+                    let term = Term::from_field_text(self.body, run);
+                    required.push((Occur::Must, Box::new(TermQuery::new(term, IndexRecordOption::Basic))));
+                    continue;
+                }
+                (true, false) => format!(".*{run}"),
+                (false, true) => format!("{run}.*"),
+                (true, true) => format!(".*{run}.*"),
+            };
+            let query = tantivy::query::RegexQuery::from_pattern(&pattern, self.body)?;
+            required.push((Occur::Must, Box::new(query)));
+        }
+        let query: Box<dyn Query> =
+            if required.is_empty() { Box::new(AllQuery) } else { Box::new(BooleanQuery::new(required)) };
+        Ok(self.reader.searcher().search(query.as_ref(), &RowCollector)?)
+    }
+
     /// A query over the filter index that matches at least every row `ast` matches.
     fn superset(&self, ast: &UserInputAst) -> Box<dyn Query> {
         match ast {
@@ -378,6 +426,26 @@ mod tests {
             assert_eq!(index.candidates(query).unwrap(), candidates, "on disk: {query}");
         }
         assert!(index.candidates("body:(unclosed").is_err());
+
+        // Substrings, as LogQL's `|=`: candidates cover every body containing the needle.
+        for (needle, candidates) in [
+            ("req-7f3a9c1e5b", vec![2]),
+            ("q-7f3a", vec![2]),
+            ("onnection re", vec![0, 5]),
+            ("disk full", vec![4]),
+            ("10.0.0.1", vec![0, 1, 2, 3, 4, 5]),
+            ("peer 10", vec![0]),
+            ("absent-word", vec![]),
+            ("", vec![0, 1, 2, 3, 4, 5]),
+        ] {
+            let found = index.substring_candidates(needle).unwrap();
+            assert_eq!(found, candidates, "substring {needle:?}");
+            for (row, body) in BODIES.iter().enumerate() {
+                if body.is_some_and(|b| b.contains(needle)) {
+                    assert!(found.contains(&(row as u64)), "{needle:?} misses row {row}");
+                }
+            }
+        }
     }
 
     #[test]

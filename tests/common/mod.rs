@@ -128,7 +128,7 @@ impl WakeServer {
         for arg in ["--otlp-grpc-addr", grpc_addr, "--otlp-http-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"] {
             args.push(arg.as_ref());
         }
-        args.extend(extra_args.iter().map(|a| std::ffi::OsStr::new(a)));
+        args.extend(extra_args.iter().map(std::ffi::OsStr::new));
         let process = spawn_wake(&args);
         let client = reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(60))

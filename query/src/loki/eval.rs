@@ -88,8 +88,13 @@ pub struct Steps {
 }
 
 impl Steps {
+    /// The number of steps: at least one (`start` itself).
     pub fn len(&self) -> usize {
         ((self.end_ns - self.start_ns) / self.step_ns.max(1)) as usize + 1
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
     }
 
     pub fn at(&self, k: usize) -> i64 {
@@ -122,7 +127,8 @@ fn line_filter_sql(filter: &LineFilter) -> Result<String, LokiError> {
         Ok(quote(re))
     };
     Ok(match filter.op {
-        LineFilterOp::Contains => format!("strpos({body}, {}) > 0", quote(&filter.value)),
+        // On `body` itself, so that the scan narrows it with the full-text indexes.
+        LineFilterOp::Contains => format!("contains_text(body, {})", quote(&filter.value)),
         LineFilterOp::NotContains => format!("strpos({body}, {}) = 0", quote(&filter.value)),
         LineFilterOp::Regex => format!("regexp_like({body}, {})", regex(&filter.value)?),
         LineFilterOp::NotRegex => format!("NOT regexp_like({body}, {})", regex(&filter.value)?),
@@ -706,7 +712,7 @@ fn binary_operation(binary: &logql::BinaryExpr, left: Value, right: Value) -> Re
                             .points
                             .iter()
                             .enumerate()
-                            .map(|(k, v)| v.filter(|_| !mine.is_some_and(|m| m.points[k].is_some())))
+                            .map(|(k, v)| v.filter(|_| mine.is_none_or(|m| m.points[k].is_none())))
                             .collect();
                         result.push(Series { labels: one.labels.clone(), points });
                     }

@@ -175,21 +175,21 @@ fn success(signal: Signal, encoding: Encoding, outcome: &IngestOutcome) -> Respo
             encoding,
             &ExportLogsServiceResponse {
                 partial_success: partial
-                    .then(|| ExportLogsPartialSuccess { rejected_log_records: rejected, error_message: message }),
+                    .then_some(ExportLogsPartialSuccess { rejected_log_records: rejected, error_message: message }),
             },
         ),
         Signal::Metrics => encoded(
             encoding,
             &ExportMetricsServiceResponse {
                 partial_success: partial
-                    .then(|| ExportMetricsPartialSuccess { rejected_data_points: rejected, error_message: message }),
+                    .then_some(ExportMetricsPartialSuccess { rejected_data_points: rejected, error_message: message }),
             },
         ),
         Signal::Spans => encoded(
             encoding,
             &ExportTraceServiceResponse {
                 partial_success: partial
-                    .then(|| ExportTracePartialSuccess { rejected_spans: rejected, error_message: message }),
+                    .then_some(ExportTracePartialSuccess { rejected_spans: rejected, error_message: message }),
             },
         ),
     };
