@@ -10,14 +10,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, mpsc};
+use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use prost::Message;
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -56,42 +52,6 @@ fn dir_bytes(dir: &Path, filter: &dyn Fn(&Path) -> bool) -> u64 {
     total
 }
 
-fn start_server(data_dir: &Path) -> (Child, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wake"))
-        .args([
-            "server",
-            "--otlp-grpc-addr",
-            "127.0.0.1:0",
-            "--otlp-http-addr",
-            "127.0.0.1:0",
-            "--http-addr",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(data_dir)
-        .env("RUST_LOG", "warn,wake=info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn wake server");
-    let stderr = child.stderr.take().expect("stderr");
-    let (sender, receiver) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("otlp_http_addr=") {
-                let field = |key: &str| {
-                    line.split_whitespace()
-                        .find_map(|token| token.strip_prefix(key))
-                        .map(str::to_string)
-                        .unwrap_or_default()
-                };
-                let _ = sender.send((field("otlp_http_addr="), field("http_addr=")));
-            }
-        }
-    });
-    let (otlp, http) = receiver.recv_timeout(Duration::from_secs(60)).expect("server did not start");
-    (child, otlp, http)
-}
-
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         println!("ingest: benchmark");
@@ -105,49 +65,12 @@ fn main() {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| temporary.path().join("data"));
     let corpus = Arc::new(common::Corpus::load());
-    let (mut server, otlp_addr, http_addr) = start_server(&data_dir);
+    let (mut server, otlp_addr, http_addr) = common::start_server(&data_dir);
     let pid = server.id();
     let cpu_before = cpu_seconds(pid);
 
-    let next_batch = Arc::new(AtomicU64::new(0));
-    let raw_bytes = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
-    let workers: Vec<_> = (0..clients)
-        .map(|_| {
-            let (corpus, next_batch, raw_bytes) = (corpus.clone(), next_batch.clone(), raw_bytes.clone());
-            let url = format!("http://{otlp_addr}/v1/logs");
-            std::thread::spawn(move || {
-                let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(120)).build().unwrap();
-                loop {
-                    let first = next_batch.fetch_add(1, Ordering::SeqCst) * batch_rows;
-                    if first >= rows {
-                        break;
-                    }
-                    let (request, raw) = corpus.request(first, batch_rows.min(rows - first));
-                    let body = request.encode_to_vec();
-                    loop {
-                        let response = client
-                            .post(&url)
-                            .header("content-type", "application/x-protobuf")
-                            .body(body.clone())
-                            .send()
-                            .expect("send batch");
-                        match response.status().as_u16() {
-                            200 => break,
-                            429 | 503 => std::thread::sleep(Duration::from_millis(200)),
-                            other => {
-                                panic!("batch at row {first}: HTTP {other}: {:?}", response.text())
-                            }
-                        }
-                    }
-                    raw_bytes.fetch_add(raw, Ordering::Relaxed);
-                }
-            })
-        })
-        .collect();
-    for worker in workers {
-        worker.join().expect("client thread");
-    }
+    let raw = common::send(&corpus, &otlp_addr, rows, clients, batch_rows);
     let acked = started.elapsed();
     let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(600)).build().unwrap();
     let flush = client.post(format!("http://{http_addr}/api/v1/admin/flush")).send().expect("flush");
@@ -166,7 +89,6 @@ fn main() {
 
     let parquet = dir_bytes(&data_dir, &|p| p.extension().is_some_and(|e| e == "parquet"));
     let index = dir_bytes(&data_dir, &|p| p.ancestors().any(|a| a.extension().is_some_and(|e| e == "index")));
-    let raw = raw_bytes.load(Ordering::Relaxed);
     let mb = raw as f64 / 1e6;
     println!("ingest benchmark: {rows} rows, {clients} clients, {batch_rows} rows per request");
     println!("raw log text:          {mb:.1} MB");
@@ -182,10 +104,5 @@ fn main() {
         100.0 * index as f64 / raw as f64,
         100.0 * (parquet + index) as f64 / raw as f64
     );
-    terminate(&mut server);
-}
-
-fn terminate(server: &mut Child) {
-    let _ = Command::new("kill").arg("-TERM").arg(server.id().to_string()).status();
-    let _ = server.wait();
+    common::terminate(&mut server);
 }

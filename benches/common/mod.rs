@@ -10,7 +10,14 @@
 
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::Duration;
+
+use prost::Message;
 
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
@@ -169,4 +176,91 @@ fn string_attribute(key: &str, value: &str) -> KeyValue {
         value: Some(AnyValue { value: Some(any_value::Value::StringValue(value.to_string())) }),
         ..Default::default()
     }
+}
+
+/// Starts the release `wake server` on port 0 over `data_dir`; returns it with its OTLP/HTTP
+/// and query addresses.
+pub fn start_server(data_dir: &Path) -> (Child, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wake"))
+        .args([
+            "server",
+            "--otlp-grpc-addr",
+            "127.0.0.1:0",
+            "--otlp-http-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("RUST_LOG", "warn,wake=info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn wake server");
+    let stderr = child.stderr.take().expect("stderr");
+    let (sender, receiver) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("otlp_http_addr=") {
+                let field = |key: &str| {
+                    line.split_whitespace()
+                        .find_map(|token| token.strip_prefix(key))
+                        .map(str::to_string)
+                        .unwrap_or_default()
+                };
+                let _ = sender.send((field("otlp_http_addr="), field("http_addr=")));
+            }
+        }
+    });
+    let (otlp, http) = receiver.recv_timeout(Duration::from_secs(60)).expect("server did not start");
+    (child, otlp, http)
+}
+
+/// Sends rows `0..rows` as OTLP/HTTP protobuf batches of `batch_rows` from `clients` threads,
+/// retrying "retry later" answers. Returns the raw text bytes sent.
+pub fn send(corpus: &Arc<Corpus>, otlp_addr: &str, rows: u64, clients: u64, batch_rows: u64) -> u64 {
+    let next_batch = Arc::new(AtomicU64::new(0));
+    let raw_bytes = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..clients)
+        .map(|_| {
+            let (corpus, next_batch, raw_bytes) = (corpus.clone(), next_batch.clone(), raw_bytes.clone());
+            let url = format!("http://{otlp_addr}/v1/logs");
+            std::thread::spawn(move || {
+                let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(120)).build().unwrap();
+                loop {
+                    let first = next_batch.fetch_add(1, Ordering::SeqCst) * batch_rows;
+                    if first >= rows {
+                        break;
+                    }
+                    let (request, raw) = corpus.request(first, batch_rows.min(rows - first));
+                    let body = request.encode_to_vec();
+                    loop {
+                        let response = client
+                            .post(&url)
+                            .header("content-type", "application/x-protobuf")
+                            .body(body.clone())
+                            .send()
+                            .expect("send batch");
+                        match response.status().as_u16() {
+                            200 => break,
+                            429 | 503 => std::thread::sleep(Duration::from_millis(200)),
+                            other => {
+                                panic!("batch at row {first}: HTTP {other}: {:?}", response.text())
+                            }
+                        }
+                    }
+                    raw_bytes.fetch_add(raw, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.join().expect("client thread");
+    }
+    raw_bytes.load(Ordering::Relaxed)
+}
+
+pub fn terminate(server: &mut Child) {
+    let _ = Command::new("kill").arg("-TERM").arg(server.id().to_string()).status();
+    let _ = server.wait();
 }
