@@ -74,6 +74,9 @@ fn matcher_condition(matcher: &LabelMatcher) -> Result<String, ParamError> {
     Ok(match matcher.op {
         MatchOp::Eq => format!("{value} = {}", quote(&matcher.value)),
         MatchOp::Neq => format!("{value} <> {}", quote(&matcher.value)),
+        // The commonest regexes, without a regex: Grafana's "any value" is `=~".+"`.
+        MatchOp::Re if matcher.value == ".+" => format!("{value} <> ''"),
+        MatchOp::Re if matcher.value == ".*" => "TRUE".into(),
         MatchOp::Re => format!("regexp_like({value}, {})", anchored(&matcher.value)?),
         MatchOp::Nre => format!("NOT regexp_like({value}, {})", anchored(&matcher.value)?),
         other => return Err(ParamError(format!("unsupported matcher operator {other}"))),
@@ -136,7 +139,10 @@ mod tests {
         for text in [r#"{namespace=~".*"}"#, r#"{namespace!="x"}"#, r#"{namespace=""}"#] {
             assert!(selector_condition(&selector(text)).is_err(), "{text}");
         }
-        assert!(selector_condition(&selector(r#"{namespace=~".+"}"#)).is_ok());
+        assert_eq!(
+            selector_condition(&selector(r#"{namespace=~".+"}"#)).unwrap(),
+            "coalesce(k8s_namespace_name, '') <> ''"
+        );
         assert!(selector_condition(&selector(r#"{namespace=~"(+"}"#)).is_err(), "invalid regex");
     }
 }
