@@ -258,25 +258,7 @@ impl Exporter {
         request: ExportLogsServiceRequest,
         cancel: &watch::Receiver<bool>,
     ) -> Result<Acknowledged, ExportError> {
-        let gzip = self.inner.config.gzip;
-        let timeout = self.inner.config.timeout;
-        match &self.inner.transport {
-            Transport::Grpc(grpc) => {
-                let request = &request;
-                self.send_until_acknowledged(Signal::Logs, cancel, move || {
-                    grpc_logs(grpc.channel(), request.clone(), gzip, timeout)
-                })
-                .await
-            }
-            Transport::Http(http) => {
-                let body = http_body(request.encode_to_vec(), gzip);
-                let (client, url) = (&http.client, &http.logs_url);
-                self.send_until_acknowledged(Signal::Logs, cancel, move || {
-                    http_attempt(client, url, body.clone(), gzip, decode_logs_response)
-                })
-                .await
-            }
-        }
+        self.export(request, cancel).await
     }
 
     /// Like [`Exporter::export_logs`], for metrics.
@@ -285,21 +267,29 @@ impl Exporter {
         request: ExportMetricsServiceRequest,
         cancel: &watch::Receiver<bool>,
     ) -> Result<Acknowledged, ExportError> {
+        self.export(request, cancel).await
+    }
+
+    async fn export<R: ExportRequest>(
+        &self,
+        request: R,
+        cancel: &watch::Receiver<bool>,
+    ) -> Result<Acknowledged, ExportError> {
         let gzip = self.inner.config.gzip;
         let timeout = self.inner.config.timeout;
         match &self.inner.transport {
             Transport::Grpc(grpc) => {
                 let request = &request;
-                self.send_until_acknowledged(Signal::Metrics, cancel, move || {
-                    grpc_metrics(grpc.channel(), request.clone(), gzip, timeout)
+                self.send_until_acknowledged(R::SIGNAL, cancel, move || {
+                    R::grpc(grpc.channel(), request.clone(), gzip, timeout)
                 })
                 .await
             }
             Transport::Http(http) => {
                 let body = http_body(request.encode_to_vec(), gzip);
-                let (client, url) = (&http.client, &http.metrics_url);
-                self.send_until_acknowledged(Signal::Metrics, cancel, move || {
-                    http_attempt(client, url, body.clone(), gzip, decode_metrics_response)
+                let (client, url) = (&http.client, R::url(http));
+                self.send_until_acknowledged(R::SIGNAL, cancel, move || {
+                    http_attempt(client, url, body.clone(), gzip, R::decode_response)
                 })
                 .await
             }
@@ -445,30 +435,57 @@ fn http_transport(config: &ExportConfig) -> Result<HttpTransport, ExportError> {
     Ok(HttpTransport { client, logs_url: signal_url("logs"), metrics_url: signal_url("metrics") })
 }
 
-async fn grpc_logs(channel: Channel, request: ExportLogsServiceRequest, gzip: bool, timeout: Duration) -> Attempt {
-    let mut client = LogsServiceClient::new(channel).accept_compressed(CompressionEncoding::Gzip);
-    if gzip {
-        client = client.send_compressed(CompressionEncoding::Gzip);
+/// What differs between exporting logs and metrics.
+trait ExportRequest: prost::Message + Clone + Send + Sync + 'static {
+    const SIGNAL: Signal;
+    fn url(http: &HttpTransport) -> &reqwest::Url;
+    fn decode_response(body: &[u8]) -> Result<Acknowledged, prost::DecodeError>;
+    fn grpc(channel: Channel, request: Self, gzip: bool, timeout: Duration) -> impl Future<Output = Attempt> + Send;
+}
+
+impl ExportRequest for ExportLogsServiceRequest {
+    const SIGNAL: Signal = Signal::Logs;
+
+    fn url(http: &HttpTransport) -> &reqwest::Url {
+        &http.logs_url
     }
-    match client.export(grpc_request(request, timeout)).await {
-        Ok(response) => Attempt::Acknowledged(logs_acknowledged(response.into_inner())),
-        Err(status) => classify_status(&status),
+
+    fn decode_response(body: &[u8]) -> Result<Acknowledged, prost::DecodeError> {
+        ExportLogsServiceResponse::decode(body).map(logs_acknowledged)
+    }
+
+    async fn grpc(channel: Channel, request: Self, gzip: bool, timeout: Duration) -> Attempt {
+        let mut client = LogsServiceClient::new(channel).accept_compressed(CompressionEncoding::Gzip);
+        if gzip {
+            client = client.send_compressed(CompressionEncoding::Gzip);
+        }
+        match client.export(grpc_request(request, timeout)).await {
+            Ok(response) => Attempt::Acknowledged(logs_acknowledged(response.into_inner())),
+            Err(status) => classify_status(&status),
+        }
     }
 }
 
-async fn grpc_metrics(
-    channel: Channel,
-    request: ExportMetricsServiceRequest,
-    gzip: bool,
-    timeout: Duration,
-) -> Attempt {
-    let mut client = MetricsServiceClient::new(channel).accept_compressed(CompressionEncoding::Gzip);
-    if gzip {
-        client = client.send_compressed(CompressionEncoding::Gzip);
+impl ExportRequest for ExportMetricsServiceRequest {
+    const SIGNAL: Signal = Signal::Metrics;
+
+    fn url(http: &HttpTransport) -> &reqwest::Url {
+        &http.metrics_url
     }
-    match client.export(grpc_request(request, timeout)).await {
-        Ok(response) => Attempt::Acknowledged(metrics_acknowledged(response.into_inner())),
-        Err(status) => classify_status(&status),
+
+    fn decode_response(body: &[u8]) -> Result<Acknowledged, prost::DecodeError> {
+        ExportMetricsServiceResponse::decode(body).map(metrics_acknowledged)
+    }
+
+    async fn grpc(channel: Channel, request: Self, gzip: bool, timeout: Duration) -> Attempt {
+        let mut client = MetricsServiceClient::new(channel).accept_compressed(CompressionEncoding::Gzip);
+        if gzip {
+            client = client.send_compressed(CompressionEncoding::Gzip);
+        }
+        match client.export(grpc_request(request, timeout)).await {
+            Ok(response) => Attempt::Acknowledged(metrics_acknowledged(response.into_inner())),
+            Err(status) => classify_status(&status),
+        }
     }
 }
 
@@ -530,14 +547,6 @@ fn metrics_acknowledged(response: ExportMetricsServiceResponse) -> Acknowledged 
             message: partial.error_message,
         })
         .unwrap_or_default()
-}
-
-fn decode_logs_response(body: &[u8]) -> Result<Acknowledged, prost::DecodeError> {
-    ExportLogsServiceResponse::decode(body).map(logs_acknowledged)
-}
-
-fn decode_metrics_response(body: &[u8]) -> Result<Acknowledged, prost::DecodeError> {
-    ExportMetricsServiceResponse::decode(body).map(metrics_acknowledged)
 }
 
 /// `google.rpc.Status`, the body of OTLP/HTTP error responses; `details` (3) is skipped.

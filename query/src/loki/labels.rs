@@ -51,6 +51,12 @@ pub fn quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
+/// Whether the anchored regular expression `re` matches the empty string (an invalid one does
+/// not; it is reported where the condition is built).
+fn regex_matches_empty(re: &str) -> bool {
+    regex::Regex::new(&format!("^(?:{re})$")).is_ok_and(|re| re.is_match(""))
+}
+
 /// The SQL condition of one matcher. A label the streams do not have is the empty string, so
 /// `{x=""}` matches every stream and `{x="a"}` none, as in Loki.
 fn matcher_condition(matcher: &LabelMatcher) -> Result<String, ParamError> {
@@ -64,8 +70,8 @@ fn matcher_condition(matcher: &LabelMatcher) -> Result<String, ParamError> {
         let matches_empty = match matcher.op {
             MatchOp::Eq => matcher.value.is_empty(),
             MatchOp::Neq => !matcher.value.is_empty(),
-            MatchOp::Re => regex::Regex::new(&format!("^(?:{})$", matcher.value)).is_ok_and(|re| re.is_match("")),
-            MatchOp::Nre => !regex::Regex::new(&format!("^(?:{})$", matcher.value)).is_ok_and(|re| re.is_match("")),
+            MatchOp::Re => regex_matches_empty(&matcher.value),
+            MatchOp::Nre => !regex_matches_empty(&matcher.value),
             _ => false,
         };
         return Ok(if matches_empty { "TRUE" } else { "FALSE" }.into());
@@ -88,7 +94,7 @@ fn matcher_condition(matcher: &LabelMatcher) -> Result<String, ParamError> {
 pub fn selector_condition(selector: &StreamSelector) -> Result<String, ParamError> {
     let selects_something = selector.matchers.iter().any(|m| match m.op {
         MatchOp::Eq => !m.value.is_empty(),
-        MatchOp::Re => !regex::Regex::new(&format!("^(?:{})$", m.value)).is_ok_and(|re| re.is_match("")),
+        MatchOp::Re => !regex_matches_empty(&m.value),
         _ => false,
     });
     if !selects_something {
