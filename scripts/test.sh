@@ -2,7 +2,8 @@
 # Runs Wake's full test suite: unit tests of every crate and the end-to-end tests in tests/,
 # which spawn the real `wake` binary and talk to it with real OpenTelemetry SDKs.
 # Installs what the end-to-end tests need first: podman, runc and busybox-static from Debian (real
-# containers for the agent's tests) and the Python OpenTelemetry SDK from PyPI.
+# containers for the agent's tests), prometheus from Debian (the reference the PromQL
+# compatibility tests compare against) and the Python OpenTelemetry SDK from PyPI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,10 +13,11 @@ cache_dir="${WAKE_CACHE_DIR:-/var/tmp/wake-cache}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/wake-target}"
 mkdir -p "$cache_dir"
 
-if ! command -v podman >/dev/null || ! command -v runc >/dev/null || ! [ -x /bin/busybox ]; then
+if ! command -v podman >/dev/null || ! command -v runc >/dev/null || ! [ -x /bin/busybox ] \
+    || ! command -v prometheus >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq podman runc busybox-static >/dev/null
+    apt-get install -y -qq podman runc busybox-static prometheus >/dev/null
 fi
 
 venv="$cache_dir/venv"

@@ -120,7 +120,9 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         );
     let otlp_http = axum::serve(http_listener, wake_storage::receiver::http_router(store.clone()))
         .with_graceful_shutdown(stopped(stop.clone()));
-    let query_app = wake_query::router(engine).merge(admin_router(AdminState { registry, store: store.clone() }));
+    let query_app = wake_query::router(engine)
+        .merge(admin_router(AdminState { registry, store: store.clone() }))
+        .merge(wake_storage::receiver::remote_write_router(store.clone()));
     let query_http = axum::serve(query_listener, query_app).with_graceful_shutdown(stopped(stop.clone()));
 
     let grpc = tokio::spawn(grpc);

@@ -24,12 +24,13 @@ struct SqlRequest {
     sql: String,
 }
 
-/// Routes `/api/v1/sql` and the Loki API.
+/// Routes `/api/v1/sql`, the Loki API and the Prometheus API.
 pub fn router(engine: Arc<QueryEngine>) -> Router {
     Router::new()
         .route("/api/v1/sql", get(sql_get).post(sql_post))
         .with_state(engine.clone())
-        .merge(crate::loki::router(engine))
+        .merge(crate::loki::router(engine.clone()))
+        .merge(crate::prom::router(engine))
 }
 
 async fn sql_get(

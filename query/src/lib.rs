@@ -20,6 +20,7 @@ pub mod fulltext;
 mod http;
 pub mod json;
 pub mod loki;
+pub mod prom;
 mod table;
 
 pub use engine::{QueryConfig, QueryEngine, QueryOutput};

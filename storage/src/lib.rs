@@ -26,6 +26,7 @@ mod convert;
 mod error;
 pub mod fulltext;
 mod metrics;
+pub mod prompb;
 pub mod receiver;
 pub mod schema;
 mod store;

@@ -156,6 +156,11 @@ pub const PROMOTED_RESOURCE_ATTRIBUTES: [(&str, &str); 7] = [
     ("k8s.node.name", K8S_NODE_NAME),
 ];
 
+/// The instrumentation scope of metrics that arrived by Prometheus remote write. Their
+/// `metric_name` is already a Prometheus name and their attributes are exactly the series'
+/// labels, so the Prometheus API shows them without OTLP's name translation.
+pub const REMOTE_WRITE_SCOPE: &str = "prometheus.remote_write";
+
 /// The log record attribute promoted to `log_iostream`.
 pub const LOG_IOSTREAM_ATTRIBUTE: &str = "log.iostream";
 

@@ -23,7 +23,7 @@ use crate::engine::QueryEngine;
 
 type Engine = Arc<QueryEngine>;
 
-/// Routes `/loki/api/v1/…` and `/ready`.
+/// Routes `/loki/api/v1/…` (the WebSocket tail in [`super::tail`]) and `/ready`.
 pub fn router(engine: Engine) -> Router {
     Router::new()
         .route("/loki/api/v1/query_range", get(query_range).post(query_range))
@@ -35,6 +35,7 @@ pub fn router(engine: Engine) -> Router {
         .route("/loki/api/v1/index/volume", get(volume).post(volume))
         .route("/loki/api/v1/index/volume_range", get(volume_range).post(volume_range))
         .route("/loki/api/v1/status/buildinfo", get(build_info))
+        .route("/loki/api/v1/tail", get(super::tail::handler))
         .route("/ready", get(|| async { "ready\n" }))
         .with_state(engine)
 }
@@ -50,7 +51,7 @@ fn all_params(query: Option<String>, body: &Bytes) -> Params {
     params
 }
 
-fn error_response(error: LokiError) -> Response {
+pub(super) fn error_response(error: LokiError) -> Response {
     let status = match &error {
         LokiError::BadQuery(_) => StatusCode::BAD_REQUEST,
         LokiError::Engine(error) => error.status(),

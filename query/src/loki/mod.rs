@@ -5,12 +5,14 @@
 //! - `pipeline`: the per-line LogQL stages (parsers, label filters, formatters);
 //! - `eval`: log and metric queries: selectors and line filters become SQL, the rest is
 //!   evaluated over its rows;
-//! - `api`: the routes and Loki's response shapes.
+//! - `api`: the routes and Loki's response shapes;
+//! - `tail`: the live tail over WebSocket, by polling the store.
 
 pub mod api;
 pub mod eval;
 pub mod labels;
 pub mod params;
 pub mod pipeline;
+pub mod tail;
 
 pub use api::router;
