@@ -4,6 +4,7 @@
 mod cli;
 mod config;
 mod server;
+mod standalone;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -29,6 +30,9 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the store and the node agent in one process with local storage (./wake-data),
+    /// collecting this machine's containers: the quickest start.
+    Standalone(Box<standalone::StandaloneArgs>),
     /// Run the store: OTLP receivers, durable Parquet + tantivy storage, SQL query API.
     Server(Box<config::ServerArgs>),
     /// Run the node agent: tail container logs, read cgroup metrics, forward them as OTLP.
@@ -79,6 +83,13 @@ fn main() -> ExitCode {
                 .thread_name("wake")
                 .build()?
                 .block_on(server::run(config))
+        }),
+        Command::Standalone(args) => standalone::load(&args).and_then(|(server, agent)| {
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("wake")
+                .build()?
+                .block_on(standalone::run(server, agent))
         }),
         Command::Agent(args) => config::load_agent_config(&args).and_then(|config| {
             tokio::runtime::Builder::new_multi_thread()

@@ -206,6 +206,26 @@ fn real_containers_logs_and_cgroup_metrics_arrive_once_with_identity_and_outlive
     ));
     assert!(cpu >= 1, "cpu time points: {cpu}");
 
+    // The same metrics through the Prometheus API under cAdvisor's names and labels, as the
+    // Kubernetes dashboards query them.
+    let cpu_by_pod = r#"sum by (pod) (rate(container_cpu_usage_seconds_total{namespace="shop"}[1m]))"#;
+    wait_until("a CPU rate by pod", || !server.promql(cpu_by_pod).is_empty());
+    let result = server.promql(cpu_by_pod);
+    assert_eq!(result.len(), 1, "{result:?}");
+    assert_eq!(result[0]["metric"], json!({ "pod": "web-1" }));
+    let rate: f64 = result[0]["value"][1].as_str().and_then(|v| v.parse().ok()).expect("a number");
+    assert!(rate.is_finite() && rate >= 0.0, "CPU seconds per second: {rate}");
+    let working_set = server.promql(r#"container_memory_working_set_bytes{namespace="shop", container="app"}"#);
+    assert!(!working_set.is_empty(), "working set of the container");
+    let labels = &working_set[0]["metric"];
+    assert_eq!(
+        (&labels["pod"], &labels["namespace"], &labels["node"]),
+        (&json!("web-1"), &json!("shop"), &json!("node-podman")),
+        "{labels}"
+    );
+    let bytes: f64 = working_set[0]["value"][1].as_str().and_then(|v| v.parse().ok()).expect("a number");
+    assert!(bytes > 0.0, "working set bytes: {bytes}");
+
     // The container restarts: kubelet's next log file is 1.log.
     podman.wait(&name);
     let restarted = format!("wake-e2e-{unique}-1");

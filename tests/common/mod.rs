@@ -121,15 +121,30 @@ impl WakeServer {
         WakeServer::start_on(data_dir, "127.0.0.1:0", extra_args)
     }
 
-    /// Like [`WakeServer::start`], with the OTLP/gRPC listener on `grpc_addr` (to restart a
-    /// server where its clients expect it).
-    pub fn start_on(data_dir: &Path, grpc_addr: &str, extra_args: &[&str]) -> WakeServer {
-        let mut args: Vec<&std::ffi::OsStr> = vec!["server".as_ref(), "--data-dir".as_ref(), data_dir.as_os_str()];
-        for arg in ["--otlp-grpc-addr", grpc_addr, "--otlp-http-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"] {
+    /// Starts `wake standalone` (server and agent in one process) over `data_dir` on free ports.
+    #[allow(dead_code)]
+    pub fn start_standalone(data_dir: &Path, extra_args: &[&str]) -> WakeServer {
+        let port = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+        let (grpc, http, query, agent) = (port(), port(), port(), port());
+        let mut args: Vec<&std::ffi::OsStr> =
+            vec!["standalone".as_ref(), "--data-dir".as_ref(), data_dir.as_os_str()];
+        for arg in [
+            "--otlp-grpc-addr",
+            grpc.as_str(),
+            "--otlp-http-addr",
+            http.as_str(),
+            "--http-addr",
+            query.as_str(),
+            "--agent-http-addr",
+            agent.as_str(),
+        ] {
             args.push(arg.as_ref());
         }
         args.extend(extra_args.iter().map(std::ffi::OsStr::new));
-        let process = spawn_wake(&args);
+        WakeServer::from_process(spawn_wake(&args))
+    }
+
+    fn from_process(process: WakeProcess) -> WakeServer {
         let client = reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(60))
             .build()
@@ -141,6 +156,17 @@ impl WakeServer {
             process,
             client,
         }
+    }
+
+    /// Like [`WakeServer::start`], with the OTLP/gRPC listener on `grpc_addr` (to restart a
+    /// server where its clients expect it).
+    pub fn start_on(data_dir: &Path, grpc_addr: &str, extra_args: &[&str]) -> WakeServer {
+        let mut args: Vec<&std::ffi::OsStr> = vec!["server".as_ref(), "--data-dir".as_ref(), data_dir.as_os_str()];
+        for arg in ["--otlp-grpc-addr", grpc_addr, "--otlp-http-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"] {
+            args.push(arg.as_ref());
+        }
+        args.extend(extra_args.iter().map(std::ffi::OsStr::new));
+        WakeServer::from_process(spawn_wake(&args))
     }
 
     pub fn log(&self) -> String {
@@ -201,6 +227,22 @@ impl WakeServer {
             .unwrap_or_else(|e| panic!("SQL {sql:?} failed: {e}\nserver log tail:\n{}", self.log_tail()));
         let status = response.status().as_u16();
         (status, response.text().unwrap_or_default())
+    }
+
+    /// The `data.result` of a Prometheus API instant query evaluated now; panics unless it
+    /// succeeded.
+    #[allow(dead_code)]
+    pub fn promql(&self, query: &str) -> Vec<Value> {
+        let response = self
+            .client
+            .get(self.api_url("/api/v1/query"))
+            .query(&[("query", query)])
+            .send()
+            .unwrap_or_else(|e| panic!("PromQL {query:?} failed: {e}"));
+        let status = response.status().as_u16();
+        let body: Value = response.json().unwrap_or_else(|e| panic!("PromQL {query:?} answered non-JSON: {e}"));
+        assert_eq!(status, 200, "PromQL {query:?} answered {body}");
+        body["data"]["result"].as_array().cloned().unwrap_or_else(|| panic!("PromQL {query:?} answered {body}"))
     }
 
     /// The rows of the answer to `sql`.

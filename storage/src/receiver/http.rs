@@ -13,14 +13,13 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use bytes::Bytes;
-use http_body_util::BodyExt;
 use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsPartialSuccess, ExportLogsServiceResponse};
 use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsPartialSuccess, ExportMetricsServiceResponse};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTracePartialSuccess, ExportTraceServiceResponse};
 use prost::Message;
 use tracing::warn;
 
-use super::transport_label;
+use super::{BodyError, read_limited, transport_label};
 use crate::error::{Error, ErrorClass};
 use crate::schema::Signal;
 use crate::store::{IngestOutcome, OtlpRequest, Store};
@@ -64,43 +63,17 @@ fn request_encoding(headers: &HeaderMap) -> Result<Encoding, Error> {
     }
 }
 
-/// How much of an oversized body is read and discarded before answering 413, and for how long:
-/// a server that answers and closes while the client is still sending makes most clients see a
-/// reset connection instead of the 413, and retry.
+/// The most of an oversized body read and discarded before answering 413 (see
+/// [`read_limited`]).
 const DRAIN_MAX_BYTES: usize = 64 * 1024 * 1024;
-const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-async fn read_body(headers: &HeaderMap, mut body: Body, limit: usize) -> Result<Bytes, Error> {
-    let too_large = |actual_bytes| Error::RequestTooLarge { limit_bytes: limit, actual_bytes };
-    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-    let mut raw = Vec::with_capacity(declared.unwrap_or(0).min(limit));
-    let mut seen = 0usize;
-    if declared.is_none_or(|length| length <= limit) {
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| Error::InvalidRequest(format!("could not read the request body: {e}")))?;
-            let Ok(data) = frame.into_data() else { continue };
-            seen += data.len();
-            if raw.len() + data.len() > limit {
-                break;
-            }
-            raw.extend_from_slice(&data);
-        }
-        if seen <= limit {
-            return decode_body(headers, Bytes::from(raw), limit);
-        }
-    }
-    // Too large: read the rest (within bounds) before answering, so that the client gets to read
-    // the 413 rather than a reset connection.
-    let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
-        while let Some(Ok(frame)) = body.frame().await {
-            seen = seen.saturating_add(frame.data_ref().map_or(0, |d| d.len()));
-            if seen > DRAIN_MAX_BYTES {
-                break;
-            }
-        }
-    })
-    .await;
-    Err(too_large(declared.unwrap_or(seen).max(limit + 1)))
+/// Reads the body within `limit` bytes, then undoes its `Content-Encoding` within `limit` too.
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, Error> {
+    let raw = read_limited(headers, body, limit, DRAIN_MAX_BYTES).await.map_err(|error| match error {
+        BodyError::Read(e) => Error::InvalidRequest(format!("could not read the request body: {e}")),
+        BodyError::TooLarge { limit_bytes, actual_bytes } => Error::RequestTooLarge { limit_bytes, actual_bytes },
+    })?;
+    decode_body(headers, raw, limit)
 }
 
 /// Undoes the `Content-Encoding` of a body, within the size limit.

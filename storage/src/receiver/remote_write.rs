@@ -42,7 +42,6 @@
 //! Error bodies are plain text, one line, as Prometheus's own receiver writes them.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -51,7 +50,6 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use bytes::Bytes;
-use http_body_util::BodyExt;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
 use opentelemetry_proto::tonic::metrics::v1::{
@@ -61,7 +59,7 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
 use tracing::{debug, warn};
 
-use super::transport_label;
+use super::{BodyError, read_limited, transport_label};
 use crate::error::{Error, ErrorClass};
 use crate::prompb::{Label, WriteRequest};
 use crate::schema::{REMOTE_WRITE_SCOPE, Signal};
@@ -83,11 +81,9 @@ const WRITE_REQUEST_V1: &str = "prometheus.WriteRequest";
 /// The `transport` label of the request self-metric.
 const TRANSPORT: &str = "prometheus_remote_write";
 
-/// How much of an oversized body is read and discarded before answering 413, and for how long:
-/// a client still sending when the connection closes sees a reset instead of the 413, and
-/// Prometheus retries network errors forever.
+/// The most of an oversized body read and discarded before answering 413 (see
+/// [`read_limited`]): Prometheus retries network errors forever, so it must see the 413.
 const DRAIN_MAX_BYTES: usize = 128 * 1024 * 1024;
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Series labels quoted in an error message are cut at this many bytes.
 const MAX_QUOTED_LABELS_BYTES: usize = 256;
@@ -286,36 +282,14 @@ fn check_headers(headers: &HeaderMap) -> Result<(), RemoteWriteError> {
     Ok(())
 }
 
-/// Reads the body within `limit` bytes. An oversized body is drained (within bounds) before
-/// the 413, so that the client reads the answer rather than a reset connection.
-async fn read_body(headers: &HeaderMap, mut body: Body, limit: usize) -> Result<Bytes, RemoteWriteError> {
-    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-    let mut seen = 0usize;
-    if declared.is_none_or(|length| length <= limit) {
-        let mut raw = Vec::with_capacity(declared.unwrap_or(0));
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| RemoteWriteError::Body(e.to_string()))?;
-            let Ok(data) = frame.into_data() else { continue };
-            seen = seen.saturating_add(data.len());
-            if seen > limit {
-                break;
-            }
-            raw.extend_from_slice(&data);
-        }
-        if seen <= limit {
-            return Ok(Bytes::from(raw));
-        }
-    }
-    let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
-        while let Some(Ok(frame)) = body.frame().await {
-            seen = seen.saturating_add(frame.data_ref().map_or(0, |d| d.len()));
-            if seen > DRAIN_MAX_BYTES {
-                break;
-            }
+/// Reads the body within `limit` bytes.
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, RemoteWriteError> {
+    read_limited(headers, body, limit, DRAIN_MAX_BYTES).await.map_err(|error| match error {
+        BodyError::Read(e) => RemoteWriteError::Body(e),
+        BodyError::TooLarge { limit_bytes, actual_bytes } => {
+            RemoteWriteError::BodyTooLarge { limit_bytes, actual_bytes }
         }
     })
-    .await;
-    Err(RemoteWriteError::BodyTooLarge { limit_bytes: limit, actual_bytes: declared.unwrap_or(seen).max(limit + 1) })
 }
 
 /// Snappy block format, then protobuf. The decompressed size comes from snappy's header and is
@@ -454,6 +428,7 @@ mod tests {
 
     use arrow::array::{Array, AsArray, MapArray};
     use arrow::datatypes::{Float64Type, TimestampNanosecondType};
+    use http_body_util::BodyExt;
     use opentelemetry_proto::tonic::metrics::v1::number_data_point::Value;
 
     use super::*;
