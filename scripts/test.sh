@@ -3,7 +3,8 @@
 # which spawn the real `wake` binary and talk to it with real OpenTelemetry SDKs.
 # Installs what the end-to-end tests need first: podman, runc and busybox-static from Debian (real
 # containers for the agent's tests), prometheus from Debian (the reference the PromQL
-# compatibility tests compare against) and the Python OpenTelemetry SDK from PyPI.
+# compatibility tests compare against) and, from PyPI, the Python OpenTelemetry SDK and the
+# validators of the deployment files (kubernetes-validate, dockerfile-parse).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +25,12 @@ venv="$cache_dir/venv"
 if ! "$venv/bin/python" -c 'import opentelemetry.sdk, opentelemetry.exporter.otlp.proto.grpc, opentelemetry.exporter.otlp.proto.http' 2>/dev/null; then
     python3 -m venv "$venv"
     "$venv/bin/pip" install --quiet --disable-pip-version-check opentelemetry-sdk opentelemetry-exporter-otlp
+fi
+# tests/deploy.rs validates deploy/kubernetes/ with kubernetes-validate (it bundles the
+# Kubernetes OpenAPI schemas, so it works offline) and parses the Containerfile with
+# dockerfile-parse.
+if ! "$venv/bin/python" -c 'import kubernetes_validate, dockerfile_parse' 2>/dev/null; then
+    "$venv/bin/pip" install --quiet --disable-pip-version-check kubernetes-validate==1.37.0 dockerfile-parse==2.0.1
 fi
 export WAKE_TEST_PYTHON="$venv/bin/python"
 

@@ -48,6 +48,10 @@ pub struct ServerArgs {
     /// Build the tantivy index over log bodies [default: true].
     #[arg(long, env = "WAKE_FULLTEXT_INDEX")]
     pub fulltext_index: Option<bool>,
+    /// How often the server stores its own /metrics in itself (job="wake-server"), e.g. 15s;
+    /// 0 disables [default: 15s].
+    #[arg(long, env = "WAKE_SELF_METRICS_INTERVAL", value_parser = wake_collector::config::parse_duration)]
+    pub self_metrics_interval: Option<std::time::Duration>,
 }
 
 /// The resolved configuration of `wake server`.
@@ -57,6 +61,9 @@ pub struct ServerConfig {
     pub otlp_grpc_addr: SocketAddr,
     pub otlp_http_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// How often the server's own metrics are ingested into the store; 0 disables.
+    #[serde(deserialize_with = "wake_collector::config::deserialize_duration")]
+    pub self_metrics_interval: std::time::Duration,
     pub store: StoreConfig,
 }
 
@@ -66,6 +73,7 @@ impl Default for ServerConfig {
             otlp_grpc_addr: SocketAddr::from(([0, 0, 0, 0], 4317)),
             otlp_http_addr: SocketAddr::from(([0, 0, 0, 0], 4318)),
             http_addr: SocketAddr::from(([0, 0, 0, 0], 4380)),
+            self_metrics_interval: std::time::Duration::from_secs(15),
             store: StoreConfig::default(),
         }
     }
@@ -92,6 +100,7 @@ impl ServerConfig {
         override_with!(config.otlp_grpc_addr, args.otlp_grpc_addr);
         override_with!(config.otlp_http_addr, args.otlp_http_addr);
         override_with!(config.http_addr, args.http_addr);
+        override_with!(config.self_metrics_interval, args.self_metrics_interval);
         override_with!(store.data_dir, args.data_dir);
         override_with!(store.max_request_bytes, args.max_request_bytes);
         override_with!(store.flush_interval_secs, args.flush_interval_secs);
@@ -159,6 +168,10 @@ pub struct AgentArgs {
     /// How often cgroup metrics are read, e.g. 10s [default: 10s].
     #[arg(long, env = "WAKE_METRICS_INTERVAL", value_parser = wake_collector::config::parse_duration)]
     pub metrics_interval: Option<std::time::Duration>,
+    /// How often the agent sends its own /metrics to the store (job="wake-agent"), e.g. 15s;
+    /// 0 disables [default: 15s].
+    #[arg(long, env = "WAKE_SELF_METRICS_INTERVAL", value_parser = wake_collector::config::parse_duration)]
+    pub self_metrics_interval: Option<std::time::Duration>,
     /// The agent's /metrics and /healthz [default: 0.0.0.0:4390].
     #[arg(long, env = "WAKE_HTTP_ADDR")]
     pub http_addr: Option<SocketAddr>,
@@ -215,6 +228,7 @@ pub fn load_agent_config(args: &AgentArgs) -> anyhow::Result<AgentConfig> {
         include_containers,
         exclude_containers,
         metrics_interval,
+        self_metrics_interval,
         http_addr,
         max_line_bytes,
         batch_max_bytes,
@@ -256,6 +270,29 @@ mod tests {
         assert_eq!(config.http_addr, "127.0.0.1:9000".parse().unwrap());
         assert_eq!(config.store.flush_interval_secs, 3);
         assert_eq!(config.otlp_grpc_addr.port(), 4317);
+        assert_eq!(config.self_metrics_interval, std::time::Duration::from_secs(15));
+    }
+
+    #[test]
+    fn self_metrics_interval_from_file_and_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wake.yaml");
+        std::fs::write(&path, "self_metrics_interval: 30s\n").unwrap();
+        let args = ServerArgs { config: Some(path.clone()), ..ServerArgs::default() };
+        assert_eq!(ServerConfig::load(&args).unwrap().self_metrics_interval, std::time::Duration::from_secs(30));
+        let args = ServerArgs {
+            config: Some(path),
+            self_metrics_interval: Some(std::time::Duration::ZERO),
+            ..ServerArgs::default()
+        };
+        assert_eq!(ServerConfig::load(&args).unwrap().self_metrics_interval, std::time::Duration::ZERO);
+
+        let agent = AgentArgs {
+            self_metrics_interval: Some(std::time::Duration::from_secs(1)),
+            node_name: Some("node-1".into()),
+            ..AgentArgs::default()
+        };
+        assert_eq!(load_agent_config(&agent).unwrap().self_metrics_interval, std::time::Duration::from_secs(1));
     }
 
     #[test]

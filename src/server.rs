@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
@@ -13,9 +14,9 @@ use axum::routing::get;
 use prometheus::{Encoder, Registry, TextEncoder};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tracing::{error, info};
+use tracing::{debug, error, info, warn};
 use wake_query::QueryEngine;
-use wake_storage::Store;
+use wake_storage::{OtlpRequest, Store};
 
 use crate::config::ServerConfig;
 
@@ -63,6 +64,51 @@ fn admin_router(state: AdminState) -> Router {
         .with_state(state)
 }
 
+fn unix_nanos() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Stores the server's own metrics (the registry behind `/metrics`) in the store every
+/// `interval`, under `service.name=wake-server` (`job="wake-server"` in PromQL), so that a
+/// dashboard of the pipeline needs no Prometheus. Ends when `stop` turns true.
+async fn store_self_metrics(
+    store: Arc<Store>,
+    registry: Registry,
+    interval: Duration,
+    start_ns: u64,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut resource = vec![wake_collector::identity::string_attribute("service.name", "wake-server")];
+    if let Some(host) = wake_collector::self_metrics::host_name() {
+        resource.push(wake_collector::identity::string_attribute("service.instance.id", &host));
+    }
+    // The first snapshot one interval after the start, not at once: a store that was only
+    // started (or a short-lived one) does not fill up with all-zero series.
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.wait_for(|stopped| *stopped) => return,
+        }
+        let request = wake_collector::registry_to_otlp(&registry, resource.clone(), unix_nanos(), start_ns);
+        if request.resource_metrics.is_empty() {
+            continue;
+        }
+        // Refused (back-pressure, a full disk, shutdown): this snapshot is dropped, the next
+        // one carries the same cumulative values anyway.
+        match store.ingest(OtlpRequest::Metrics(request), None).await {
+            Ok(_) => failing = false,
+            Err(error) if failing => debug!(%error, "storing the server's own metrics failed again"),
+            Err(error) => {
+                failing = true;
+                warn!(%error, "storing the server's own metrics failed; dropping them");
+            }
+        }
+    }
+}
+
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr).await.with_context(|| format!("binding the {what} listener to {addr}"))
 }
@@ -86,6 +132,7 @@ pub async fn shutdown_signal() {
 }
 
 pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
+    let start_ns = unix_nanos();
     let registry = Registry::new();
     let store_config = config.store.clone();
     let store_registry = registry.clone();
@@ -120,6 +167,15 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         );
     let otlp_http = axum::serve(http_listener, wake_storage::receiver::http_router(store.clone()))
         .with_graceful_shutdown(stopped(stop.clone()));
+    let self_metrics = (!config.self_metrics_interval.is_zero()).then(|| {
+        tokio::spawn(store_self_metrics(
+            store.clone(),
+            registry.clone(),
+            config.self_metrics_interval,
+            start_ns,
+            stop.clone(),
+        ))
+    });
     let query_app = wake_query::router(engine)
         .merge(admin_router(AdminState { registry, store: store.clone() }))
         .merge(wake_storage::receiver::remote_write_router(store.clone()));
@@ -135,6 +191,9 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     grpc.context("OTLP/gRPC server task")?.context("OTLP/gRPC server")?;
     otlp_http.context("OTLP/HTTP server task")?.context("OTLP/HTTP server")?;
     query_http.context("query server task")?.context("query server")?;
+    if let Some(self_metrics) = self_metrics {
+        self_metrics.await.context("self-metrics task")?;
+    }
 
     store.shutdown().await.context("flushing the store at shutdown")?;
     background.abort();

@@ -3,6 +3,7 @@
 //! ```text
 //! files ──reader thread──▶ batches (bounded channel) ──shipper──▶ store ──ack──▶ checkpoints
 //! cgroups ──metrics loop (every interval)──────────────────────▶ store
+//! /metrics registry ──self-metrics loop (every interval)───────▶ store (dropped if not taken)
 //! ```
 //!
 //! The reader owns every [`Tailer`]: it scans the log directories (on inotify events, and every
@@ -36,6 +37,7 @@ use crate::discovery::{Discovery, Source};
 use crate::error::{Error, Result};
 use crate::export::{ExportError, ExportMetrics, Exporter};
 use crate::identity::{ContainerIdentity, bool_attribute, string_attribute};
+use crate::self_metrics::{host_name, registry_to_otlp};
 use crate::tail::{FileState, TailedRecord, Tailer};
 
 const SCOPE_NAME: &str = "wake.agent";
@@ -538,6 +540,59 @@ fn data_points(metric: &opentelemetry_proto::tonic::metrics::v1::Metric) -> usiz
     }
 }
 
+/// The resource of the agent's own metrics: `job="wake-agent"`, `instance=<node>` in PromQL.
+fn self_resource(node_name: Option<&str>) -> Vec<opentelemetry_proto::tonic::common::v1::KeyValue> {
+    let mut attributes = vec![string_attribute("service.name", "wake-agent")];
+    if let Some(instance) = node_name.map(str::to_owned).or_else(host_name) {
+        attributes.push(string_attribute("service.instance.id", &instance));
+    }
+    if let Some(node) = node_name {
+        attributes.push(string_attribute("k8s.node.name", node));
+    }
+    attributes
+}
+
+/// Sends the agent's own metrics (its `/metrics` registry) to the store every
+/// `self_metrics_interval`, through the same exporter (connection, retries, back-off, server
+/// throttling) as logs and container metrics, but in a task of its own so that log shipping
+/// never waits for it. At most one snapshot is ever held: one the store has not acknowledged
+/// within an interval (or an export timeout, if longer) is dropped, since the next one, with
+/// cumulative values, supersedes it. Nothing is counted for self-metrics beyond the exporter's
+/// own request counters.
+async fn ship_self_metrics(
+    config: AgentConfig,
+    exporter: Arc<Exporter>,
+    registry: Registry,
+    mut shutdown: watch::Receiver<bool>,
+    start_time: u64,
+) {
+    let interval = config.self_metrics_interval;
+    if interval.is_zero() {
+        return;
+    }
+    let resource = self_resource(config.node_name.as_deref());
+    let give_up_after = interval.max(config.export_timeout);
+    // The first snapshot one interval after the start: there is nothing to tell before.
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        let request = registry_to_otlp(&registry, resource.clone(), now_unix_nanos(), start_time);
+        if request.resource_metrics.is_empty() {
+            continue;
+        }
+        match tokio::time::timeout(give_up_after, exporter.export_metrics(request, &shutdown)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(ExportError::Cancelled)) => return,
+            Ok(Err(error)) => warn!(%error, "the store refused the agent's self-metrics; dropping them"),
+            Err(_) => debug!(?give_up_after, "the store did not take the agent's self-metrics; dropping them"),
+        }
+    }
+}
+
 /// Wakes the reader on file-system events under the log directories. `true` means files may
 /// have appeared or moved (rescan); `false` only that some file grew.
 fn watch_directories(config: &AgentConfig, events: std_mpsc::Sender<bool>) -> Option<notify::RecommendedWatcher> {
@@ -597,6 +652,7 @@ async fn serve_http(listener: tokio::net::TcpListener, registry: Registry, mut s
 /// not checkpointed, so the next start reads it again.
 pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result<()> {
     config.validate()?;
+    let start_time = now_unix_nanos();
     let registry = Registry::new();
     let metrics = AgentMetrics::new(&registry)?;
     let exporter = Arc::new(Exporter::new(config.export(), ExportMetrics::new(&registry)?)?);
@@ -645,6 +701,13 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
 
     let shipper =
         tokio::spawn(ship_logs(batch_receiver, exporter.clone(), checkpoints, shutdown.clone(), metrics.clone()));
+    let self_metrics = tokio::spawn(ship_self_metrics(
+        config.clone(),
+        exporter.clone(),
+        registry.clone(),
+        shutdown.clone(),
+        start_time,
+    ));
     let metrics_loop = tokio::spawn(ship_metrics(config, exporter, identities, shutdown.clone(), metrics));
     let http = tokio::spawn(serve_http(listener, registry, shutdown.clone()));
 
@@ -653,8 +716,10 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
     info!("shutting down");
     drop(watcher);
     // The shipper ends when its export is cancelled or the reader (its only sender) ends.
-    let (shipped, measured, served) = tokio::join!(shipper, metrics_loop, http);
-    for (task, result) in [("log shipper", shipped), ("metrics loop", measured), ("HTTP server", served)] {
+    let (shipped, measured, reported, served) = tokio::join!(shipper, metrics_loop, self_metrics, http);
+    for (task, result) in
+        [("log shipper", shipped), ("metrics loop", measured), ("self-metrics loop", reported), ("HTTP server", served)]
+    {
         if let Err(error) = result {
             return Err(Error::Task(task, error.to_string()));
         }
@@ -665,4 +730,69 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
         .map_err(|_| Error::Task("reader", "panicked".into()))?;
     info!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With the store down, each snapshot is retried for at most an interval and then dropped
+    /// (never queued), and shutdown ends the loop at once.
+    #[tokio::test]
+    async fn self_metrics_to_a_dead_store_are_dropped_and_shutdown_is_prompt() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let config = AgentConfig {
+            endpoint: format!("http://{addr}"),
+            self_metrics_interval: Duration::from_millis(100),
+            export_timeout: Duration::from_millis(100),
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(20),
+            node_name: Some("node-1".into()),
+            ..AgentConfig::default()
+        };
+        let registry = Registry::new();
+        let metrics = AgentMetrics::new(&registry).unwrap();
+        metrics.lines_read.inc();
+        let exporter = Arc::new(Exporter::new(config.export(), ExportMetrics::new(&registry).unwrap()).unwrap());
+        let (stop, shutdown) = watch::channel(false);
+
+        let task = tokio::spawn(ship_self_metrics(config, exporter, registry.clone(), shutdown, now_unix_nanos()));
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(1), task).await.expect("prompt shutdown").unwrap();
+
+        let retries: f64 = registry
+            .gather()
+            .iter()
+            .filter(|family| family.name() == "wake_agent_export_retries_total")
+            .flat_map(|family| family.get_metric())
+            .map(|metric| metric.get_counter().get_value())
+            .sum();
+        assert!(retries >= 2.0, "{retries} retries");
+        // Nothing of it counts as records sent or dropped.
+        assert!(
+            registry
+                .gather()
+                .iter()
+                .all(|family| !family.name().contains("records_total") || family.get_metric().is_empty())
+        );
+    }
+
+    #[test]
+    fn self_metrics_resource_names_the_agent_and_its_node() {
+        let resource = self_resource(Some("node-1"));
+        let pairs: Vec<(String, String)> = resource
+            .iter()
+            .map(|kv| {
+                let Some(any_value::Value::StringValue(value)) = kv.value.as_ref().and_then(|v| v.value.clone()) else {
+                    panic!("not a string: {kv:?}")
+                };
+                (kv.key.clone(), value)
+            })
+            .collect();
+        let expected = [("service.name", "wake-agent"), ("service.instance.id", "node-1"), ("k8s.node.name", "node-1")];
+        assert_eq!(pairs, expected.map(|(k, v)| (k.to_string(), v.to_string())));
+    }
 }

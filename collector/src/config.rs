@@ -39,8 +39,11 @@ pub struct AgentConfig {
     pub exclude_pods: Vec<String>,
     pub include_containers: Vec<String>,
     pub exclude_containers: Vec<String>,
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "deserialize_duration")]
     pub metrics_interval: Duration,
+    /// How often the agent's own metrics (its `/metrics`) are sent to the store; 0 disables.
+    #[serde(deserialize_with = "deserialize_duration")]
+    pub self_metrics_interval: Duration,
     /// The agent's own `/metrics` and `/healthz`.
     pub http_addr: SocketAddr,
     /// A line longer than this is cut, and its record marked `log.truncated=true`.
@@ -48,26 +51,26 @@ pub struct AgentConfig {
     /// A batch is sent once it holds this many bytes of log text...
     pub batch_max_bytes: usize,
     /// ...or once its oldest record waited this long.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "deserialize_duration")]
     pub batch_timeout: Duration,
     /// A line whose last chunk is partial (no newline yet) is sent as it is after this long.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "deserialize_duration")]
     pub partial_line_timeout: Duration,
     /// A renamed or deleted file is released this long after it was read to its end.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "deserialize_duration")]
     pub release_after: Duration,
     /// Directory scans when no file-system event arrived (and when inotify is unavailable).
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "deserialize_duration")]
     pub scan_interval: Duration,
     /// Checkpoints of files that are gone expire after this long.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "deserialize_duration")]
     pub checkpoint_ttl: Duration,
     /// Per export attempt.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "deserialize_duration")]
     pub export_timeout: Duration,
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "deserialize_duration")]
     pub initial_backoff: Duration,
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "deserialize_duration")]
     pub max_backoff: Duration,
 }
 
@@ -91,6 +94,7 @@ impl Default for AgentConfig {
             include_containers: Vec::new(),
             exclude_containers: Vec::new(),
             metrics_interval: Duration::from_secs(10),
+            self_metrics_interval: Duration::from_secs(15),
             http_addr: SocketAddr::from(([0, 0, 0, 0], 4390)),
             max_line_bytes: 1024 * 1024,
             batch_max_bytes: 1024 * 1024,
@@ -106,8 +110,9 @@ impl Default for AgentConfig {
     }
 }
 
-/// `10s`, `500ms`, `1m` (humantime), or a bare number of seconds.
-fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+/// `10s`, `500ms`, `1m` (humantime), or a bare number of seconds: serde's
+/// `deserialize_with` for durations in configuration files.
+pub fn deserialize_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Raw {
@@ -219,6 +224,7 @@ mod tests {
         let config: AgentConfig =
             serde_yaml_ng_free_parse("{\"metrics_interval\": \"15s\", \"batch_timeout\": 2, \"protocol\": \"http\"}");
         assert_eq!(config.metrics_interval, Duration::from_secs(15));
+        assert_eq!(config.self_metrics_interval, Duration::from_secs(15));
         assert_eq!(config.batch_timeout, Duration::from_secs(2));
         assert_eq!(config.protocol, Protocol::Http);
         assert_eq!(config.log_root, PathBuf::from("/var/log/pods"));
@@ -239,5 +245,9 @@ mod tests {
         assert!(config.validate().unwrap_err().to_string().contains("endpoint"));
         assert!(parse_duration("ten").is_err());
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        // 0 turns self-metrics off rather than being refused.
+        let config: AgentConfig = serde_yaml_ng_free_parse("{\"self_metrics_interval\": 0}");
+        assert_eq!(config.self_metrics_interval, Duration::ZERO);
+        config.validate().unwrap();
     }
 }

@@ -6,16 +6,25 @@
 //!   `<containers-dir>/<pod>_<namespace>_<container>-<id>.log`, which point at those files.
 //! - Docker `json-file`: `<docker-root>/<id>/<id>-json.log`, with the container's name, image
 //!   and (under dockershim or cri-dockerd) Kubernetes labels in `<docker-root>/<id>/config.v2.json`.
+//! - podman's `k8s-file` driver without a `path=` option: CRI-format logs written by conmon to
+//!   `<containers-storage>/overlay-containers/<id>/userdata/ctr.log`, for the containers listed in
+//!   `<containers-storage>/overlay-containers/containers.json` (`id`, `names`, and `metadata`, a
+//!   JSON string holding `image-name`). The container's OCI spec beside the log
+//!   (`userdata/config.json`) may carry Kubernetes annotations (`io.kubernetes.pod.name`...), which
+//!   then give the identity. With `--log-opt max-size`, conmon rotates by writing `ctr.log.tmp`
+//!   and renaming it over `ctr.log`: no rotated file is kept, and the tailer still holds the old
+//!   one open to read its end.
 //!
 //! The image name is read from whatever runtime metadata the node has ([`RuntimeMetadata`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use serde_json::Value;
 use tracing::debug;
 
+use crate::checkpoint::FileId;
 use crate::identity::ContainerIdentity;
 use crate::parse::Format;
 
@@ -74,19 +83,51 @@ impl RuntimeMetadata {
                 return Some(image);
             }
         }
-        let containers = self.containers_storage_root.join("overlay-containers");
-        let spec = containers.join(container_id).join("userdata").join("config.json");
-        if let Some(image) = read_json(&spec).and_then(|s| annotation(&s, "io.kubernetes.cri-o.ImageName")) {
+        let containers = self.overlay_containers();
+        let spec = read_json(&containers.join(container_id).join("userdata").join("config.json"));
+        if let Some(image) = storage_image_name(spec.as_ref(), None) {
             return Some(image);
         }
-        // podman (and CRI-O) record the image name in containers/storage's own metadata.
-        let all: Vec<Value> = read_json(&containers.join("containers.json"))
-            .and_then(|v| serde_json::from_value(v).ok())
-            .unwrap_or_default();
-        let entry = all.iter().find(|c| c.get("id").and_then(Value::as_str) == Some(container_id))?;
-        let metadata: Value = serde_json::from_str(entry.get("metadata")?.as_str()?).ok()?;
-        metadata.get("image-name").and_then(Value::as_str).map(str::to_string)
+        let all = self.storage_containers();
+        storage_image_name(None, all.iter().find(|c| c.id == container_id))
     }
+
+    fn overlay_containers(&self) -> PathBuf {
+        self.containers_storage_root.join("overlay-containers")
+    }
+
+    /// containers/storage's list of containers (podman's and CRI-O's); empty if there is none.
+    fn storage_containers(&self) -> Vec<StorageContainer> {
+        read_json(&self.overlay_containers().join("containers.json"))
+            .and_then(|v| {
+                serde_json::from_value(v)
+                    .map_err(|error| debug!(%error, "unreadable containers/storage containers.json"))
+                    .ok()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// The image of a containers/storage container: CRI-O's annotation in its OCI spec, else the
+/// image name podman (and CRI-O) record in containers/storage's own metadata.
+fn storage_image_name(spec: Option<&Value>, entry: Option<&StorageContainer>) -> Option<String> {
+    if let Some(image) = spec.and_then(|s| annotation(s, "io.kubernetes.cri-o.ImageName")) {
+        return Some(image);
+    }
+    let metadata: Value = serde_json::from_str(entry?.metadata.as_deref()?).ok()?;
+    metadata.get("image-name").and_then(Value::as_str).map(str::to_string)
+}
+
+/// One entry of `overlay-containers/containers.json`.
+#[derive(Default, Deserialize)]
+struct StorageContainer {
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    names: Vec<String>,
+    /// A JSON document in a string: `{"image-name":…,"image-id":…,"name":…,"created-at":…}`.
+    #[serde(default)]
+    metadata: Option<String>,
 }
 
 fn annotation(spec: &Value, key: &str) -> Option<String> {
@@ -112,16 +153,22 @@ pub struct Discovery {
 }
 
 impl Discovery {
-    /// Every current log file (`<restart>.log`, `<id>-json.log`) that the filters admit.
+    /// Every current log file (`<restart>.log`, `<id>-json.log`, podman's `ctr.log`) that the
+    /// filters admit. A podman log that is also reached through the other layouts (a link, or
+    /// the same file) is left to them, so that no file is listed twice.
     pub fn scan(&self) -> Vec<Source> {
         let mut sources = self.scan_pods();
         sources.extend(self.scan_docker());
+        let known: HashSet<FileId> = sources.iter().filter_map(|s| file_id(&s.path)).collect();
+        let podman = self.scan_podman();
+        sources.extend(podman.into_iter().filter(|s| file_id(&s.path).is_none_or(|id| !known.contains(&id))));
         sources.retain(|source| self.filters.admits(&source.identity));
         sources
     }
 
     /// Rotated files beside `path` (`0.log.20261123-101500`, `<id>-json.log.1`), which are read
-    /// only to finish what a checkpoint says was not read yet.
+    /// only to finish what a checkpoint says was not read yet. Temporary files (`ctr.log.tmp`,
+    /// conmon's next `ctr.log` before its rename) and compressed ones are not.
     pub fn rotated_siblings(path: &Path) -> Vec<PathBuf> {
         let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
             return Vec::new();
@@ -207,6 +254,45 @@ impl Discovery {
         }
         sources
     }
+
+    /// podman containers logging to their own `userdata/ctr.log` (the `k8s-file` driver without
+    /// a `path=` option). Containers whose log is elsewhere, or that use another driver, have no
+    /// such file and are skipped; so is everything when containers/storage is absent.
+    fn scan_podman(&self) -> Vec<Source> {
+        let containers = self.runtime.overlay_containers();
+        let mut sources = Vec::new();
+        for container in self.runtime.storage_containers() {
+            // The id becomes a path component: only plain hex ids are taken.
+            if !is_container_id(&container.id) {
+                continue;
+            }
+            let userdata = containers.join(&container.id).join("userdata");
+            let path = userdata.join("ctr.log");
+            if !path.is_file() {
+                continue;
+            }
+            let spec = read_json(&userdata.join("config.json"));
+            let label = |key: &str| spec.as_ref().and_then(|s| annotation(s, key));
+            let identity = ContainerIdentity {
+                namespace: label("io.kubernetes.pod.namespace"),
+                pod_name: label("io.kubernetes.pod.name"),
+                pod_uid: label("io.kubernetes.pod.uid"),
+                container_name: label("io.kubernetes.container.name")
+                    .or_else(|| container.names.first().filter(|n| !n.is_empty()).cloned()),
+                restart_count: label("io.kubernetes.container.restartCount").and_then(|n| n.parse().ok()),
+                container_id: Some(container.id.clone()),
+                image_name: storage_image_name(spec.as_ref(), Some(&container)),
+                node_name: self.node_name.clone(),
+            };
+            sources.push(Source { path, format: Format::Cri, identity });
+        }
+        sources
+    }
+}
+
+/// Device and inode of the file `path` leads to.
+fn file_id(path: &Path) -> Option<FileId> {
+    std::fs::metadata(path).ok().map(|m| FileId::of(&m))
 }
 
 #[derive(Default, Deserialize)]
@@ -378,6 +464,164 @@ mod tests {
         .unwrap();
         assert_eq!(discovery(dir.path()).runtime.image_name(ID).as_deref(), Some("localhost/bb:latest"));
         assert_eq!(discovery(dir.path()).runtime.image_name("ffffffffffff"), None);
+    }
+
+    const ID2: &str = "f58830e4d05d97ae776c5ec9a0337a715eb9787957831dd041610abc9acfbbf7";
+    const ID3: &str = "2efca2a716e9084f8d3b304733b536160e76e5febd1ab1b4909f36c17db3751d";
+
+    /// containers/storage as podman 4 leaves it: the list, and per container `userdata/` with
+    /// the OCI spec and (k8s-file driver, default path) `ctr.log`.
+    fn podman_container(storage: &Path, id: &str, annotations: &str, log: bool) -> PathBuf {
+        let userdata = storage.join(id).join("userdata");
+        std::fs::create_dir_all(&userdata).unwrap();
+        std::fs::write(
+            userdata.join("config.json"),
+            format!(r#"{{"ociVersion":"1.0.2","annotations":{annotations}}}"#),
+        )
+        .unwrap();
+        if log {
+            std::fs::write(userdata.join("ctr.log"), "2026-11-23T12:44:28.455790729+00:00 stdout F hi\n").unwrap();
+        }
+        userdata.join("ctr.log")
+    }
+
+    fn containers_json(storage: &Path, entries: &[(&str, &str, &str)]) {
+        let entries: Vec<Value> = entries
+            .iter()
+            .map(|(id, name, image)| {
+                let metadata = serde_json::json!({ "image-name": image, "name": name, "created-at": 1795437868 });
+                serde_json::json!({
+                    "id": id, "names": [name], "image": "145b694460d2", "layer": "37de8ca5378c",
+                    "metadata": metadata.to_string(), "created": "2026-11-23T12:44:28.323648771Z",
+                    "flags": { "MountLabel": "", "ProcessLabel": "" },
+                })
+            })
+            .collect();
+        std::fs::write(storage.join("containers.json"), serde_json::to_vec(&entries).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn podman_k8s_file_logs_in_containers_storage() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = dir.path().join("var/lib/containers/storage/overlay-containers");
+        // A plain `podman run --log-driver k8s-file`: podman's own annotations only.
+        let plain = podman_container(
+            &storage,
+            ID,
+            r#"{"io.container.manager":"libpod","io.kubernetes.cri-o.TTY":"false"}"#,
+            true,
+        );
+        // Kubernetes annotations (`podman run --annotation`, or a runtime that sets them).
+        let annotated = podman_container(
+            &storage,
+            ID2,
+            r#"{"io.container.manager":"libpod","io.kubernetes.pod.namespace":"shop",
+                "io.kubernetes.pod.name":"web","io.kubernetes.pod.uid":"uid-7",
+                "io.kubernetes.container.name":"app","io.kubernetes.container.restartCount":"2"}"#,
+            true,
+        );
+        // `--log-opt path=…` elsewhere, or another log driver: no ctr.log.
+        podman_container(&storage, ID3, "{}", false);
+        containers_json(
+            &storage,
+            &[
+                (ID, "t1", "localhost/bb:latest"),
+                (ID2, "web-app", "localhost/app:2"),
+                (ID3, "elsewhere", "localhost/bb:latest"),
+                ("../../../../etc", "evil", "x"),
+            ],
+        );
+        std::fs::write(storage.join(ID).join("userdata/ctr.log.tmp"), "").unwrap();
+
+        let sources = discovery(dir.path()).scan();
+        assert_eq!(sources.len(), 2, "{sources:#?}");
+        assert_eq!(sources[0].path, plain);
+        assert_eq!(sources[0].format, Format::Cri);
+        assert_eq!(
+            sources[0].identity,
+            ContainerIdentity {
+                container_name: Some("t1".into()),
+                container_id: Some(ID.into()),
+                image_name: Some("localhost/bb:latest".into()),
+                node_name: Some("node-1".into()),
+                ..ContainerIdentity::default()
+            }
+        );
+        assert_eq!(sources[1].path, annotated);
+        assert_eq!(
+            sources[1].identity,
+            ContainerIdentity {
+                namespace: Some("shop".into()),
+                pod_name: Some("web".into()),
+                pod_uid: Some("uid-7".into()),
+                container_name: Some("app".into()),
+                restart_count: Some(2),
+                container_id: Some(ID2.into()),
+                image_name: Some("localhost/app:2".into()),
+                node_name: Some("node-1".into()),
+            }
+        );
+        // conmon's max-size rotation renames ctr.log.tmp over ctr.log and keeps nothing.
+        assert_eq!(Discovery::rotated_siblings(&plain), Vec::<PathBuf>::new());
+
+        let only_shop = Discovery {
+            filters: Filters { include_namespaces: vec![glob::Pattern::new("shop").unwrap()], ..Filters::default() },
+            ..discovery(dir.path())
+        };
+        assert_eq!(only_shop.scan().iter().map(|s| &s.path).collect::<Vec<_>>(), vec![&annotated]);
+    }
+
+    #[test]
+    fn a_podman_log_also_in_the_kubernetes_layout_is_listed_once_after_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let storage = root.join("var/lib/containers/storage/overlay-containers");
+        let ctr_log = podman_container(&storage, ID, "{}", true);
+        let other = podman_container(&storage, ID2, "{}", true);
+        containers_json(&storage, &[(ID, "t1", "localhost/bb:latest"), (ID2, "t2", "localhost/bb:latest")]);
+        let container_dir = root.join("var/log/pods/shop_web_uid-1/app");
+        std::fs::create_dir_all(&container_dir).unwrap();
+        std::fs::hard_link(&ctr_log, container_dir.join("0.log")).unwrap();
+        std::os::unix::fs::symlink(&ctr_log, container_dir.join("1.log")).unwrap();
+        let docker = root.join("var/lib/docker/containers").join(ID3);
+        std::fs::create_dir_all(&docker).unwrap();
+        std::fs::write(docker.join(format!("{ID3}-json.log")), "").unwrap();
+
+        let sources = discovery(root).scan();
+        let paths: Vec<&Path> = sources.iter().map(|s| s.path.as_path()).collect();
+        assert_eq!(
+            paths,
+            vec![
+                container_dir.join("0.log").as_path(),
+                container_dir.join("1.log").as_path(),
+                docker.join(format!("{ID3}-json.log")).as_path(),
+                other.as_path(),
+            ]
+        );
+        assert_eq!(sources[0].identity.pod_name.as_deref(), Some("web"), "the Kubernetes layout's identity wins");
+    }
+
+    #[test]
+    fn no_or_broken_containers_storage_is_skipped_silently() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(discovery(dir.path()).scan(), Vec::new());
+        let storage = dir.path().join("var/lib/containers/storage/overlay-containers");
+        podman_container(&storage, ID, "{}", true);
+        std::fs::write(storage.join("containers.json"), "[{\"id\":").unwrap();
+        assert_eq!(discovery(dir.path()).scan(), Vec::new());
+        // Unknown fields and missing optional ones are fine; the spec may be missing too.
+        std::fs::write(storage.join("containers.json"), format!(r#"[{{"id":"{ID}","future":1}}]"#)).unwrap();
+        std::fs::remove_file(storage.join(ID).join("userdata/config.json")).unwrap();
+        let sources = discovery(dir.path()).scan();
+        assert_eq!(sources.len(), 1);
+        assert_eq!(
+            sources[0].identity,
+            ContainerIdentity {
+                container_id: Some(ID.into()),
+                node_name: Some("node-1".into()),
+                ..ContainerIdentity::default()
+            }
+        );
     }
 
     #[test]

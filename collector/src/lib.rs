@@ -10,6 +10,7 @@
 //! - [`checkpoint`] keeps the acknowledged offset of every file;
 //! - [`cgroup`] reads container resource metrics from cgroup v1 and v2;
 //! - [`export`] sends OTLP to the store with retries and back-off;
+//! - [`self_metrics`] turns the agent's (and the server's) own Prometheus metrics into OTLP;
 //! - [`agent`] runs it all: a reader thread that batches records, a shipper that exports each
 //!   batch and only then checkpoints it, a metrics loop, and the agent's own HTTP endpoint.
 
@@ -22,8 +23,10 @@ pub mod error;
 pub mod export;
 pub mod identity;
 pub mod parse;
+pub mod self_metrics;
 pub mod tail;
 
 pub use agent::run;
 pub use config::AgentConfig;
 pub use error::{Error, Result};
+pub use self_metrics::registry_to_otlp;

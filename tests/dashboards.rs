@@ -1,0 +1,510 @@
+//! The Grafana provisioning in dashboards/ works against Wake: every panel query and every
+//! template variable query of every dashboard, with Grafana's variables substituted the way
+//! Grafana would, answers without error through Wake's Prometheus and Loki APIs; the
+//! Containers and Logs panels return data over a store filled the way the agent fills it
+//! (cgroup metrics under scope `wake.agent.cgroup`, container logs with k8s resource
+//! attributes); the pipeline panels return data whenever the self-metrics they read exist.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{WakeServer, attribute, now_ns, string_value};
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+use opentelemetry_proto::tonic::metrics::v1::{
+    AggregationTemporality, Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum, metric,
+    number_data_point,
+};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use prost::Message;
+use serde_json::Value;
+
+const SECOND: u64 = 1_000_000_000;
+/// The data covers the last `HISTORY_S` seconds, one sample every `EVERY_S`.
+const HISTORY_S: u64 = 300;
+const EVERY_S: u64 = 15;
+const TRACE_ID: &str = "5b8efff798038103d269b633813fc60c";
+
+/// (namespace, pod, container) of the simulated containers.
+const CONTAINERS: [(&str, &str, &str); 3] =
+    [("shop", "cart-0", "cart"), ("shop", "checkout-0", "checkout"), ("db", "postgres-0", "postgres")];
+
+fn dashboards_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("dashboards")
+}
+
+// ---------------------------------------------------------------------------------------------
+// The provisioning files
+
+/// uid → type of every provisioned data source.
+fn provisioned_datasources() -> (BTreeMap<String, String>, Vec<String>) {
+    let path = dashboards_dir().join("provisioning/datasources/wake.yaml");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let yaml: serde_yaml::Value = serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut sources = BTreeMap::new();
+    let mut trace_urls = Vec::new();
+    for source in yaml["datasources"].as_sequence().expect("a datasources list") {
+        let uid = source["uid"].as_str().expect("every data source has a uid");
+        let kind = source["type"].as_str().expect("every data source has a type");
+        assert_eq!(source["url"].as_str(), Some("http://wake:4380"), "{uid}");
+        if kind == "prometheus" {
+            assert_eq!(source["jsonData"]["httpMethod"].as_str(), Some("POST"));
+        }
+        for field in source["jsonData"]["derivedFields"].as_sequence().into_iter().flatten() {
+            assert!(field.get("datasourceUid").is_none(), "there is no trace data source to link to");
+            let regex = field["matcherRegex"].as_str().expect("matcherRegex");
+            assert!(regex.contains("trace_id"), "{regex}");
+            trace_urls.push(field["url"].as_str().expect("a derived field url").to_string());
+        }
+        sources.insert(uid.to_string(), kind.to_string());
+    }
+    let providers = dashboards_dir().join("provisioning/dashboards/wake.yaml");
+    let text = std::fs::read_to_string(&providers).expect("the dashboard provider file");
+    let yaml: serde_yaml::Value = serde_yaml::from_str(&text).expect("the dashboard provider file is YAML");
+    assert_eq!(yaml["providers"][0]["options"]["path"].as_str(), Some("/var/lib/grafana/dashboards/wake"));
+    (sources, trace_urls)
+}
+
+/// Every `dashboards/*.json`, parsed.
+fn dashboards() -> Vec<(String, Value)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dashboards_dir()).expect("dashboards/") {
+        let path = entry.expect("a directory entry").path();
+        if path.extension().is_some_and(|e| e == "json") {
+            let text = std::fs::read_to_string(&path).expect("reading a dashboard");
+            let json: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            found.push((path.file_name().unwrap().to_string_lossy().into_owned(), json));
+        }
+    }
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    found
+}
+
+/// The panels of a dashboard, those nested in collapsed rows included, rows themselves not.
+fn panels(dashboard: &Value) -> Vec<&Value> {
+    let mut out = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        if panel["type"] == "row" {
+            out.extend(panel["panels"].as_array().into_iter().flatten());
+        } else {
+            out.push(panel);
+        }
+    }
+    out
+}
+
+fn uid_of(datasource: &Value) -> Option<&str> {
+    datasource["uid"].as_str()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Grafana's variables
+
+/// One assignment of the dashboard variables (name → value as Grafana interpolates it).
+type Values = Vec<(&'static str, &'static str)>;
+
+/// Replaces `$name` and `${name}` of every variable, the longest names first so that
+/// `$__rate_interval` is not taken for `$__rate`.
+fn substitute(text: &str, values: &Values) -> String {
+    let mut sorted = values.clone();
+    sorted.sort_by_key(|(name, _)| std::cmp::Reverse(name.len()));
+    let mut out = text.to_string();
+    for (name, value) in sorted {
+        out = out.replace(&format!("${{{name}}}"), value).replace(&format!("${name}"), value);
+    }
+    assert!(!out.contains('$'), "a variable is left in {out:?} (from {text:?})");
+    out
+}
+
+/// The assignments each query is run under: the dashboards' defaults ("All" is the variable's
+/// allValue, the search box empty) and concrete selections.
+fn assignments() -> Vec<Values> {
+    let intervals: Values = vec![
+        ("__rate_interval", "1m"),
+        ("__interval", "1m"),
+        ("__auto", "1m"),
+        ("__range", "10m"),
+        ("__interval_ms", "60000"),
+        ("__range_s", "600"),
+    ];
+    let mut all = intervals.clone();
+    all.extend([("namespace", ".*"), ("pod", ".*"), ("container", ".*"), ("search", "")]);
+    let mut concrete = intervals.clone();
+    concrete.extend([("namespace", "shop"), ("pod", "cart-0"), ("container", "cart"), ("search", "error")]);
+    let mut multi = intervals;
+    multi.extend([("namespace", "(shop|db)"), ("pod", ".+"), ("container", ".+"), ("search", "GET")]);
+    vec![all, concrete, multi]
+}
+
+// ---------------------------------------------------------------------------------------------
+// Filling Wake
+
+fn post(server: &WakeServer, path: &str, body: Vec<u8>) {
+    let response = server
+        .client()
+        .post(server.otlp_url(path))
+        .header("content-type", "application/x-protobuf")
+        .body(body)
+        .send()
+        .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+    let status = response.status();
+    assert_eq!(status, 200, "POST {path}: {}", response.text().unwrap_or_default());
+}
+
+fn container_resource((namespace, pod, container): (&str, &str, &str)) -> Resource {
+    Resource {
+        attributes: vec![
+            attribute("k8s.namespace.name", namespace),
+            attribute("k8s.pod.name", pod),
+            attribute("k8s.container.name", container),
+            attribute("k8s.node.name", "node-1"),
+            attribute("container.id", &format!("{pod}{container}0123456789abcdef")),
+            attribute("container.image.name", &format!("registry.example/{container}:1.0")),
+            attribute("service.name", container),
+        ],
+        ..Default::default()
+    }
+}
+
+/// Container logs of the last `HISTORY_S` seconds: JSON access lines on stdout, every fourth
+/// an error, and an error on stderr now and then with a trace id.
+fn send_logs(server: &WakeServer, now: u64) -> u64 {
+    let mut resource_logs = Vec::new();
+    let mut count = 0;
+    for (c, container) in CONTAINERS.into_iter().enumerate() {
+        let mut records = Vec::new();
+        for i in 0..HISTORY_S / 5 {
+            let time = now - HISTORY_S * SECOND + i * 5 * SECOND + c as u64 * 1000;
+            let (stream, body) = if i % 4 == 0 {
+                ("stderr", format!("level=error msg=\"upstream failed\" trace_id={TRACE_ID} attempt={i}"))
+            } else {
+                ("stdout", format!(r#"{{"level":"info","msg":"GET /items/{i}","status":200,"trace_id":"{TRACE_ID}"}}"#))
+            };
+            records.push(LogRecord {
+                time_unix_nano: time,
+                observed_time_unix_nano: time,
+                body: Some(string_value(&body)),
+                attributes: vec![attribute("log.iostream", stream)],
+                ..Default::default()
+            });
+        }
+        count += records.len() as u64;
+        resource_logs.push(ResourceLogs {
+            resource: Some(container_resource(container)),
+            scope_logs: vec![ScopeLogs {
+                scope: Some(InstrumentationScope { name: "wake.agent.logs".into(), ..Default::default() }),
+                log_records: records,
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+    }
+    post(server, "/v1/logs", ExportLogsServiceRequest { resource_logs }.encode_to_vec());
+    count
+}
+
+fn point(value: number_data_point::Value, attributes: Vec<KeyValue>, start: u64, now: u64) -> NumberDataPoint {
+    NumberDataPoint {
+        attributes,
+        start_time_unix_nano: start,
+        time_unix_nano: now,
+        value: Some(value),
+        ..Default::default()
+    }
+}
+
+fn sum(name: &str, unit: &str, data_points: Vec<NumberDataPoint>) -> Metric {
+    Metric {
+        name: name.into(),
+        unit: unit.into(),
+        data: Some(metric::Data::Sum(Sum {
+            data_points,
+            aggregation_temporality: AggregationTemporality::Cumulative as i32,
+            is_monotonic: true,
+        })),
+        ..Default::default()
+    }
+}
+
+fn gauge(name: &str, unit: &str, data_points: Vec<NumberDataPoint>) -> Metric {
+    Metric {
+        name: name.into(),
+        unit: unit.into(),
+        data: Some(metric::Data::Gauge(Gauge { data_points })),
+        ..Default::default()
+    }
+}
+
+/// What collector/src/cgroup.rs sends for one container at one time: the same names, units,
+/// types, point attributes and scope.
+fn cgroup_metrics(c: u64, tick: u64, start: u64, now: u64) -> Vec<Metric> {
+    use number_data_point::Value::{AsDouble, AsInt};
+    let int = |v: u64| AsInt(v as i64);
+    let total = |v: u64| vec![point(int(v), Vec::new(), start, now)];
+    let current = |v: u64| vec![point(int(v), Vec::new(), 0, now)];
+    let seconds = |v: f64| vec![point(AsDouble(v), Vec::new(), start, now)];
+    let t = tick as f64;
+    vec![
+        sum(
+            "container.cpu.time",
+            "s",
+            vec![
+                point(AsDouble(t * 2.0 * (c + 1) as f64), vec![attribute("cpu.mode", "user")], start, now),
+                point(AsDouble(t * 0.5), vec![attribute("cpu.mode", "system")], start, now),
+            ],
+        ),
+        sum("container.cpu.throttling_data.throttled_periods", "{period}", total(tick * 3)),
+        sum("container.cpu.throttling_data.throttled_time", "s", seconds(t * 0.2)),
+        gauge("container.cpu.limit", "{cpu}", vec![point(AsDouble(2.0), Vec::new(), 0, now)]),
+        gauge("container.memory.usage", "By", current((300 + tick) << 20)),
+        gauge("container.memory.working_set", "By", current((200 + tick + 50 * c) << 20)),
+        gauge("container.memory.rss", "By", current((150 + tick) << 20)),
+        gauge("container.memory.limit", "By", current(512 << 20)),
+        sum("container.memory.page_faults", "{fault}", total(tick * 1000)),
+        sum("container.memory.major_page_faults", "{fault}", total(tick)),
+        sum("container.memory.oom_events", "{event}", total(tick / 10)),
+        sum(
+            "container.disk.io",
+            "By",
+            vec![
+                point(int(tick * 4096), vec![attribute("disk.io.direction", "read")], start, now),
+                point(int(tick * 8192), vec![attribute("disk.io.direction", "write")], start, now),
+            ],
+        ),
+        gauge("container.pids.count", "{pid}", current(10 + c)),
+        gauge("container.pids.limit", "{pid}", current(4096)),
+    ]
+}
+
+fn send_cgroup_metrics(server: &WakeServer, now: u64) {
+    let start = now - (HISTORY_S + 60) * SECOND;
+    for tick in 0..=HISTORY_S / EVERY_S {
+        let time = now - HISTORY_S * SECOND + tick * EVERY_S * SECOND;
+        let resource_metrics = CONTAINERS
+            .into_iter()
+            .enumerate()
+            .map(|(c, container)| ResourceMetrics {
+                resource: Some(container_resource(container)),
+                scope_metrics: vec![ScopeMetrics {
+                    scope: Some(InstrumentationScope { name: "wake.agent.cgroup".into(), ..Default::default() }),
+                    metrics: cgroup_metrics(c as u64, tick + 1, start, time),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .collect();
+        post(server, "/v1/metrics", ExportMetricsServiceRequest { resource_metrics }.encode_to_vec());
+    }
+}
+
+/// One span of the trace the log lines mention, for the derived-field links.
+fn send_span(server: &WakeServer, now: u64) {
+    let bytes =
+        |hex: &str| (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
+    let span = Span {
+        trace_id: bytes(TRACE_ID),
+        span_id: bytes("00f067aa0ba902b7"),
+        name: "GET /items".into(),
+        kind: 2,
+        start_time_unix_nano: now - 2 * SECOND,
+        end_time_unix_nano: now - SECOND,
+        ..Default::default()
+    };
+    let request = ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(container_resource(CONTAINERS[0])),
+            scope_spans: vec![ScopeSpans { spans: vec![span], ..Default::default() }],
+            ..Default::default()
+        }],
+    };
+    post(server, "/v1/traces", request.encode_to_vec());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Querying like Grafana
+
+fn get_json(server: &WakeServer, url: &str, params: &[(&str, &str)]) -> Value {
+    let url = reqwest::Url::parse_with_params(url, params).expect("a URL");
+    let response = server.client().get(url.clone()).send().unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let status = response.status().as_u16();
+    let body = response.text().unwrap_or_default();
+    assert_eq!(status, 200, "GET {url} answered {status}: {body}\nserver log tail:\n{}", server.log_tail());
+    let json: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {url}: not JSON ({e}): {body}"));
+    assert_eq!(json["status"], "success", "GET {url} answered {json}");
+    json
+}
+
+/// Runs a panel query over the last ten minutes; returns the series (or streams).
+fn run_panel_query(server: &WakeServer, kind: &str, panel_type: &str, expr: &str) -> Vec<Value> {
+    let end_s = now_ns() / SECOND + 1;
+    let start_s = end_s - 600;
+    let answer = match kind {
+        "prometheus" => {
+            let (start, end) = (start_s.to_string(), end_s.to_string());
+            let params = [("query", expr), ("start", start.as_str()), ("end", end.as_str()), ("step", "60")];
+            get_json(server, &server.api_url("/api/v1/query_range"), &params)
+        }
+        "loki" => {
+            let (start, end) = ((start_s * SECOND).to_string(), (end_s * SECOND).to_string());
+            let params = [
+                ("query", expr),
+                ("start", start.as_str()),
+                ("end", end.as_str()),
+                ("step", "60s"),
+                ("limit", "1000"),
+                ("direction", "backward"),
+            ];
+            let answer = get_json(server, &server.api_url("/loki/api/v1/query_range"), &params);
+            let expected = if panel_type == "logs" { "streams" } else { "matrix" };
+            assert_eq!(answer["data"]["resultType"], expected, "{expr}: {answer}");
+            answer
+        }
+        other => panic!("no data source type {other}"),
+    };
+    answer["data"]["result"].as_array().cloned().unwrap_or_else(|| panic!("{expr}: {answer}"))
+}
+
+/// Runs a variable query the way Grafana's data sources do; returns the values.
+fn run_variable_query(server: &WakeServer, kind: &str, definition: &str) -> Vec<Value> {
+    let inner = definition
+        .strip_prefix("label_values(")
+        .and_then(|rest| rest.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("unsupported variable query {definition:?}"));
+    let end_s = now_ns() / SECOND + 1;
+    let start_s = end_s - 600;
+    let answer = match kind {
+        "prometheus" => {
+            // label_values(selector, label): /api/v1/label/<label>/values?match[]=<selector>.
+            let (selector, label) = inner.rsplit_once(',').expect("label_values(metric, label)");
+            let (start, end) = (start_s.to_string(), end_s.to_string());
+            let params = [("match[]", selector.trim()), ("start", start.as_str()), ("end", end.as_str())];
+            get_json(server, &server.api_url(&format!("/api/v1/label/{}/values", label.trim())), &params)
+        }
+        "loki" => {
+            let (start, end) = ((start_s * SECOND).to_string(), (end_s * SECOND).to_string());
+            let params = [("start", start.as_str()), ("end", end.as_str())];
+            get_json(server, &server.api_url(&format!("/loki/api/v1/label/{}/values", inner.trim())), &params)
+        }
+        other => panic!("no data source type {other}"),
+    };
+    answer["data"].as_array().cloned().unwrap_or_else(|| panic!("{definition}: {answer}"))
+}
+
+/// The metric names of Wake's self-metrics that `expr` reads.
+fn self_metric_names(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = expr;
+    while let Some(at) = rest.find("wake_") {
+        let name: String =
+            rest[at..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect::<String>();
+        rest = &rest[at + name.len()..];
+        names.push(name);
+    }
+    names
+}
+
+fn metric_names(server: &WakeServer) -> BTreeSet<String> {
+    let answer = get_json(server, &server.api_url("/api/v1/label/__name__/values"), &[]);
+    answer["data"].as_array().expect("names").iter().filter_map(|n| n.as_str().map(str::to_string)).collect()
+}
+
+#[test]
+fn every_dashboard_query_runs_against_wake() {
+    let (datasources, trace_urls) = provisioned_datasources();
+    let dashboards = dashboards();
+    let uids: BTreeSet<&str> = dashboards.iter().filter_map(|(_, d)| d["uid"].as_str()).collect();
+    assert_eq!(uids, BTreeSet::from(["wake-containers", "wake-logs", "wake-pipeline"]));
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = WakeServer::start(dir.path(), &["--self-metrics-interval", "1s"]);
+    let now = now_ns();
+    let logs = send_logs(&server, now);
+    send_cgroup_metrics(&server, now);
+    send_span(&server, now);
+    server.wait_for_count("SELECT count(*) FROM logs", logs, Duration::from_secs(10));
+    server.wait_for_count("SELECT count(*) FROM spans", 1, Duration::from_secs(10));
+    server.flush();
+
+    // The server stores its registry every second; rate() wants two snapshots after the
+    // flush above, in the one-minute window.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !metric_names(&server).contains("wake_server_flush_duration_seconds_bucket") {
+        assert!(Instant::now() < deadline, "no self-metrics stored\n{}", server.log_tail());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    // A few queries, so that the query histograms have observations in the window.
+    server.sql("SELECT count(*) FROM metrics");
+    std::thread::sleep(Duration::from_millis(1500));
+    let names = metric_names(&server);
+
+    // The trace links of the Loki data source answer the trace's spans.
+    for url in &trace_urls {
+        let url = url.replace("http://localhost:4380", &server.api_url("")).replace("${__value.raw}", TRACE_ID);
+        let response = server.client().get(&url).send().expect("GET the trace link");
+        let status = response.status().as_u16();
+        let body: Value = response.json().expect("the trace link answers JSON");
+        assert_eq!(status, 200, "{url}: {body}");
+        assert_eq!(body["rows"].as_array().map(Vec::len), Some(1), "{url}: {body}");
+    }
+
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for (file, dashboard) in &dashboards {
+        assert_eq!(dashboard["schemaVersion"], 39, "{file}");
+        let needs_data = file != "pipeline.json";
+
+        for variable in dashboard["templating"]["list"].as_array().into_iter().flatten() {
+            if variable["type"] != "query" {
+                continue;
+            }
+            let name = variable["name"].as_str().unwrap_or("?");
+            let uid = uid_of(&variable["datasource"]).unwrap_or_else(|| panic!("{file}: variable {name} has no uid"));
+            let kind = datasources.get(uid).unwrap_or_else(|| panic!("{file}: variable {name}: no data source {uid}"));
+            let definition = variable["definition"].as_str().expect("a variable definition");
+            if let Some(query) = variable["query"]["query"].as_str() {
+                assert_eq!(query, definition, "{file}: variable {name}");
+            }
+            let definitions: BTreeSet<String> = assignments().iter().map(|v| substitute(definition, v)).collect();
+            for definition in definitions {
+                let result = run_variable_query(&server, kind, &definition);
+                checked += 1;
+                if needs_data && result.is_empty() {
+                    failures.push(format!("{file}: variable {name}: {definition} has no values"));
+                }
+            }
+        }
+
+        for panel in panels(dashboard) {
+            let title = panel["title"].as_str().unwrap_or("?");
+            let panel_type = panel["type"].as_str().unwrap_or("?");
+            let panel_uid =
+                uid_of(&panel["datasource"]).unwrap_or_else(|| panic!("{file}: {title}: no data source uid"));
+            assert!(datasources.contains_key(panel_uid), "{file}: {title}: no data source {panel_uid}");
+            let targets = panel["targets"].as_array().filter(|t| !t.is_empty());
+            for target in targets.unwrap_or_else(|| panic!("{file}: {title}: no targets")) {
+                let uid = uid_of(&target["datasource"]).unwrap_or(panel_uid);
+                let kind = datasources.get(uid).unwrap_or_else(|| panic!("{file}: {title}: no data source {uid}"));
+                let expr = target["expr"].as_str().unwrap_or_else(|| panic!("{file}: {title}: a target without expr"));
+                let wants_data = needs_data || self_metric_names(expr).iter().all(|name| names.contains(name));
+                let exprs: BTreeSet<String> = assignments().iter().map(|values| substitute(expr, values)).collect();
+                for expr in exprs {
+                    let result = run_panel_query(&server, kind, panel_type, &expr);
+                    checked += 1;
+                    if wants_data && result.is_empty() {
+                        failures.push(format!("{file}: {title}: {expr} returned no series"));
+                    }
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} of {checked} queries returned nothing:\n{}", failures.len(), failures.join("\n"));
+    assert!(checked > 60, "only {checked} queries");
+}
