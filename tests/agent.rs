@@ -6,64 +6,26 @@
 
 mod common;
 
-use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use common::{WakeAgent, WakeServer};
+use common::{Node, WakeAgent, WakeServer};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(20);
 const CONTAINER_ID: &str = "4f1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c";
 
-/// A node's directories under a temporary root.
-struct Node {
-    _dir: tempfile::TempDir,
-    root: PathBuf,
+/// An agent on `node` sending to `server` over gRPC.
+fn start_agent(node: &Node, server: &WakeServer, extra: &[&str]) -> WakeAgent {
+    start_agent_to(node, &server.grpc_endpoint(), extra)
 }
 
-impl Node {
-    fn new() -> Node {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let root = dir.path().to_path_buf();
-        for sub in ["var/log/pods", "var/log/containers", "docker", "cgroup", "state", "data"] {
-            std::fs::create_dir_all(root.join(sub)).expect("creating the node layout");
-        }
-        Node { _dir: dir, root }
-    }
-
-    fn path(&self, sub: &str) -> PathBuf {
-        self.root.join(sub)
-    }
-
-    /// An agent sending to `server` over gRPC.
-    fn agent(&self, server: &WakeServer, extra: &[&str]) -> WakeAgent {
-        self.agent_to(&server.grpc_endpoint(), extra)
-    }
-
-    fn agent_to(&self, endpoint: &str, extra: &[&str]) -> WakeAgent {
-        let mut args: Vec<&OsStr> = Vec::new();
-        let paths = [
-            ("--log-root", self.path("var/log/pods")),
-            ("--docker-root", self.path("docker")),
-            ("--cgroup-root", self.path("cgroup")),
-            ("--state-dir", self.path("state")),
-            ("--containers-storage-root", self.path("no-storage")),
-        ];
-        for (flag, path) in &paths {
-            args.push(flag.as_ref());
-            args.push(path.as_os_str());
-        }
-        for arg in
-            ["--endpoint", endpoint, "--node-name", "node-7", "--release-after", "1s", "--batch-timeout", "200ms"]
-        {
-            args.push(arg.as_ref());
-        }
-        args.extend(extra.iter().map(OsStr::new));
-        WakeAgent::start(&args)
-    }
+fn start_agent_to(node: &Node, endpoint: &str, extra: &[&str]) -> WakeAgent {
+    let mut args = vec!["--node-name", "node-7", "--release-after", "1s", "--batch-timeout", "200ms"];
+    args.extend_from_slice(extra);
+    node.agent(endpoint, &args)
 }
 
 fn cri(seq: u64, stream: &str, tag: &str, text: &str) -> String {
@@ -112,7 +74,7 @@ fn every_line_exactly_once_through_rotation_truncation_restarts_and_an_outage() 
 
     // Written before the agent starts: read from the beginning.
     append(&log, &lines(0, 50));
-    let mut agent = node.agent(&server, &["--max-line-bytes", "2048"]);
+    let mut agent = start_agent(&node, &server, &["--max-line-bytes", "2048"]);
     assert_exactly_once(&server, 0..50, "initial lines");
 
     // A line split into P chunks, stdout and stderr interleaved, a line over the cap, and
@@ -146,7 +108,7 @@ fn every_line_exactly_once_through_rotation_truncation_restarts_and_an_outage() 
     append(&log, &lines(80, 90));
     std::fs::rename(&log, container_dir.join("0.log.20261123-100100")).expect("rotating");
     append(&log, &lines(90, 100));
-    let agent = node.agent(&server, &["--max-line-bytes", "2048"]);
+    let agent = start_agent(&node, &server, &["--max-line-bytes", "2048"]);
     assert_exactly_once(&server, expected().chain(60..100), "after an agent restart");
 
     // The store goes away (SIGKILL) and comes back on the same port: the agent backs off,
@@ -263,7 +225,7 @@ fn docker_json_file_logs_keep_identity_and_join_their_cgroup_metrics() {
 
     // OTLP/HTTP this time (gzip-compressed protobuf), to the store's 4318 listener.
     let endpoint = format!("http://{}", server.otlp_http_addr);
-    let _agent = node.agent_to(&endpoint, &["--metrics-interval", "1s", "--protocol", "http"]);
+    let _agent = start_agent_to(&node, &endpoint, &["--metrics-interval", "1s", "--protocol", "http"]);
     server.wait_for_count("SELECT count(*) FROM logs", 3, WAIT);
     let rows = server.sql_rows(
         "SELECT body, log_iostream, k8s_namespace_name, k8s_pod_name, k8s_container_name, container_id, \

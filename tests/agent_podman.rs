@@ -9,106 +9,14 @@
 mod common;
 
 use std::ffi::OsStr;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{WakeAgent, WakeServer};
+use common::podman::{IMAGE, Podman};
+use common::{WakeAgent, WakeServer, wait_until};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(30);
-const IMAGE: &str = "localhost/wake-test-busybox:latest";
 const POD_UID: &str = "5d1e7a52-0000-4000-8000-00000000c0de";
-
-/// podman with a project-local containers.conf (this sandbox refuses podman's default ulimits).
-struct Podman {
-    conf: PathBuf,
-    names: Vec<String>,
-}
-
-impl Podman {
-    fn new(dir: &Path) -> Podman {
-        let found = Command::new("podman").arg("--version").output().is_ok_and(|o| o.status.success());
-        assert!(found, "podman is needed (apt-get install podman runc busybox-static; scripts/test.sh does it)");
-        let conf = dir.join("containers.conf");
-        std::fs::write(&conf, "[containers]\ndefault_ulimits = []\n").expect("containers.conf");
-        let podman = Podman { conf, names: Vec::new() };
-        podman.import_busybox(dir);
-        podman
-    }
-
-    fn run(&self, args: &[&OsStr]) -> String {
-        let output =
-            Command::new("podman").env("CONTAINERS_CONF", &self.conf).args(args).output().expect("running podman");
-        assert!(output.status.success(), "podman {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
-        String::from_utf8_lossy(&output.stdout).trim().to_string()
-    }
-
-    /// No registry is reachable here: the image is busybox-static imported from a tarball.
-    fn import_busybox(&self, dir: &Path) {
-        let root = dir.join("image-root");
-        std::fs::create_dir_all(root.join("bin")).expect("image root");
-        std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("/bin/busybox (busybox-static)");
-        std::os::unix::fs::symlink("busybox", root.join("bin/sh")).expect("sh link");
-        let tarball = dir.join("busybox.tar");
-        let tar = Command::new("tar").arg("-C").arg(&root).arg("-cf").arg(&tarball).arg(".").status();
-        assert!(tar.is_ok_and(|s| s.success()), "tar of the image root");
-        self.run(&["import".as_ref(), "-q".as_ref(), tarball.as_os_str(), IMAGE.as_ref()]);
-    }
-
-    /// Creates (not starts) a container logging in CRI format to `log_path`; returns its id.
-    fn create(&mut self, name: &str, log_path: &Path, script: &str) -> String {
-        let log_opt = format!("path={}", log_path.display());
-        let id = self.run(&[
-            "create".as_ref(),
-            "--name".as_ref(),
-            name.as_ref(),
-            "--runtime".as_ref(),
-            "runc".as_ref(),
-            "--cgroup-manager".as_ref(),
-            "cgroupfs".as_ref(),
-            "--log-driver".as_ref(),
-            "k8s-file".as_ref(),
-            "--log-opt".as_ref(),
-            log_opt.as_ref(),
-            IMAGE.as_ref(),
-            "/bin/sh".as_ref(),
-            "-c".as_ref(),
-            script.as_ref(),
-        ]);
-        self.names.push(name.to_string());
-        id
-    }
-
-    fn start(&self, name: &str) {
-        self.run(&["start".as_ref(), name.as_ref()]);
-    }
-
-    fn wait(&self, name: &str) {
-        self.run(&["wait".as_ref(), name.as_ref()]);
-    }
-
-    fn remove(&mut self, name: &str) {
-        self.run(&["rm".as_ref(), "-f".as_ref(), name.as_ref()]);
-        self.names.retain(|n| n != name);
-    }
-}
-
-impl Drop for Podman {
-    fn drop(&mut self) {
-        for name in &self.names {
-            let _ = Command::new("podman").env("CONTAINERS_CONF", &self.conf).args(["rm", "-f", name]).output();
-        }
-    }
-}
-
-fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
 
 #[test]
 fn real_containers_logs_and_cgroup_metrics_arrive_once_with_identity_and_outlive_them() {
@@ -152,7 +60,7 @@ fn real_containers_logs_and_cgroup_metrics_arrive_once_with_identity_and_outlive
     let script = "echo out-1; echo err-1 >&2; i=0; while [ $i -lt 5 ]; do echo loop-$i; i=$((i+1)); done; \
                   head -c 20000 /dev/zero | tr '\\0' y; echo; printf no-newline-end; sleep 4";
     let log0 = container_dir.join("0.log");
-    let id = podman.create(&name, &log0, script);
+    let id = podman.create(&name, Some(&log0), script);
     // kubelet makes the symlink when it creates the container, before starting it.
     std::os::unix::fs::symlink(&log0, links.join(format!("web-1_shop_app-{id}.log"))).expect("symlink");
     podman.start(&name);
@@ -199,7 +107,7 @@ fn real_containers_logs_and_cgroup_metrics_arrive_once_with_identity_and_outlive
              AND k8s_pod_uid = '{POD_UID}' AND value > 0"
         )
     };
-    wait_until("memory metrics of the container", || server.count(&metrics_of(&id)) >= 1);
+    wait_until(WAIT, "memory metrics of the container", || server.count(&metrics_of(&id)) >= 1);
     let cpu = server.count(&format!(
         "SELECT count(*) FROM metrics WHERE container_id = '{id}' AND metric_name = 'container.cpu.time' \
          AND k8s_pod_name = 'web-1'"
@@ -209,7 +117,7 @@ fn real_containers_logs_and_cgroup_metrics_arrive_once_with_identity_and_outlive
     // The same metrics through the Prometheus API under cAdvisor's names and labels, as the
     // Kubernetes dashboards query them.
     let cpu_by_pod = r#"sum by (pod) (rate(container_cpu_usage_seconds_total{namespace="shop"}[1m]))"#;
-    wait_until("a CPU rate by pod", || !server.promql(cpu_by_pod).is_empty());
+    wait_until(WAIT, "a CPU rate by pod", || !server.promql(cpu_by_pod).is_empty());
     let result = server.promql(cpu_by_pod);
     assert_eq!(result.len(), 1, "{result:?}");
     assert_eq!(result[0]["metric"], json!({ "pod": "web-1" }));
@@ -230,7 +138,7 @@ fn real_containers_logs_and_cgroup_metrics_arrive_once_with_identity_and_outlive
     podman.wait(&name);
     let restarted = format!("wake-e2e-{unique}-1");
     let log1 = container_dir.join("1.log");
-    let id1 = podman.create(&restarted, &log1, "echo restarted; echo restarted-err >&2");
+    let id1 = podman.create(&restarted, Some(&log1), "echo restarted; echo restarted-err >&2");
     std::os::unix::fs::symlink(&log1, links.join(format!("web-1_shop_app-{id1}.log"))).expect("symlink");
     podman.start(&restarted);
     server.wait_for_count(&lines_of(&id1), 2, WAIT);
@@ -248,7 +156,7 @@ fn real_containers_logs_and_cgroup_metrics_arrive_once_with_identity_and_outlive
     for entry in std::fs::read_dir(&links).expect("links") {
         std::fs::remove_file(entry.expect("link").path()).expect("deleting a symlink");
     }
-    wait_until("the agent to release the deleted files", || agent.metric("wake_agent_files_watched") == 0.0);
+    wait_until(WAIT, "the agent to release the deleted files", || agent.metric("wake_agent_files_watched") == 0.0);
     server.flush();
     assert_eq!(server.count(&lines_of(&id)), 9, "exactly once, after the container is gone");
     assert_eq!(server.count(&lines_of(&id1)), 2);

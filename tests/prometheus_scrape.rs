@@ -13,20 +13,17 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::ffi::OsStr;
 use std::fs::File;
-use std::io::{ErrorKind, Write};
-use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::io::Write;
+use std::net::SocketAddr;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{WakeAgent, WakeServer};
+use common::prometheus::Prometheus;
+use common::{Node, WakeServer};
 use reqwest::blocking::Client;
 use serde_json::Value;
 
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const WAIT: Duration = Duration::from_secs(30);
 const LINES: u64 = 40;
 const SERVER_JOB: &str = "wake-server";
@@ -40,98 +37,34 @@ const SYNTHETIC: &[&str] = &[
     "scrape_series_added",
 ];
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("binding a free port").port()
-}
-
-fn prometheus_binary() -> PathBuf {
-    std::env::var_os("WAKE_TEST_PROMETHEUS").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("prometheus"))
-}
-
-/// A running Prometheus scraping the given jobs every second. Dropping it kills the process.
-struct Prometheus {
-    child: Child,
-    addr: SocketAddr,
-    log_path: PathBuf,
+/// A running Prometheus scraping the given jobs every second, and a client of its API.
+struct ScrapingPrometheus {
+    prometheus: Prometheus,
     client: Client,
-    _dir: tempfile::TempDir,
 }
 
-impl Prometheus {
-    /// The way tests/promql_compat.rs starts it: a free port, a temporary config and data
-    /// dir, retried if the port was taken meanwhile.
-    fn start(jobs: &[(&str, SocketAddr)]) -> Prometheus {
-        let binary = prometheus_binary();
-        match Command::new(&binary).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status() {
-            Ok(status) if status.success() => {}
-            Ok(status) => panic!("`{} --version` failed: {status}", binary.display()),
-            Err(error) if error.kind() == ErrorKind::NotFound => panic!(
-                "the `{}` binary was not found: this test has the real Prometheus scrape Wake; run \
-                 scripts/test.sh (which installs Debian's `prometheus` package) or `apt-get install \
-                 prometheus`, or name a binary in WAKE_TEST_PROMETHEUS",
-                binary.display()
-            ),
-            Err(error) => panic!("running `{} --version`: {error}", binary.display()),
-        }
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let config = dir.path().join("prometheus.yml");
-        let mut text = String::from(
+impl ScrapingPrometheus {
+    fn start(jobs: &[(&str, SocketAddr)]) -> ScrapingPrometheus {
+        let mut config = String::from(
             "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\nscrape_configs:\n",
         );
         for (job, target) in jobs {
-            text.push_str(&format!(
+            config.push_str(&format!(
                 "  - job_name: {job}\n    metrics_path: /metrics\n    static_configs:\n      - targets: ['{target}']\n"
             ));
         }
-        std::fs::write(&config, text).expect("writing prometheus.yml");
+        let prometheus = Prometheus::start(&config, &[], "this test has the real Prometheus scrape Wake");
         let client = Client::builder().timeout(Duration::from_secs(10)).build().expect("HTTP client");
-        for attempt in 1..=5 {
-            let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-            let log_path = dir.path().join(format!("prometheus-{attempt}.log"));
-            let log = File::create(&log_path).expect("creating the Prometheus log");
-            let mut child = Command::new(&binary)
-                .arg(format!("--config.file={}", config.display()))
-                .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
-                .arg(format!("--web.listen-address={addr}"))
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("log file handle"))
-                .stderr(log)
-                .spawn()
-                .unwrap_or_else(|e| panic!("spawning {}: {e}", binary.display()));
-            let deadline = Instant::now() + READY_TIMEOUT;
-            loop {
-                if let Some(status) = child.try_wait().expect("polling Prometheus") {
-                    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                    if log.contains("address already in use") && attempt < 5 {
-                        break;
-                    }
-                    panic!("Prometheus exited ({status}) before it was ready; its log:\n{log}");
-                }
-                let ready = client.get(format!("http://{addr}/-/ready")).send().is_ok_and(|r| r.status().is_success());
-                if ready {
-                    return Prometheus { child, addr, log_path, client, _dir: dir };
-                }
-                if Instant::now() >= deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                    panic!("Prometheus was not ready within {READY_TIMEOUT:?}; its log:\n{log}");
-                }
-                thread::sleep(Duration::from_millis(100));
-            }
-        }
-        unreachable!("every attempt either returns, retries or panics")
+        ScrapingPrometheus { prometheus, client }
     }
 
     fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(&self.log_path).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
+        self.prometheus.log_tail()
     }
 
     /// The `data` of a successful API answer.
     fn api(&self, path: &str, query: &[(&str, &str)]) -> Value {
-        let url = format!("http://{}{path}", self.addr);
+        let url = self.prometheus.url(path);
         let response = self.client.get(&url).query(query).send().unwrap_or_else(|e| panic!("GET {path}: {e}"));
         let body: Value = response.json().unwrap_or_else(|e| panic!("GET {path} answered non-JSON: {e}"));
         assert_eq!(body["status"], "success", "GET {path} {query:?} answered {body}");
@@ -180,13 +113,6 @@ impl Prometheus {
     /// Waits until `query` has a series whose value satisfies `accept`.
     fn wait_for_value(&self, query: &str, what: &str, accept: impl Fn(f64) -> bool) {
         self.wait_for(query, what, |answer| answer.iter().any(|(_, value)| accept(*value)));
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -365,42 +291,24 @@ fn get_text(client: &Client, url: &str) -> String {
 #[test]
 fn prometheus_scrapes_the_server_and_the_agent() {
     // A node with one pod's log file, and an agent shipping it to the server.
-    let dir = tempfile::tempdir().expect("temp dir");
-    let root = dir.path();
-    for sub in ["var/log/pods", "var/log/containers", "docker", "cgroup", "state", "data"] {
-        std::fs::create_dir_all(root.join(sub)).expect("creating the node layout");
-    }
-    let server = WakeServer::start(&root.join("data"), &[]);
-    let container_dir = root.join("var/log/pods/shop_web-1_0a1b2c3d-0000-4000-8000-000000000001/app");
+    let node = Node::new();
+    let server = WakeServer::start(&node.path("data"), &[]);
+    let container_dir = node.path("var/log/pods/shop_web-1_0a1b2c3d-0000-4000-8000-000000000001/app");
     std::fs::create_dir_all(&container_dir).expect("container dir");
     let mut log = File::create(container_dir.join("0.log")).expect("a log file");
     for n in 0..LINES {
         writeln!(log, "2026-11-23T10:00:00.{n:09}Z stdout F scrape-line-{n}").expect("writing a log line");
     }
     drop(log);
-    let endpoint = server.grpc_endpoint();
-    let paths = [
-        ("--log-root", root.join("var/log/pods")),
-        ("--docker-root", root.join("docker")),
-        ("--cgroup-root", root.join("cgroup")),
-        ("--state-dir", root.join("state")),
-        ("--containers-storage-root", root.join("no-storage")),
-    ];
-    let mut args: Vec<&OsStr> = Vec::new();
-    for (flag, path) in &paths {
-        args.extend([OsStr::new(flag), path.as_os_str()]);
-    }
-    for arg in
-        ["--endpoint", &endpoint, "--node-name", "node-1", "--batch-timeout", "200ms", "--metrics-interval", "1s"]
-    {
-        args.push(OsStr::new(arg));
-    }
-    let agent = WakeAgent::start(&args);
+    let agent = node.agent(
+        &server.grpc_endpoint(),
+        &["--node-name", "node-1", "--batch-timeout", "200ms", "--metrics-interval", "1s"],
+    );
     server.wait_for_count("SELECT count(*) FROM logs WHERE body LIKE 'scrape-line-%'", LINES, WAIT);
     // A SQL query (above) and a flush, so that the query and flush families have series.
     server.flush();
 
-    let prometheus = Prometheus::start(&[(SERVER_JOB, server.http_addr), (AGENT_JOB, agent.http_addr)]);
+    let prometheus = ScrapingPrometheus::start(&[(SERVER_JOB, server.http_addr), (AGENT_JOB, agent.http_addr)]);
 
     // Both targets up, as the targets page and the `up` series say.
     let deadline = Instant::now() + WAIT;

@@ -15,17 +15,13 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
-use std::io::ErrorKind;
-use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::WakeServer;
+use common::prometheus::Prometheus;
 use prost::Message;
 use reqwest::blocking::{Client, RequestBuilder};
 use serde_json::Value;
@@ -52,7 +48,6 @@ const NORMAL_NAN: u64 = 0x7ff8_0000_0000_0001;
 
 const WORKERS: usize = 8;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-const PROMETHEUS_READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------------------------------------
 // The data set
@@ -494,96 +489,13 @@ fn secs(ms: i64) -> String {
     text.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("binding a free port").port()
-}
-
-fn prometheus_binary() -> PathBuf {
-    std::env::var_os("WAKE_TEST_PROMETHEUS").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("prometheus"))
-}
-
-/// A running Prometheus with remote write receiving enabled and nothing to scrape. Dropping it
-/// kills the process.
-struct Prometheus {
-    child: Child,
-    addr: SocketAddr,
-    log_path: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Prometheus {
-    fn start() -> Prometheus {
-        let binary = prometheus_binary();
-        match Command::new(&binary).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status() {
-            Ok(status) if status.success() => {}
-            Ok(status) => panic!("`{} --version` failed: {status}", binary.display()),
-            Err(error) if error.kind() == ErrorKind::NotFound => panic!(
-                "the `{}` binary was not found: the PromQL compatibility tests compare Wake with the real \
-                 Prometheus; run scripts/test.sh (which installs Debian's `prometheus` package) or \
-                 `apt-get install prometheus`, or name a binary in WAKE_TEST_PROMETHEUS",
-                binary.display()
-            ),
-            Err(error) => panic!("running `{} --version`: {error}", binary.display()),
-        }
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let config = dir.path().join("prometheus.yml");
-        std::fs::write(&config, "global: {}\nscrape_configs: []\n").expect("writing prometheus.yml");
-        let probe = Client::builder().timeout(Duration::from_secs(2)).build().expect("HTTP client");
-        for attempt in 1..=5 {
-            let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-            let log_path = dir.path().join(format!("prometheus-{attempt}.log"));
-            let log = File::create(&log_path).expect("creating the Prometheus log");
-            let mut child = Command::new(&binary)
-                .arg(format!("--config.file={}", config.display()))
-                .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
-                .arg(format!("--web.listen-address={addr}"))
-                .arg("--web.enable-remote-write-receiver")
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("log file handle"))
-                .stderr(log)
-                .spawn()
-                .unwrap_or_else(|e| panic!("spawning {}: {e}", binary.display()));
-            let deadline = Instant::now() + PROMETHEUS_READY_TIMEOUT;
-            loop {
-                if let Some(status) = child.try_wait().expect("polling Prometheus") {
-                    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                    if log.contains("address already in use") && attempt < 5 {
-                        break;
-                    }
-                    panic!("Prometheus exited ({status}) before it was ready; its log:\n{log}");
-                }
-                let ready = probe.get(format!("http://{addr}/-/ready")).send().is_ok_and(|r| r.status().is_success());
-                if ready {
-                    return Prometheus { child, addr, log_path, _dir: dir };
-                }
-                if Instant::now() >= deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                    panic!("Prometheus was not ready within {PROMETHEUS_READY_TIMEOUT:?}; its log:\n{log}");
-                }
-                thread::sleep(Duration::from_millis(100));
-            }
-        }
-        unreachable!("every attempt either returns, retries or panics")
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(&self.log_path).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The reference: a Prometheus with remote write receiving enabled and nothing to scrape.
+fn start_prometheus() -> Prometheus {
+    Prometheus::start(
+        "global: {}\nscrape_configs: []\n",
+        &["--web.enable-remote-write-receiver"],
+        "the PromQL compatibility tests compare Wake with the real Prometheus",
+    )
 }
 
 /// What the answers of Prometheus are compared with: Wake, or a second Prometheus when the
@@ -597,7 +509,7 @@ enum Candidate {
 impl Candidate {
     fn start() -> Candidate {
         if std::env::var("WAKE_TEST_PROMQL_SELF_CHECK").is_ok_and(|v| !v.is_empty() && v != "0") {
-            return Candidate::Prometheus(Prometheus::start());
+            return Candidate::Prometheus(start_prometheus());
         }
         let dir = tempfile::tempdir().expect("a temporary directory");
         Candidate::Wake { server: WakeServer::start(dir.path(), &[]), _dir: dir }
@@ -646,7 +558,7 @@ impl Servers {
     /// Starts both servers and writes the data set to both.
     fn start() -> Servers {
         let (reference, candidate) = thread::scope(|s| {
-            let reference = s.spawn(Prometheus::start);
+            let reference = s.spawn(start_prometheus);
             let candidate = Candidate::start();
             (reference.join().expect("starting Prometheus"), candidate)
         });

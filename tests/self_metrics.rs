@@ -5,65 +5,13 @@
 
 mod common;
 
-use std::ffi::OsStr;
 use std::io::Write;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::{WakeAgent, WakeServer, as_f64};
+use common::{Node, WakeServer, as_f64};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(45);
-
-/// A node's directories under a temporary root.
-struct Node {
-    _dir: tempfile::TempDir,
-    root: PathBuf,
-}
-
-impl Node {
-    fn new() -> Node {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let root = dir.path().to_path_buf();
-        for sub in ["var/log/pods", "var/log/containers", "docker", "cgroup", "state", "data"] {
-            std::fs::create_dir_all(root.join(sub)).expect("creating the node layout");
-        }
-        Node { _dir: dir, root }
-    }
-
-    fn path(&self, sub: &str) -> PathBuf {
-        self.root.join(sub)
-    }
-
-    fn agent(&self, server: &WakeServer) -> WakeAgent {
-        let endpoint = server.grpc_endpoint();
-        let paths = [
-            ("--log-root", self.path("var/log/pods")),
-            ("--docker-root", self.path("docker")),
-            ("--cgroup-root", self.path("cgroup")),
-            ("--state-dir", self.path("state")),
-            ("--containers-storage-root", self.path("no-storage")),
-        ];
-        let mut args: Vec<&OsStr> = Vec::new();
-        for (flag, path) in &paths {
-            args.push(flag.as_ref());
-            args.push(path.as_os_str());
-        }
-        for arg in [
-            "--endpoint",
-            endpoint.as_str(),
-            "--node-name",
-            "node-7",
-            "--batch-timeout",
-            "200ms",
-            "--self-metrics-interval",
-            "1s",
-        ] {
-            args.push(arg.as_ref());
-        }
-        WakeAgent::start(&args)
-    }
-}
 
 fn label<'a>(series: &'a Value, name: &str) -> Option<&'a str> {
     series["metric"][name].as_str()
@@ -100,7 +48,10 @@ fn server_and_agent_metrics_are_stored_in_wake_under_their_prometheus_names() {
     writeln!(log, "2026-11-23T10:00:00.000000001Z stdout F hello from the app").expect("writing a CRI line");
     writeln!(log, "2026-11-23T10:00:00.000000002Z stdout F and again").expect("writing a CRI line");
     drop(log);
-    let agent = node.agent(&server);
+    let agent = node.agent(
+        &server.grpc_endpoint(),
+        &["--node-name", "node-7", "--batch-timeout", "200ms", "--self-metrics-interval", "1s"],
+    );
     server.wait_for_count("SELECT count(*) FROM logs WHERE body = 'hello from the app'", 1, WAIT);
 
     // The agent's counter, same name as on its /metrics, with its identity.

@@ -5,9 +5,13 @@
 // Each test file is its own crate and uses a different part of this module.
 #![allow(dead_code)]
 
+pub mod podman;
+pub mod prometheus;
+
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -389,6 +393,46 @@ impl WakeAgent {
     }
 }
 
+/// A node's directories under a temporary root.
+pub struct Node {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+}
+
+impl Node {
+    pub fn new() -> Node {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = dir.path().to_path_buf();
+        for sub in ["var/log/pods", "var/log/containers", "docker", "cgroup", "state", "data"] {
+            std::fs::create_dir_all(root.join(sub)).expect("creating the node layout");
+        }
+        Node { _dir: dir, root }
+    }
+
+    pub fn path(&self, sub: &str) -> PathBuf {
+        self.root.join(sub)
+    }
+
+    /// Starts `wake agent` on this node's directories (and no containers/storage), sending to
+    /// `endpoint`, with `args` after those.
+    pub fn agent(&self, endpoint: &str, args: &[&str]) -> WakeAgent {
+        let paths = [
+            ("--log-root", self.path("var/log/pods")),
+            ("--docker-root", self.path("docker")),
+            ("--cgroup-root", self.path("cgroup")),
+            ("--state-dir", self.path("state")),
+            ("--containers-storage-root", self.path("no-storage")),
+        ];
+        let mut all: Vec<&OsStr> = Vec::new();
+        for (flag, path) in &paths {
+            all.extend([OsStr::new(flag), path.as_os_str()]);
+        }
+        all.extend(["--endpoint", endpoint].map(OsStr::new));
+        all.extend(args.iter().map(OsStr::new));
+        WakeAgent::start(&all)
+    }
+}
+
 /// Sends `signal` (e.g. `TERM`) to `pid` with the `kill` command, which keeps the tests free of
 /// `unsafe` (the workspace denies it).
 fn send_signal(pid: u32, signal: &str) -> bool {
@@ -500,4 +544,13 @@ pub fn log_field(log: &str, message: &str, name: &str) -> Vec<Value> {
         .filter(|json| json["fields"]["message"] == message)
         .map(|json| json["fields"][name].clone())
         .collect()
+}
+
+/// Polls `condition` every 250 ms until it holds; panics after `timeout`, naming `what`.
+pub fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(250));
+    }
 }
