@@ -77,6 +77,7 @@ fn metric_error(error: prometheus::Error) -> Error {
 /// Plans and runs SQL over `logs`, `metrics` and `spans`. Queries execute on a runtime of
 /// their own so that a heavy query cannot starve the threads that acknowledge ingestion.
 pub struct QueryEngine {
+    store: Arc<Store>,
     context: SessionContext,
     runtime: Option<tokio::runtime::Runtime>,
     metrics: QueryMetrics,
@@ -115,12 +116,29 @@ impl QueryEngine {
             .enable_all()
             .build()
             .map_err(|e| Error::Task(format!("starting the query runtime: {e}")))?;
-        Ok(QueryEngine { context, runtime: Some(runtime), metrics: QueryMetrics::new(registry)? })
+        Ok(QueryEngine { store, context, runtime: Some(runtime), metrics: QueryMetrics::new(registry)? })
     }
 
     /// The session, for the query languages built on SQL tables (PromQL, LogQL).
     pub fn context(&self) -> &SessionContext {
         &self.context
+    }
+
+    /// The store the tables read, for readers that go to its files directly (PromQL).
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Runs blocking work that reads the store outside SQL (`what` names it in logs) on the
+    /// query runtime, counted in the self-metrics like a query.
+    pub async fn run_blocking<T: Send + 'static>(
+        &self,
+        what: &str,
+        work: impl FnOnce() -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let started = Instant::now();
+        let run = async move { tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| Err(Error::Task(e.to_string()))) };
+        self.run_measured(run, what, started).await
     }
 
     /// Runs one read-only SQL statement.

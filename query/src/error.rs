@@ -19,6 +19,10 @@ pub enum Error {
 
     #[error("the query task failed: {0}")]
     Task(String),
+
+    /// Reading a file directly, outside DataFusion (the PromQL series index).
+    #[error("reading the store's files: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
 }
 
 impl Error {
@@ -29,7 +33,7 @@ impl Error {
             Error::ReadOnly(_) => StatusCode::FORBIDDEN,
             Error::DataFusion(error) => datafusion_status(error),
             Error::Storage(error) => storage_status(error),
-            Error::Task(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::Task(_) | Error::Parquet(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }

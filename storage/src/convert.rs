@@ -669,6 +669,7 @@ impl MetricColumns {
         ];
         self.shared.finish_identity(&mut columns);
         self.shared.finish_attributes(&mut columns);
+        let columns = crate::series::with_series_ids(&Signal::Metrics.schema(), columns)?;
         finish(Signal::Metrics, columns, rejections)
     }
 }

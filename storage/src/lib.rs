@@ -12,6 +12,7 @@
 //! - `error`: [`Error`] and the [`ErrorClass`] that decides HTTP/gRPC status and retryability.
 //! - `schema`: the fixed Arrow schemas of the `logs`, `metrics` and `spans` tables.
 //! - `convert`: OTLP requests to Arrow record batches; invalid records are counted, not stored.
+//! - `series`: the `series_id` of metric rows, a stable hash of their series identity.
 //! - `wal`: the write-ahead log, its group-commit thread and replay.
 //! - `store`: ingest, buffers, flush, compaction, snapshots and shutdown.
 //! - `writer`: hour-partitioned, sorted Parquet files and their full-text indexes.
@@ -29,6 +30,7 @@ mod metrics;
 pub mod prompb;
 pub mod receiver;
 pub mod schema;
+pub mod series;
 mod store;
 mod wal;
 mod writer;

@@ -143,6 +143,9 @@ pub const EXP_NEGATIVE_OFFSET: &str = "exp_negative_offset";
 pub const EXP_NEGATIVE_BUCKET_COUNTS: &str = "exp_negative_bucket_counts";
 pub const QUANTILES: &str = "quantiles";
 pub const QUANTILE_VALUES: &str = "quantile_values";
+/// A 64-bit hash of a metric row's series identity (see [`crate::series`]): rows of one
+/// series share it, and files keep a series' rows together.
+pub const SERIES_ID: &str = "series_id";
 
 /// The resource attributes promoted to columns, in the order they appear in every schema.
 /// `service_name` defaults to `unknown_service` as the OpenTelemetry SDKs do.
@@ -246,6 +249,8 @@ static METRICS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
     ];
     fields.extend(identity_fields());
     fields.extend(attribute_fields());
+    // Last, so that files written before it existed differ only by a missing final column.
+    fields.push(Field::new(SERIES_ID, DataType::UInt64, true));
     Arc::new(Schema::new(fields))
 });
 

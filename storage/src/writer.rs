@@ -35,12 +35,15 @@ fn sort_columns(signal: Signal) -> &'static [&'static str] {
             schema::SERVICE_NAME,
             schema::TIMESTAMP,
         ],
+        // A container's series together, and each series' points together in time order: a
+        // PromQL selector reads a series as one run of rows.
         Signal::Metrics => &[
             schema::METRIC_NAME,
             schema::K8S_NAMESPACE_NAME,
             schema::K8S_POD_NAME,
             schema::K8S_CONTAINER_NAME,
             schema::SERVICE_NAME,
+            schema::SERIES_ID,
             schema::TIMESTAMP,
         ],
         Signal::Spans => &[schema::SERVICE_NAME, schema::TRACE_ID, schema::START_TIME],
@@ -245,9 +248,15 @@ pub(crate) fn read_files(files: &[Arc<DataFile>]) -> Result<Vec<RecordBatch>> {
             .build()?;
         for batch in reader {
             let batch = batch?;
+            let schema = file.signal.schema();
+            let mut columns = batch.columns().to_vec();
+            // Metrics files written before `series_id` existed lack only that last column.
+            if file.signal == Signal::Metrics && columns.len() + 1 == schema.fields().len() {
+                columns = crate::series::with_series_ids(&schema, columns)?;
+            }
             // Files carry the exact schema they were written with; rebuilding against the
             // current one keeps field metadata differences from failing concatenation.
-            batches.push(RecordBatch::try_new(file.signal.schema(), batch.columns().to_vec())?);
+            batches.push(RecordBatch::try_new(schema, columns)?);
         }
     }
     Ok(batches)

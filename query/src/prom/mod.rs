@@ -3,7 +3,8 @@
 //! # Layout
 //! - `naming`: how stored OTLP metrics appear as Prometheus series (Prometheus's own OTLP
 //!   translation rules, plus cAdvisor's names for the agent's container metrics);
-//! - `select`: reading series for a selector out of the `metrics` table;
+//! - `index`: which series each metrics file holds and where, built once per file;
+//! - `select`: reading series for a selector out of the `metrics` table through the index;
 //! - `eval`: PromQL evaluation with Prometheus 2.x semantics over any [`eval::SeriesSource`];
 //! - `functions`: PromQL's functions on samples, exactly as Prometheus computes them;
 //! - `api`: the `/api/v1/…` routes and Prometheus's response and error shapes.
@@ -11,6 +12,7 @@
 pub mod api;
 pub mod eval;
 pub mod functions;
+pub mod index;
 pub mod naming;
 pub mod select;
 

@@ -1,27 +1,29 @@
 //! Reading Prometheus series out of the `metrics` table.
 //!
-//! A selector first finds the stored metrics whose Prometheus names it can match (from the
-//! distinct names, types and units in the time range, see [`super::naming`]), then reads only
-//! their rows in the range, one SQL scan, and groups the rows into series. Rows of one series
-//! share their attributes byte for byte, so a row's series is found by a hash lookup of its raw
-//! attribute text; labels are built once per series, not per row.
+//! A selector is answered in two steps, as a TSDB answers it from its postings and chunks:
+//! first the [`SeriesIndex`] lists the series of the files (and unflushed rows) in the time
+//! range with their identities, from which the selector's matchers pick the series they
+//! want, without reading any samples; then only those series' rows are read, only the
+//! columns their values come from, and appended to the series they belong to. Labels are
+//! built once per series, never per row.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, MapArray, PrimitiveArray, RecordBatch, StringArray};
-use arrow::datatypes::{Float64Type, Int64Type};
+use arrow::array::{Array, ArrayRef, AsArray, PrimitiveArray, RecordBatch, UInt64Array};
+use arrow::datatypes::{Float64Type, TimestampNanosecondType, UInt64Type};
 use promql_parser::label::Matcher;
-use wake_storage::schema::PROMOTED_RESOURCE_ATTRIBUTES;
+use wake_storage::schema::{self, Signal};
 
 use super::eval::{PromError, Result, Sample, SeriesData, SeriesSource};
-use super::naming::{Descriptor, Exposure, Labels, METRIC_NAME_LABEL, Part, RowAttributes, series_labels};
+use super::index::{SeriesIndex, SeriesInfo, overlaps};
+use super::naming::{Descriptor, Exposure, Labels, METRIC_NAME_LABEL, Part, series_labels};
 use crate::engine::QueryEngine;
-use crate::loki::labels::quote;
 
 /// The store as a [`SeriesSource`].
 pub struct StoreSource {
     engine: Arc<QueryEngine>,
+    index: Arc<SeriesIndex>,
 }
 
 fn engine_error(error: crate::Error) -> PromError {
@@ -31,15 +33,9 @@ fn engine_error(error: crate::Error) -> PromError {
     }
 }
 
-/// `timestamp` within `[min_ms, max_ms]`, every nanosecond of `max_ms` included.
-fn time_condition(min_ms: i64, max_ms: i64) -> String {
-    let min_ns = min_ms.saturating_mul(1_000_000);
-    let max_ns = max_ms.saturating_mul(1_000_000).saturating_add(999_999);
-    format!(
-        "timestamp >= '{}' AND timestamp <= '{}'",
-        crate::json::format_timestamp_ns(min_ns, true),
-        crate::json::format_timestamp_ns(max_ns, true)
-    )
+/// Nanosecond bounds of `[min_ms, max_ms]`, every nanosecond of `max_ms` included.
+fn nanosecond_bounds(min_ms: i64, max_ms: i64) -> (i64, i64) {
+    (min_ms.saturating_mul(1_000_000), max_ms.saturating_mul(1_000_000).saturating_add(999_999))
 }
 
 fn matches_all(matchers: &[Matcher], labels: &Labels) -> bool {
@@ -55,6 +51,19 @@ fn wanted_exposures(descriptor: &Descriptor, matchers: &[Matcher]) -> Vec<Exposu
         .collect()
 }
 
+/// A stored metric without its description: what tells series of different metrics apart.
+type MetricKey = (String, String, String, bool, String);
+
+fn metric_key(descriptor: &Descriptor) -> MetricKey {
+    (
+        descriptor.name.clone(),
+        descriptor.metric_type.clone(),
+        descriptor.unit.clone(),
+        descriptor.is_monotonic,
+        descriptor.scope_name.clone(),
+    )
+}
+
 /// Where the rows of one series go, per exposure of its metric.
 enum Target {
     /// Not selected (an alias that does not apply, or labels the matchers reject).
@@ -65,25 +74,57 @@ enum Target {
     PerBound { base: Labels, label: &'static str, series: HashMap<u64, Option<usize>> },
 }
 
-struct Scan {
-    matchers: Arc<[Matcher]>,
-    chosen: Vec<(Descriptor, Vec<Exposure>)>,
-    identities: HashMap<Vec<u8>, Vec<Target>>,
-    series: Vec<SeriesData>,
-    keep_samples: bool,
-    key: Vec<u8>,
+/// A stored series the selector wants: which value each of its targets takes.
+struct Selected {
+    exposures: Arc<[Exposure]>,
+    targets: Vec<Target>,
 }
 
-fn map_entries(map: &MapArray, row: usize) -> impl Iterator<Item = (&str, &str)> {
-    let offsets = map.value_offsets();
-    let (start, end) = (offsets[row] as usize, offsets[row + 1] as usize);
-    let keys = map.keys().as_string::<i32>();
-    let values = map.values().as_string::<i32>();
-    (start..end).map(move |i| (keys.value(i), if values.is_valid(i) { values.value(i) } else { "" }))
+/// The candidates of a selection: every series that may have rows in the range.
+struct Candidates {
+    /// Files in the range and their index entries.
+    files: Vec<(Arc<wake_storage::DataFile>, Arc<super::index::FileSeries>)>,
+    /// Rows not flushed yet.
+    buffered: Vec<RecordBatch>,
+    series: HashMap<u64, Arc<SeriesInfo>>,
 }
 
-fn float_list(column: &ArrayRef, row: usize) -> Vec<f64> {
-    let list = column.as_list::<i32>();
+/// Lists the series of the files and buffered rows that may hold rows in `[min_ns, max_ns]`.
+fn candidates(engine: &QueryEngine, index: &SeriesIndex, min_ns: i64, max_ns: i64) -> crate::Result<Candidates> {
+    let snapshot = engine.store().snapshot(Signal::Metrics);
+    let in_range: Vec<_> = snapshot.files.iter().filter(|f| overlaps(f, min_ns, max_ns)).cloned().collect();
+    let entries = index.files(&in_range, &snapshot.files)?;
+    let mut series = HashMap::new();
+    let mut add = |id: u64| {
+        if let std::collections::hash_map::Entry::Vacant(slot) = series.entry(id)
+            && let Some(info) = index.info(id)
+        {
+            slot.insert(info);
+        }
+    };
+    for entry in &entries {
+        let mut previous = None;
+        for id in entry.ids() {
+            if previous != Some(id) {
+                add(id);
+                previous = Some(id);
+            }
+        }
+    }
+    for batch in &snapshot.buffered {
+        for id in index.learn(batch)?.values() {
+            add(*id);
+        }
+    }
+    Ok(Candidates { files: in_range.into_iter().zip(entries).collect(), buffered: snapshot.buffered, series })
+}
+
+fn optional<T: arrow::datatypes::ArrowPrimitiveType>(array: Option<&PrimitiveArray<T>>, row: usize) -> Option<T::Native> {
+    array.filter(|a| a.is_valid(row)).map(|a| a.value(row))
+}
+
+fn float_list(column: Option<&ArrayRef>, row: usize) -> Vec<f64> {
+    let Some(list) = column.and_then(|c| c.as_list_opt::<i32>()) else { return Vec::new() };
     if list.is_null(row) {
         return Vec::new();
     }
@@ -91,191 +132,209 @@ fn float_list(column: &ArrayRef, row: usize) -> Vec<f64> {
     match values.as_primitive_opt::<Float64Type>() {
         Some(floats) => floats.iter().map(|v| v.unwrap_or(f64::NAN)).collect(),
         None => values
-            .as_primitive_opt::<arrow::datatypes::UInt64Type>()
+            .as_primitive_opt::<UInt64Type>()
             .map(|counts| counts.iter().map(|v| v.unwrap_or(0) as f64).collect())
             .unwrap_or_default(),
     }
 }
 
-/// The columns a scan reads, in order.
-const COLUMNS: &str = "metric_name, metric_type, coalesce(unit, ''), coalesce(is_monotonic, false), \
-    coalesce(scope_name, ''), service_name, k8s_namespace_name, k8s_pod_name, k8s_pod_uid, k8s_container_name, \
-    container_id, k8s_node_name, resource_attributes, attributes, CAST(timestamp AS BIGINT), value, \
-    CAST(count AS DOUBLE), sum, explicit_bounds, bucket_counts, quantiles, quantile_values";
-const FIRST_PROMOTED: usize = 5;
-const RESOURCE: usize = FIRST_PROMOTED + PROMOTED_RESOURCE_ATTRIBUTES.len();
-const ATTRIBUTES: usize = RESOURCE + 1;
-const TIMESTAMP: usize = ATTRIBUTES + 1;
-const VALUE: usize = TIMESTAMP + 1;
-const COUNT: usize = VALUE + 1;
-const SUM: usize = COUNT + 1;
-const BOUNDS: usize = SUM + 1;
-const BUCKET_COUNTS: usize = BOUNDS + 1;
-const QUANTILES: usize = BUCKET_COUNTS + 1;
-const QUANTILE_VALUES: usize = QUANTILES + 1;
+/// The series a selector builds, and where each stored series' rows go.
+struct Scan {
+    matchers: Arc<[Matcher]>,
+    min_ns: i64,
+    max_ns: i64,
+    keep_samples: bool,
+    selected: Vec<Selected>,
+    by_id: HashMap<u64, usize>,
+    series: Vec<SeriesData>,
+    /// Whether a series had a row in the range (for selections without samples).
+    seen: Vec<bool>,
+}
 
 impl Scan {
-    fn descriptor_of(&self, batch: &RecordBatch, row: usize) -> Option<usize> {
-        let name = batch.column(0).as_string::<i32>().value(row);
-        let metric_type = batch.column(1).as_string::<i32>().value(row);
-        let unit = batch.column(2).as_string::<i32>().value(row);
-        let monotonic = batch.column(3).as_boolean().value(row);
-        let scope = batch.column(4).as_string::<i32>().value(row);
-        self.chosen.iter().position(|(d, _)| {
-            d.name == name
-                && d.metric_type == metric_type
-                && d.unit == unit
-                && d.is_monotonic == monotonic
-                && d.scope_name == scope
-        })
+    fn new(matchers: &[Matcher], candidates: &Candidates, min_ns: i64, max_ns: i64, keep_samples: bool) -> Scan {
+        let mut scan = Scan {
+            matchers: matchers.to_vec().into(),
+            min_ns,
+            max_ns,
+            keep_samples,
+            selected: Vec::new(),
+            by_id: HashMap::new(),
+            series: Vec::new(),
+            seen: Vec::new(),
+        };
+        let mut exposures_of: HashMap<MetricKey, Arc<[Exposure]>> = HashMap::new();
+        let mut ids: Vec<(&u64, &Arc<SeriesInfo>)> = candidates.series.iter().collect();
+        // Series in a stable order, whatever the hash map's.
+        ids.sort_unstable_by_key(|(id, _)| **id);
+        for (id, info) in ids {
+            let exposures = exposures_of
+                .entry(metric_key(&info.descriptor))
+                .or_insert_with(|| wanted_exposures(&info.descriptor, matchers).into())
+                .clone();
+            if exposures.is_empty() {
+                continue;
+            }
+            let targets = scan.targets(info, &exposures);
+            if targets.iter().all(|t| matches!(t, Target::Skip)) {
+                continue;
+            }
+            scan.by_id.insert(*id, scan.selected.len());
+            scan.selected.push(Selected { exposures, targets });
+        }
+        scan
     }
 
-    fn identity_key(&mut self, descriptor: usize, batch: &RecordBatch, row: usize) {
-        self.key.clear();
-        self.key.extend_from_slice(&(descriptor as u32).to_le_bytes());
-        for column in FIRST_PROMOTED..RESOURCE {
-            let values: &StringArray = batch.column(column).as_string::<i32>();
-            if values.is_valid(row) {
-                self.key.extend_from_slice(values.value(row).as_bytes());
-            } else {
-                self.key.push(0xff);
-            }
-            self.key.push(0);
-        }
-        for column in [RESOURCE, ATTRIBUTES] {
-            for (key, value) in map_entries(batch.column(column).as_map(), row) {
-                self.key.extend_from_slice(key.as_bytes());
-                self.key.push(1);
-                self.key.extend_from_slice(value.as_bytes());
-                self.key.push(0);
-            }
-            self.key.push(2);
-        }
+    fn new_series(&mut self, labels: Labels) -> usize {
+        self.series.push(SeriesData { labels, samples: Vec::new() });
+        self.seen.push(false);
+        self.series.len() - 1
     }
 
-    fn targets(&mut self, descriptor: usize, batch: &RecordBatch, row: usize) -> Vec<Target> {
-        let mut attributes = RowAttributes::default();
-        for (slot, (attribute, _)) in PROMOTED_RESOURCE_ATTRIBUTES.iter().enumerate() {
-            let values = batch.column(FIRST_PROMOTED + slot).as_string::<i32>();
-            if values.is_valid(row) {
-                attributes.resource.push((attribute, values.value(row)));
-            }
-        }
-        attributes.resource.extend(map_entries(batch.column(RESOURCE).as_map(), row));
-        attributes.point.extend(map_entries(batch.column(ATTRIBUTES).as_map(), row));
-        let (descriptor, exposures) = &self.chosen[descriptor];
+    fn targets(&mut self, info: &SeriesInfo, exposures: &[Exposure]) -> Vec<Target> {
+        let attributes = info.row_attributes();
         let mut targets = Vec::with_capacity(exposures.len());
         for exposure in exposures {
-            let Some(labels) = series_labels(descriptor, exposure, &attributes) else {
+            let Some(labels) = series_labels(&info.descriptor, exposure, &attributes) else {
                 targets.push(Target::Skip);
                 continue;
             };
             targets.push(match exposure.part {
                 Part::Buckets => Target::PerBound { base: labels, label: "le", series: HashMap::new() },
                 Part::Quantiles => Target::PerBound { base: labels, label: "quantile", series: HashMap::new() },
-                _ if matches_all(&self.matchers, &labels) => {
-                    self.series.push(SeriesData { labels, samples: Vec::new() });
-                    Target::Series(self.series.len() - 1)
-                }
+                _ if matches_all(&self.matchers, &labels) => Target::Series(self.new_series(labels)),
                 _ => Target::Skip,
             });
         }
         targets
     }
 
-    fn push(&mut self, series: usize, sample: Sample) {
+    /// The columns the selected series' values come from.
+    fn columns(&self) -> Vec<&'static str> {
+        let mut columns = vec![schema::TIMESTAMP, schema::VALUE, schema::COUNT, schema::SUM];
+        let parts = || self.selected.iter().flat_map(|s| s.exposures.iter().map(|e| &e.part));
+        if parts().any(|p| *p == Part::Buckets) {
+            columns.extend([schema::EXPLICIT_BOUNDS, schema::BUCKET_COUNTS]);
+        }
+        if parts().any(|p| *p == Part::Quantiles) {
+            columns.extend([schema::QUANTILES, schema::QUANTILE_VALUES]);
+        }
+        columns
+    }
+
+    fn record(&mut self, series: usize, sample: Sample) {
+        self.seen[series] = true;
         if self.keep_samples {
             self.series[series].samples.push(sample);
         }
     }
 
-    fn add_batch(&mut self, batch: &RecordBatch) {
-        let timestamps = batch.column(TIMESTAMP).as_primitive::<Int64Type>();
-        let values = batch.column(VALUE).as_primitive::<Float64Type>();
-        let counts = batch.column(COUNT).as_primitive::<Float64Type>();
-        let sums = batch.column(SUM).as_primitive::<Float64Type>();
-        let optional = |array: &PrimitiveArray<Float64Type>, row: usize| array.is_valid(row).then(|| array.value(row));
+    /// The points of a bucket or quantile row: (bound, value) per `le` or `quantile`.
+    fn bound_points(part: &Part, batch: &RecordBatch, row: usize, count: Option<f64>) -> Vec<(f64, f64)> {
+        if *part == Part::Buckets {
+            // OTLP buckets are per bucket with an implicit +Inf; Prometheus's `le` buckets are
+            // cumulative and end with `+Inf` = the count.
+            let bounds = float_list(batch.column_by_name(schema::EXPLICIT_BOUNDS), row);
+            let bucket_counts = float_list(batch.column_by_name(schema::BUCKET_COUNTS), row);
+            let mut cumulative = 0.0;
+            let mut points: Vec<(f64, f64)> = bounds
+                .iter()
+                .zip(&bucket_counts)
+                .map(|(bound, count)| {
+                    cumulative += count;
+                    (*bound, cumulative)
+                })
+                .collect();
+            let total = count.unwrap_or_else(|| bucket_counts.iter().sum());
+            points.push((f64::INFINITY, total));
+            points
+        } else {
+            let quantiles = float_list(batch.column_by_name(schema::QUANTILES), row);
+            quantiles.into_iter().zip(float_list(batch.column_by_name(schema::QUANTILE_VALUES), row)).collect()
+        }
+    }
+
+    fn add_batch(&mut self, batch: &RecordBatch, ids: &UInt64Array) {
+        let Some(times) = batch.column_by_name(schema::TIMESTAMP).and_then(|c| c.as_primitive_opt::<TimestampNanosecondType>())
+        else {
+            return;
+        };
+        let floats = |name| batch.column_by_name(name).and_then(|c| c.as_primitive_opt::<Float64Type>());
+        let (values, sums) = (floats(schema::VALUE), floats(schema::SUM));
+        let counts = batch.column_by_name(schema::COUNT).and_then(|c| c.as_primitive_opt::<UInt64Type>());
+        // Rows of one series come in runs: the id is looked up when it changes.
+        let mut current: Option<(u64, Option<usize>)> = None;
         for row in 0..batch.num_rows() {
-            let Some(descriptor) = self.descriptor_of(batch, row) else { continue };
-            self.identity_key(descriptor, batch, row);
-            // Taken out of the map while this row is added, so that new series can be pushed.
-            let (key, mut targets) = match self.identities.remove_entry(self.key.as_slice()) {
-                Some(entry) => entry,
-                None => (self.key.clone(), self.targets(descriptor, batch, row)),
+            let time_ns = times.value(row);
+            if time_ns < self.min_ns || time_ns > self.max_ns {
+                continue;
+            }
+            let id = ids.value(row);
+            let selected = match current {
+                Some((known, selected)) if known == id => selected,
+                _ => {
+                    let selected = self.by_id.get(&id).copied();
+                    current = Some((id, selected));
+                    selected
+                }
             };
-            let time = timestamps.value(row).div_euclid(1_000_000);
-            for (exposure, target) in targets.iter_mut().enumerate() {
-                let part = &self.chosen[descriptor].1[exposure].part;
-                match target {
+            let Some(selected) = selected else { continue };
+            let time = time_ns.div_euclid(1_000_000);
+            let count = optional(counts, row).map(|c| c as f64);
+            for target in 0..self.selected[selected].targets.len() {
+                let part = self.selected[selected].exposures[target].part.clone();
+                match &self.selected[selected].targets[target] {
                     Target::Skip => {}
                     Target::Series(index) => {
                         let value = match part {
                             Part::Value => optional(values, row),
-                            Part::Count => optional(counts, row),
+                            Part::Count => count,
                             Part::Sum => optional(sums, row),
                             Part::Buckets | Part::Quantiles => None,
                         };
                         if let Some(value) = value {
-                            self.push(*index, (time, value));
+                            self.record(*index, (time, value));
                         }
                     }
-                    Target::PerBound { base, label, series } => {
-                        let points: Vec<(f64, f64)> = if *part == Part::Buckets {
-                            // OTLP buckets are per bucket with an implicit +Inf; Prometheus's `le`
-                            // buckets are cumulative and end with `+Inf` = the count.
-                            let bounds = float_list(batch.column(BOUNDS), row);
-                            let bucket_counts = float_list(batch.column(BUCKET_COUNTS), row);
-                            let mut cumulative = 0.0;
-                            let mut points: Vec<(f64, f64)> = bounds
-                                .iter()
-                                .zip(&bucket_counts)
-                                .map(|(bound, count)| {
-                                    cumulative += count;
-                                    (*bound, cumulative)
-                                })
-                                .collect();
-                            let total = optional(counts, row).unwrap_or_else(|| bucket_counts.iter().sum());
-                            points.push((f64::INFINITY, total));
-                            points
-                        } else {
-                            let quantiles = float_list(batch.column(QUANTILES), row);
-                            quantiles.into_iter().zip(float_list(batch.column(QUANTILE_VALUES), row)).collect()
-                        };
-                        for (bound, value) in points {
-                            let slot = match series.get(&bound.to_bits()) {
-                                Some(slot) => *slot,
-                                None => {
-                                    let mut labels = base.clone();
-                                    labels.insert((*label).to_string(), super::format_value(bound));
-                                    let slot = matches_all(&self.matchers, &labels).then(|| {
-                                        self.series.push(SeriesData { labels, samples: Vec::new() });
-                                        self.series.len() - 1
-                                    });
-                                    series.insert(bound.to_bits(), slot);
-                                    slot
-                                }
-                            };
-                            if let Some(index) = slot {
-                                self.push(index, (time, value));
+                    Target::PerBound { .. } => {
+                        for (bound, value) in Self::bound_points(&part, batch, row, count) {
+                            if let Some(index) = self.bound_series(selected, target, bound) {
+                                self.record(index, (time, value));
                             }
                         }
                     }
                 }
             }
-            self.identities.insert(key, targets);
         }
+    }
+
+    /// The series of one bucket bound or quantile of a stored series, created on first sight.
+    fn bound_series(&mut self, selected: usize, target: usize, bound: f64) -> Option<usize> {
+        let Target::PerBound { base, label, series } = &self.selected[selected].targets[target] else { return None };
+        if let Some(slot) = series.get(&bound.to_bits()) {
+            return *slot;
+        }
+        let mut labels = base.clone();
+        labels.insert((*label).to_string(), super::format_value(bound));
+        let slot = matches_all(&self.matchers, &labels).then(|| self.new_series(labels));
+        if let Target::PerBound { series, .. } = &mut self.selected[selected].targets[target] {
+            series.insert(bound.to_bits(), slot);
+        }
+        slot
     }
 
     fn finish(self) -> Vec<SeriesData> {
         let keep_samples = self.keep_samples;
         self.series
             .into_iter()
-            .filter_map(|mut s| {
+            .zip(self.seen)
+            .filter_map(|(mut s, seen)| {
+                if !seen {
+                    return None;
+                }
                 if keep_samples {
-                    if s.samples.is_empty() {
-                        return None;
-                    }
-                    // Rows come in file order; one sample per millisecond, the last one written.
+                    // Files come in no particular order; one sample per millisecond, the last
+                    // one written.
                     s.samples.sort_by_key(|(t, _)| *t);
                     s.samples.dedup_by(|later, earlier| {
                         if later.0 == earlier.0 {
@@ -294,37 +353,36 @@ impl Scan {
 
 impl StoreSource {
     pub fn new(engine: Arc<QueryEngine>) -> Self {
-        StoreSource { engine }
+        StoreSource { engine, index: Arc::new(SeriesIndex::default()) }
     }
 
-    /// The distinct stored metrics with rows in `[min_ms, max_ms]`.
+    /// The distinct stored metrics with rows in the files and buffers of `[min_ms, max_ms]`.
     pub async fn descriptors(&self, min_ms: i64, max_ms: i64) -> Result<Vec<Descriptor>> {
-        let sql = format!(
-            "SELECT metric_name, metric_type, coalesce(unit, ''), coalesce(is_monotonic, false), \
-             coalesce(scope_name, ''), max(coalesce(metric_description, '')) FROM metrics WHERE {} \
-             GROUP BY 1, 2, 3, 4, 5",
-            time_condition(min_ms, max_ms)
-        );
-        self.engine
-            .sql_fold(&sql, Vec::new(), |descriptors: &mut Vec<Descriptor>, batch| {
-                for row in 0..batch.num_rows() {
-                    let text = |column: usize| batch.column(column).as_string::<i32>().value(row).to_string();
-                    descriptors.push(Descriptor {
-                        name: text(0),
-                        metric_type: text(1),
-                        unit: text(2),
-                        is_monotonic: batch.column(3).as_boolean().value(row),
-                        scope_name: text(4),
-                        description: text(5),
-                    });
-                }
-                true
-            })
-            .await
-            .map_err(engine_error)
+        let (engine, index) = (self.engine.clone(), self.index.clone());
+        let (min_ns, max_ns) = nanosecond_bounds(min_ms, max_ms);
+        let work = move || {
+            let candidates = candidates(&engine, &index, min_ns, max_ns)?;
+            let mut metrics: HashMap<MetricKey, Descriptor> = HashMap::new();
+            for info in candidates.series.values() {
+                let descriptor = &info.descriptor;
+                metrics
+                    .entry(metric_key(descriptor))
+                    .and_modify(|known| {
+                        if descriptor.description > known.description {
+                            known.description.clone_from(&descriptor.description);
+                        }
+                    })
+                    .or_insert_with(|| descriptor.clone());
+            }
+            let mut descriptors: Vec<Descriptor> = metrics.into_values().collect();
+            descriptors.sort();
+            Ok(descriptors)
+        };
+        self.engine.run_blocking("promql: metric names", work).await.map_err(engine_error)
     }
 
-    /// Series matching `matchers` in the range; without their samples unless `keep_samples`.
+    /// Series matching `matchers` with samples in the range; without their samples unless
+    /// `keep_samples`.
     pub async fn scan(
         &self,
         matchers: &[Matcher],
@@ -332,44 +390,28 @@ impl StoreSource {
         max_ms: i64,
         keep_samples: bool,
     ) -> Result<Vec<SeriesData>> {
-        let chosen: Vec<(Descriptor, Vec<Exposure>)> = self
-            .descriptors(min_ms, max_ms)
-            .await?
-            .into_iter()
-            .map(|d| {
-                let exposures = wanted_exposures(&d, matchers);
-                (d, exposures)
-            })
-            .filter(|(_, exposures)| !exposures.is_empty())
-            .collect();
-        if chosen.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut names: Vec<String> = chosen.iter().map(|(d, _)| quote(&d.name)).collect();
-        names.sort();
-        names.dedup();
-        let sql = format!(
-            "SELECT {COLUMNS} FROM metrics WHERE metric_name IN ({}) AND {}",
-            names.join(", "),
-            time_condition(min_ms, max_ms)
-        );
-        let scan = Scan {
-            matchers: matchers.to_vec().into(),
-            chosen,
-            identities: HashMap::new(),
-            series: Vec::new(),
-            keep_samples,
-            key: Vec::new(),
+        let (engine, index) = (self.engine.clone(), self.index.clone());
+        let (min_ns, max_ns) = nanosecond_bounds(min_ms, max_ms);
+        let matchers = matchers.to_vec();
+        let work = move || {
+            let candidates = candidates(&engine, &index, min_ns, max_ns)?;
+            let mut scan = Scan::new(&matchers, &candidates, min_ns, max_ns, keep_samples);
+            if scan.selected.is_empty() {
+                return Ok(Vec::new());
+            }
+            let columns = scan.columns();
+            let wanted: std::collections::HashSet<u64> = scan.by_id.keys().copied().collect();
+            let wants = |id: u64| wanted.contains(&id);
+            for (file, entry) in &candidates.files {
+                index.read(file, entry, &wants, &columns, &mut |batch, ids| scan.add_batch(batch, ids))?;
+            }
+            for batch in &candidates.buffered {
+                let ids = super::index::batch_ids(batch)?;
+                scan.add_batch(batch, &ids);
+            }
+            Ok(scan.finish())
         };
-        let scan = self
-            .engine
-            .sql_fold(&sql, scan, |scan, batch| {
-                scan.add_batch(batch);
-                true
-            })
-            .await
-            .map_err(engine_error)?;
-        Ok(scan.finish())
+        self.engine.run_blocking("promql: select", work).await.map_err(engine_error)
     }
 }
 

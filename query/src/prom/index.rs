@@ -1,0 +1,371 @@
+//! The series index of the `metrics` table: which series each Parquet file holds, and where.
+//!
+//! Metric files keep each series' rows together (sorted by `series_id` within a metric and
+//! container, see `wake_storage::series`). The index records, per file, the runs of rows that
+//! share a `series_id`, and once per series its identity: the stored metric and its resource
+//! and point attributes. A selector then decides which series it wants from the identities
+//! alone, and reads only their runs of rows, only the columns it needs (the page index skips
+//! the pages that hold none of them), without decoding anyone's attribute maps.
+//!
+//! Files never change once written, so a file's entry is built on the first query that needs
+//! it and kept until compaction or retention removes the file. Rows not yet flushed are
+//! looked at directly on every query: they are few, and in memory.
+//!
+//! Files written before `series_id` existed lack the column; their ids are computed from the
+//! identity columns when they are read (`StoredIds::Computed`).
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, RecordBatch, UInt64Array};
+use arrow::datatypes::UInt64Type;
+use parking_lot::Mutex;
+use parquet::arrow::ProjectionMask;
+use parquet::file::metadata::PageIndexPolicy;
+use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection, RowSelector};
+use wake_storage::DataFile;
+use wake_storage::schema::{self, PROMOTED_RESOURCE_ATTRIBUTES, Signal};
+use wake_storage::series::{map_entries, series_ids};
+
+use super::naming::{Descriptor, RowAttributes};
+
+/// Rows read at a time.
+const BATCH_ROWS: usize = 8 * 1024;
+
+/// What the index knows of one series: the stored metric and every attribute of its rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeriesInfo {
+    pub descriptor: Descriptor,
+    /// Resource attributes, the promoted columns (`service.name`, `k8s.pod.name`, …) first.
+    pub resource: Vec<(String, String)>,
+    pub point: Vec<(String, String)>,
+}
+
+impl SeriesInfo {
+    pub fn row_attributes(&self) -> RowAttributes<'_> {
+        RowAttributes {
+            resource: self.resource.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
+            point: self.point.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
+        }
+    }
+}
+
+/// The columns that make a series' identity, in the order [`SeriesInfo::from_row`] reads them.
+fn identity_columns() -> Vec<&'static str> {
+    let mut columns = vec![
+        schema::METRIC_NAME,
+        schema::METRIC_TYPE,
+        schema::UNIT,
+        schema::IS_MONOTONIC,
+        schema::SCOPE_NAME,
+        schema::METRIC_DESCRIPTION,
+    ];
+    columns.extend(PROMOTED_RESOURCE_ATTRIBUTES.iter().map(|(_, column)| *column));
+    columns.extend([schema::RESOURCE_ATTRIBUTES, schema::ATTRIBUTES]);
+    columns
+}
+
+fn text(batch: &RecordBatch, name: &str, row: usize) -> Option<String> {
+    let column = batch.column_by_name(name)?.as_string_opt::<i32>()?;
+    column.is_valid(row).then(|| column.value(row).to_string())
+}
+
+impl SeriesInfo {
+    /// The identity of `row` of a batch that has (at least) the identity columns.
+    fn from_row(batch: &RecordBatch, row: usize) -> SeriesInfo {
+        let is_monotonic = batch
+            .column_by_name(schema::IS_MONOTONIC)
+            .and_then(|c| c.as_boolean_opt())
+            .is_some_and(|c| c.is_valid(row) && c.value(row));
+        let descriptor = Descriptor {
+            name: text(batch, schema::METRIC_NAME, row).unwrap_or_default(),
+            metric_type: text(batch, schema::METRIC_TYPE, row).unwrap_or_default(),
+            unit: text(batch, schema::UNIT, row).unwrap_or_default(),
+            is_monotonic,
+            scope_name: text(batch, schema::SCOPE_NAME, row).unwrap_or_default(),
+            description: text(batch, schema::METRIC_DESCRIPTION, row).unwrap_or_default(),
+        };
+        let mut resource: Vec<(String, String)> = PROMOTED_RESOURCE_ATTRIBUTES
+            .iter()
+            .filter_map(|(attribute, column)| Some((attribute.to_string(), text(batch, column, row)?)))
+            .collect();
+        let entries = |name: &str| -> Vec<(String, String)> {
+            batch
+                .column_by_name(name)
+                .and_then(|c| c.as_map_opt())
+                .map(|map| map_entries(map, row).map(|(k, v)| (k.to_string(), v.unwrap_or("").to_string())).collect())
+                .unwrap_or_default()
+        };
+        resource.extend(entries(schema::RESOURCE_ATTRIBUTES));
+        SeriesInfo { descriptor, resource, point: entries(schema::ATTRIBUTES) }
+    }
+}
+
+/// Whether a file has the `series_id` column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StoredIds {
+    Stored,
+    /// Written before the column existed: ids are computed from the identity columns.
+    Computed,
+}
+
+/// One file's series: runs of rows sharing an id, in row order.
+#[derive(Debug)]
+pub struct FileSeries {
+    runs: Vec<(u64, Range<usize>)>,
+    ids: StoredIds,
+}
+
+impl FileSeries {
+    pub fn ids(&self) -> impl Iterator<Item = u64> + '_ {
+        self.runs.iter().map(|(id, _)| *id)
+    }
+}
+
+/// Appends `ids` (the rows from `first_row` on) to `runs`.
+fn extend_runs(runs: &mut Vec<(u64, Range<usize>)>, ids: &UInt64Array, first_row: usize) {
+    for (offset, id) in ids.values().iter().enumerate() {
+        let row = first_row + offset;
+        match runs.last_mut() {
+            Some((last, range)) if *last == *id && range.end == row => range.end = row + 1,
+            _ => runs.push((*id, row..row + 1)),
+        }
+    }
+}
+
+fn projection(builder_schema: &parquet::schema::types::SchemaDescriptor, arrow: &arrow::datatypes::Schema, names: &[&str]) -> ProjectionMask {
+    let roots: Vec<usize> = names.iter().filter_map(|name| arrow.index_of(name).ok()).collect();
+    ProjectionMask::roots(builder_schema, roots)
+}
+
+fn open(path: &PathBuf) -> parquet::errors::Result<ParquetRecordBatchReaderBuilder<File>> {
+    let file = File::open(path).map_err(|e| parquet::errors::ParquetError::External(Box::new(e)))?;
+    ParquetRecordBatchReaderBuilder::try_new_with_options(file, ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional))
+}
+
+/// A selection of the rows in `ranges` (sorted, not overlapping) out of `total` rows.
+fn row_selection(ranges: impl Iterator<Item = Range<usize>>, total: usize) -> RowSelection {
+    let mut selectors = Vec::new();
+    let mut position = 0;
+    for range in ranges {
+        if range.start > position {
+            selectors.push(RowSelector::skip(range.start - position));
+        }
+        if range.end > range.start {
+            selectors.push(RowSelector::select(range.end - range.start));
+        }
+        position = range.end;
+    }
+    if total > position {
+        selectors.push(RowSelector::skip(total - position));
+    }
+    RowSelection::from(selectors)
+}
+
+/// The ids of a batch read with the identity columns, stored or computed.
+pub fn batch_ids(batch: &RecordBatch) -> parquet::errors::Result<UInt64Array> {
+    if let Some(ids) = batch.column_by_name(schema::SERIES_ID).and_then(|c| c.as_primitive_opt::<UInt64Type>())
+        && ids.null_count() == 0
+    {
+        return Ok(ids.clone());
+    }
+    series_ids(&batch.schema(), batch.columns()).map_err(|e| parquet::errors::ParquetError::External(Box::new(e)))
+}
+
+/// Files' series and every known series' identity.
+#[derive(Default)]
+pub struct SeriesIndex {
+    files: Mutex<HashMap<PathBuf, Arc<FileSeries>>>,
+    series: Mutex<HashMap<u64, Arc<SeriesInfo>>>,
+}
+
+impl SeriesIndex {
+    /// The entries of `files`, built for those not indexed yet; entries of files no longer in
+    /// the store (compacted, expired) are dropped when `files` is the store's whole list.
+    pub fn files(&self, files: &[Arc<DataFile>], all_files: &[Arc<DataFile>]) -> parquet::errors::Result<Vec<Arc<FileSeries>>> {
+        let mut out = Vec::with_capacity(files.len());
+        for file in files {
+            let known = self.files.lock().get(&file.path).cloned();
+            let entry = match known {
+                Some(entry) => entry,
+                None => {
+                    let entry = Arc::new(self.index_file(&file.path)?);
+                    self.files.lock().insert(file.path.clone(), entry.clone());
+                    entry
+                }
+            };
+            out.push(entry);
+        }
+        self.forget_removed(all_files);
+        Ok(out)
+    }
+
+    fn forget_removed(&self, all_files: &[Arc<DataFile>]) {
+        let mut files = self.files.lock();
+        if files.keys().all(|path| all_files.iter().any(|f| f.path == *path)) {
+            return;
+        }
+        let current: HashSet<&PathBuf> = all_files.iter().map(|f| &f.path).collect();
+        files.retain(|path, _| current.contains(path));
+        // Series of removed files that no remaining file holds are forgotten too; rows still
+        // in memory re-add theirs on the next query.
+        let live: HashSet<u64> = files.values().flat_map(|f| f.ids()).collect();
+        drop(files);
+        self.series.lock().retain(|id, _| live.contains(id));
+    }
+
+    fn index_file(&self, path: &PathBuf) -> parquet::errors::Result<FileSeries> {
+        let builder = open(path)?;
+        let arrow = builder.schema().clone();
+        let total = builder.metadata().file_metadata().num_rows() as usize;
+        let ids = if arrow.index_of(schema::SERIES_ID).is_ok() { StoredIds::Stored } else { StoredIds::Computed };
+        let mut runs = Vec::new();
+        match ids {
+            StoredIds::Stored => {
+                let mask = projection(builder.parquet_schema(), &arrow, &[schema::SERIES_ID]);
+                let mut row = 0;
+                for batch in builder.with_projection(mask).with_batch_size(BATCH_ROWS).build()? {
+                    let batch = batch?;
+                    let ids = batch_ids(&batch)?;
+                    extend_runs(&mut runs, &ids, row);
+                    row += batch.num_rows();
+                }
+                // The identities of series seen for the first time: one row of each.
+                let first_rows: Vec<Range<usize>> = {
+                    let series = self.series.lock();
+                    let mut new = HashSet::new();
+                    runs.iter()
+                        .filter(|(id, _)| !series.contains_key(id) && new.insert(*id))
+                        .map(|(_, range)| range.start..range.start + 1)
+                        .collect()
+                };
+                if !first_rows.is_empty() {
+                    let builder = open(path)?;
+                    let mut columns = identity_columns();
+                    columns.push(schema::SERIES_ID);
+                    let mask = projection(builder.parquet_schema(), &arrow, &columns);
+                    let reader = builder
+                        .with_projection(mask)
+                        .with_row_selection(row_selection(first_rows.into_iter(), total))
+                        .with_batch_size(BATCH_ROWS)
+                        .build()?;
+                    for batch in reader {
+                        self.learn(&batch?)?;
+                    }
+                }
+            }
+            StoredIds::Computed => {
+                let mask = projection(builder.parquet_schema(), &arrow, &identity_columns());
+                let mut row = 0;
+                for batch in builder.with_projection(mask).with_batch_size(BATCH_ROWS).build()? {
+                    let batch = batch?;
+                    let ids = self.learn(&batch)?;
+                    extend_runs(&mut runs, &ids, row);
+                    row += batch.num_rows();
+                }
+            }
+        }
+        Ok(FileSeries { runs, ids })
+    }
+
+    /// Records the identity of every series of `batch` (which has the identity columns) not
+    /// known yet, and returns the batch's ids.
+    pub fn learn(&self, batch: &RecordBatch) -> parquet::errors::Result<UInt64Array> {
+        let ids = batch_ids(batch)?;
+        let mut series = self.series.lock();
+        let mut previous = None;
+        for (row, id) in ids.values().iter().enumerate() {
+            if previous == Some(*id) {
+                continue;
+            }
+            previous = Some(*id);
+            series.entry(*id).or_insert_with(|| Arc::new(SeriesInfo::from_row(batch, row)));
+        }
+        Ok(ids)
+    }
+
+    pub fn info(&self, id: u64) -> Option<Arc<SeriesInfo>> {
+        self.series.lock().get(&id).cloned()
+    }
+
+    /// Reads the rows of the series `wanted` from `file`, `columns` of them (`series_id`
+    /// added), in batches handed to `on_batch` with their ids.
+    pub fn read(
+        &self,
+        file: &DataFile,
+        entry: &FileSeries,
+        wanted: &dyn Fn(u64) -> bool,
+        columns: &[&str],
+        on_batch: &mut dyn FnMut(&RecordBatch, &UInt64Array),
+    ) -> parquet::errors::Result<()> {
+        let ranges: Vec<Range<usize>> =
+            entry.runs.iter().filter(|(id, _)| wanted(*id)).map(|(_, range)| range.clone()).collect();
+        if ranges.is_empty() {
+            return Ok(());
+        }
+        let builder = open(&file.path)?;
+        let arrow = builder.schema().clone();
+        let total = builder.metadata().file_metadata().num_rows() as usize;
+        let mut names: Vec<&str> = columns.to_vec();
+        match entry.ids {
+            StoredIds::Stored => names.push(schema::SERIES_ID),
+            StoredIds::Computed => names.extend(identity_columns()),
+        }
+        let mask = projection(builder.parquet_schema(), &arrow, &names);
+        let reader = builder
+            .with_projection(mask)
+            .with_row_selection(row_selection(merge(ranges).into_iter(), total))
+            .with_batch_size(BATCH_ROWS)
+            .build()?;
+        for batch in reader {
+            let batch = batch?;
+            let ids = batch_ids(&batch)?;
+            on_batch(&batch, &ids);
+        }
+        Ok(())
+    }
+}
+
+/// Sorted ranges with the touching ones joined.
+fn merge(mut ranges: Vec<Range<usize>>) -> Vec<Range<usize>> {
+    ranges.sort_by_key(|r| r.start);
+    let mut merged: Vec<Range<usize>> = Vec::with_capacity(ranges.len());
+    for range in ranges {
+        match merged.last_mut() {
+            Some(last) if last.end >= range.start => last.end = last.end.max(range.end),
+            _ => merged.push(range),
+        }
+    }
+    merged
+}
+
+/// Whether `file` may hold rows in `[min_ns, max_ns]`.
+pub fn overlaps(file: &DataFile, min_ns: i64, max_ns: i64) -> bool {
+    file.signal == Signal::Metrics && file.min_time_ns <= max_ns && file.max_time_ns >= min_ns
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_join_consecutive_rows_of_one_series() {
+        let mut runs = Vec::new();
+        extend_runs(&mut runs, &UInt64Array::from(vec![7, 7, 9]), 0);
+        extend_runs(&mut runs, &UInt64Array::from(vec![9, 7]), 3);
+        assert_eq!(runs, vec![(7, 0..2), (9, 2..4), (7, 4..5)]);
+    }
+
+    #[test]
+    fn selections_skip_between_ranges() {
+        let selection = row_selection(merge(vec![5..7, 0..2, 2..3]).into_iter(), 10);
+        let selectors: Vec<RowSelector> = selection.into();
+        assert_eq!(
+            selectors,
+            vec![RowSelector::select(3), RowSelector::skip(2), RowSelector::select(2), RowSelector::skip(3)]
+        );
+    }
+}
