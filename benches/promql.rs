@@ -379,6 +379,30 @@ fn shape(answer: &Value, who: &str, query: &str) -> (usize, usize) {
     (result.len(), result.iter().map(|s| s["values"].as_array().map_or(0, Vec::len)).sum())
 }
 
+/// How many compactions Wake has finished, from its `/metrics`.
+fn compactions(client: &Client, wake_addr: &str) -> u64 {
+    let text = client.get(format!("http://{wake_addr}/metrics")).send().and_then(|r| r.text()).unwrap_or_default();
+    text.lines()
+        .find_map(|line| line.strip_prefix("wake_server_compaction_duration_seconds_count "))
+        .and_then(|count| count.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Waits until Wake's background compaction (every 10 s) has merged the flushed files, so that
+/// no timed query runs beside a compaction or meets files it has not seen yet.
+fn wait_for_compaction(client: &Client, wake_addr: &str) {
+    let started = Instant::now();
+    let (mut count, mut unchanged_since) = (compactions(client, wake_addr), Instant::now());
+    while unchanged_since.elapsed() < Duration::from_secs(25) {
+        std::thread::sleep(Duration::from_secs(5));
+        let now = compactions(client, wake_addr);
+        if now != count {
+            (count, unchanged_since) = (now, Instant::now());
+        }
+    }
+    println!("Wake: compaction settled after {:.0} s ({count} compactions)", started.elapsed().as_secs_f64());
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         println!("promql: benchmark");
@@ -460,6 +484,7 @@ fn main() {
         std::fs::write(&meta_path, meta.to_string()).expect("writing promql-bench.json");
         (end_ms, hours)
     };
+    wait_for_compaction(&client, &wake_addr);
     println!(
         "on disk: Prometheus {:.0} MB, Wake {:.0} MB ({SERIES} series, {hours} h at 15 s)",
         dir_size(&prometheus_dir.join("data")) as f64 / 1e6,
