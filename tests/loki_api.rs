@@ -314,3 +314,106 @@ fn bad_queries_are_400_with_loki_messages() {
     let (status, _) = get(&server, "/loki/api/v1/query_range", &[("query", r#"{a="b"}"#), ("start", "x")]);
     assert_eq!(status, 400);
 }
+
+/// GET with the `X-Query-Tags` header Grafana puts on its supporting queries.
+fn get_tagged(server: &WakeServer, path: &str, params: &[(&str, &str)], tags: &str) -> Value {
+    let url = reqwest::Url::parse_with_params(&server.api_url(path), params).expect("URL");
+    let response = server.client().get(url).header("X-Query-Tags", tags).send().expect("GET");
+    assert_eq!(response.status(), 200);
+    response.json().expect("JSON")
+}
+
+#[test]
+fn grafana_explore_volume_and_log_context() {
+    let (_dir, server) = start();
+    let (start, end) = (ns(T0_S - 3600), ns(T0_S + 3600));
+
+    // Explore's log query: backward, limit, and a `step` even though it is a log query.
+    let explore = get_tagged(
+        &server,
+        "/loki/api/v1/query_range",
+        &[
+            ("query", r#"{k8s_namespace_name="ns-a"} |= "GET""#),
+            ("direction", "backward"),
+            ("limit", "1000"),
+            ("start", start.as_str()),
+            ("end", end.as_str()),
+            ("step", "2000ms"),
+        ],
+        "Source=grafana-explore",
+    );
+    assert_eq!(explore["status"], "success");
+    let found = lines(&explore["data"]);
+    assert_eq!(found.len(), LINES as usize, "only pod-1's JSON lines hold GET");
+    assert!(found[0].contains("GET /a/59"), "newest first: {}", found[0]);
+
+    // Its log-volume side query: counts per step, grouped by `level` and `detected_level`,
+    // neither of which is a stream label here, so one series of every line of the selection.
+    let volume = get_tagged(
+        &server,
+        "/loki/api/v1/query_range",
+        &[
+            ("query", r#"sum by (level, detected_level) (count_over_time({k8s_namespace_name="ns-a"} | drop __error__[1m]))"#),
+            ("start", ns(T0_S).as_str()),
+            ("end", ns(T0_S + 660).as_str()),
+            ("step", "60000ms"),
+        ],
+        "Source=logvolhist",
+    );
+    let series = matrix(&volume["data"]);
+    assert_eq!(series.len(), 1, "{volume}");
+    assert_eq!(series[0].0, json!({}));
+    let doubled: Vec<(i64, String)> =
+        expected_counts(0..=11).into_iter().map(|(t, n)| (t, (2 * n).to_string())).collect();
+    assert_eq!(series[0].1, doubled);
+
+    // Log context of the line of pod-1 at T0 + 300 s, as Grafana asks for it: the line's whole
+    // stream selector, 2 h either side, 10 lines. Backward ends at the line's own nanosecond,
+    // which Loki's `end` excludes; forward starts at it, which `start` includes.
+    let line_ns = (T0_S + 300) * 1_000_000_000;
+    let stream = r#"{k8s_container_name="app", k8s_namespace_name="ns-a", k8s_pod_name="pod-1", service_name="app", stream="stdout"}"#;
+    let context = |direction: &str, from: i64, to: i64| {
+        let (from, to) = (from.to_string(), to.to_string());
+        let params = [
+            ("query", stream),
+            ("direction", direction),
+            ("limit", "10"),
+            ("start", from.as_str()),
+            ("end", to.as_str()),
+            ("step", "1000ms"),
+        ];
+        lines(&get_json(&server, "/loki/api/v1/query_range", &params)["data"])
+            .iter()
+            .map(|line| serde_json::from_str::<Value>(line).expect("JSON line")["msg"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    let two_hours = 7_200 * 1_000_000_000;
+    let before = context("backward", line_ns - two_hours, line_ns);
+    let expected: Vec<String> = (20..30).rev().map(|i| format!("GET /a/{i}")).collect();
+    assert_eq!(before, expected);
+    let after = context("forward", line_ns, line_ns + two_hours);
+    let expected: Vec<String> = (30..40).map(|i| format!("GET /a/{i}")).collect();
+    assert_eq!(after, expected);
+    // Near the end of the data, fewer than `limit` lines remain: all of them, nothing else.
+    let last = context("forward", (T0_S + 570) * 1_000_000_000, (T0_S + 570) * 1_000_000_000 + two_hours);
+    assert_eq!(last, vec!["GET /a/57", "GET /a/58", "GET /a/59"]);
+
+    // A metric panel on a dashboard: an instant query at the panel's end time. (Its window is
+    // one bucket: counting it at the instant's nanosecond step once tried to allocate 4.8 TB.)
+    let instant = get_json(
+        &server,
+        "/loki/api/v1/query",
+        &[
+            ("query", r#"sum by (k8s_namespace_name) (count_over_time({k8s_namespace_name=~"ns-.*"}[10m]))"#),
+            ("time", ns(T0_S + 600).as_str()),
+        ],
+    );
+    assert_eq!(instant["data"]["resultType"], "vector");
+    assert_eq!(
+        instant["data"]["result"],
+        json!([
+            { "metric": { "k8s_namespace_name": "ns-a" }, "value": [T0_S + 600, "118"] },
+            { "metric": { "k8s_namespace_name": "ns-b" }, "value": [T0_S + 600, "59"] },
+        ])
+    );
+}

@@ -313,7 +313,9 @@ async fn counted_by_sql(
     offset_ns: i64,
 ) -> Result<Vec<Series>, LokiError> {
     let origin = steps.start_ns - range_ns - offset_ns;
-    let bucket = gcd(steps.step_ns, range_ns).max(1);
+    // Windows start a whole number of buckets apart and span a whole number of them. One
+    // window (an instant query) is one bucket, whatever its nominal step.
+    let bucket = if steps.len() == 1 { range_ns.max(1) } else { gcd(steps.step_ns, range_ns).max(1) };
     let last = steps.at(steps.len() - 1) - offset_ns;
     let time = format!(
         "timestamp > '{}' AND timestamp <= '{}'",
@@ -339,24 +341,29 @@ async fn counted_by_sql(
             *buckets.entry(row_labels(batch, 1, row)).or_default().entry(bucket_ids.value(row)).or_default() += value;
         }
     }
-    let per_window = (range_ns / bucket) as usize;
-    let per_step = (steps.step_ns / bucket) as usize;
+    let per_window = range_ns / bucket;
+    let per_step = steps.step_ns / bucket;
     let rate = matches!(aggregation.function, RangeFunction::Rate | RangeFunction::BytesRate);
     let range_secs = range_ns as f64 / 1e9;
-    let total_buckets = (steps.len() - 1) * per_step + per_window;
     let mut result = Vec::with_capacity(buckets.len());
     for (labels, counts) in buckets {
-        // prefix[i] = sum of buckets 1..=i
-        let mut prefix = vec![0.0; total_buckets + 1];
-        for i in 1..=total_buckets {
-            prefix[i] = prefix[i - 1] + counts.get(&(i as i64)).copied().unwrap_or(0.0);
+        // Only the buckets that hold lines, in order, with running sums: a window's sum is a
+        // difference of two of them, however many (empty) buckets the range spans.
+        let mut occupied: Vec<(i64, f64)> = counts.into_iter().collect();
+        occupied.sort_unstable_by_key(|(id, _)| *id);
+        let mut prefix = Vec::with_capacity(occupied.len() + 1);
+        prefix.push(0.0);
+        for (_, value) in &occupied {
+            prefix.push(prefix[prefix.len() - 1] + value);
         }
         let points = (0..steps.len())
             .map(|k| {
-                let first = k * per_step;
-                let value = prefix[first + per_window] - prefix[first];
-                let any = (first + 1..=first + per_window).any(|i| counts.contains_key(&(i as i64)));
-                any.then_some(if rate { value / range_secs } else { value })
+                // Window k holds the buckets (first, first + per_window].
+                let first = k as i64 * per_step;
+                let from = occupied.partition_point(|(id, _)| *id <= first);
+                let to = occupied.partition_point(|(id, _)| *id <= first + per_window);
+                let value = prefix[to] - prefix[from];
+                (to > from).then_some(if rate { value / range_secs } else { value })
             })
             .collect();
         result.push(Series { labels, points });
