@@ -11,10 +11,19 @@
 //! exclusions are ignored); [`matches_bodies`] then decides each candidate exactly, with the full
 //! query semantics, and answers rows that no index covers, so a row gives the same answer before
 //! and after a flush.
+//!
+//! The exact semantics are those of an in-memory tantivy index with positions over the bodies.
+//! Building one per record batch cost more than the needle search it serves, so queries of
+//! words, phrases, `*` and boolean operators are decided on each body's tokens directly
+//! (`BodyMatcher`), as that index would; other queries (ranges, sets, slop, phrase prefixes)
+//! still build it. Each query string is parsed once and cached.
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Arc, LazyLock};
 
 use arrow::array::{Array, BooleanArray, BooleanBufferBuilder, StringArray};
+use parking_lot::Mutex;
 use tantivy::Term;
 use tantivy::collector::{Collector, SegmentCollector};
 use tantivy::columnar::Column;
@@ -22,7 +31,7 @@ use tantivy::indexer::UserOperation;
 use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, QueryParser, TermQuery};
 use tantivy::query_grammar::{UserInputAst, UserInputLeaf};
 use tantivy::schema::{FAST, Field, IndexRecordOption, Schema, TEXT, TextFieldIndexing, TextOptions};
-use tantivy::tokenizer::TokenStream;
+use tantivy::tokenizer::{TextAnalyzer, TokenStream};
 use tantivy::{DocId, Index, IndexWriter, Score, SegmentOrdinal, SegmentReader, TantivyDocument};
 
 use crate::error::{Error, Result};
@@ -170,9 +179,225 @@ fn parse_query(index: &Index, body: Field, query: &str) -> Result<Box<dyn Query>
 
 /// Checks a query's syntax without running it, for errors at planning time.
 pub fn validate_query(query: &str) -> Result<()> {
+    compiled_query(query).map(|_| ())
+}
+
+/// An in-memory index with the exact schema, never written to: the parser and the analyzer
+/// every query is compiled with, built once rather than for each query or file.
+struct ExactSchema {
+    index: Index,
+    body: Field,
+}
+
+static EXACT_SCHEMA: LazyLock<ExactSchema> = LazyLock::new(|| {
     let fields = index_schema();
-    let index = Index::create_in_ram(fields.schema);
-    parse_query(&index, fields.body, query).map(|_| ())
+    ExactSchema { index: Index::create_in_ram(fields.schema), body: fields.body }
+});
+
+/// Queries are few and repeated: the same string arrives once per file and once per record
+/// batch. When the cache is full it starts over rather than tracking use.
+const COMPILED_QUERY_CACHE_ENTRIES: usize = 256;
+
+static COMPILED_QUERIES: LazyLock<Mutex<HashMap<String, Arc<CompiledQuery>>>> = LazyLock::new(Default::default);
+
+/// A query string parsed once, for every file's index and every batch of bodies.
+struct CompiledQuery {
+    ast: UserInputAst,
+    /// `None` when the query uses more of tantivy than [`BodyMatcher`] reproduces.
+    matcher: Option<BodyMatcher>,
+}
+
+/// The query's syntax is checked by tantivy's own parser, configured as for the in-memory index,
+/// so errors are exactly the parser's.
+fn compiled_query(query: &str) -> Result<Arc<CompiledQuery>> {
+    if let Some(compiled) = COMPILED_QUERIES.lock().get(query) {
+        return Ok(compiled.clone());
+    }
+    let exact = &*EXACT_SCHEMA;
+    parse_query(&exact.index, exact.body, query)?;
+    let ast = tantivy::query_grammar::parse_query(query)
+        .map_err(|_| Error::FullTextQuery { query: query.to_string(), reason: "invalid query".into() })?;
+    let matcher = BodyMatcher::compile(&ast, exact.index.tokenizer_for_field(exact.body)?);
+    let compiled = Arc::new(CompiledQuery { ast, matcher });
+    let mut cache = COMPILED_QUERIES.lock();
+    if cache.len() >= COMPILED_QUERY_CACHE_ENTRIES {
+        cache.clear();
+    }
+    cache.insert(query.to_string(), compiled.clone());
+    Ok(compiled)
+}
+
+/// Decides a query on a body's tokens directly, as the in-memory index would, without building
+/// one: for a handful of candidate rows, creating an index, a writer and a reader cost far more
+/// than the search. It covers terms, phrases without slop, `*` and boolean combinations of them;
+/// [`BodyMatcher::compile`] declines anything else.
+struct BodyMatcher {
+    /// The analyzer of the exact schema's `body`, as the index applies it to documents.
+    analyzer: TextAnalyzer,
+    /// The distinct terms the query looks up, indexed by [`Condition`].
+    terms: Vec<String>,
+    condition: Condition,
+}
+
+/// The query as tantivy's parser lowers it, over the positions of [`BodyMatcher::terms`].
+enum Condition {
+    Never,
+    Always,
+    HasTerm(usize),
+    /// Terms at fixed distances from the first one: the parser keeps each token's position, so a
+    /// token the analyzer drops (longer than 40 bytes) still leaves its gap.
+    Phrase(Vec<(usize, usize)>),
+    /// tantivy's `BooleanQuery` as the parser builds it: required clauses if any, else at least
+    /// one optional clause; optional clauses beside required ones only affect scores, and
+    /// exclusions alone match nothing.
+    Boolean {
+        must: Vec<Condition>,
+        should: Vec<Condition>,
+        must_not: Vec<Condition>,
+    },
+}
+
+/// A part of the query compiled, or gone: the parser drops a word without any token (`"..."`)
+/// from its clause, and a clause left empty from its parent.
+enum Compiled {
+    Condition(Condition),
+    Dropped,
+}
+
+impl BodyMatcher {
+    /// `None` when the query needs the in-memory index.
+    fn compile(ast: &UserInputAst, mut analyzer: TextAnalyzer) -> Option<BodyMatcher> {
+        let mut terms = Vec::new();
+        let condition = match compile_ast(ast, &mut analyzer, &mut terms)? {
+            Compiled::Condition(condition) => condition,
+            // tantivy answers a query with nothing left in it with `EmptyQuery`.
+            Compiled::Dropped => Condition::Never,
+        };
+        Some(BodyMatcher { analyzer, terms, condition })
+    }
+
+    /// Whether each body matches; a null body never does.
+    fn matches(&self, bodies: &StringArray) -> BooleanArray {
+        let mut matched = BooleanBufferBuilder::new(bodies.len());
+        let constant = match self.condition {
+            Condition::Never => Some(false),
+            Condition::Always => Some(true),
+            _ => None,
+        };
+        let mut analyzer = self.analyzer.clone();
+        let mut positions: Vec<Vec<usize>> = vec![Vec::new(); self.terms.len()];
+        for row in 0..bodies.len() {
+            let found = bodies.is_valid(row)
+                && constant.unwrap_or_else(|| {
+                    positions.iter_mut().for_each(Vec::clear);
+                    let mut stream = analyzer.token_stream(bodies.value(row));
+                    while stream.advance() {
+                        let token = stream.token();
+                        if let Some(term) = self.terms.iter().position(|t| *t == token.text) {
+                            positions[term].push(token.position);
+                        }
+                    }
+                    self.condition.holds(&positions)
+                });
+            matched.append(found);
+        }
+        BooleanArray::new(matched.finish(), None)
+    }
+}
+
+fn compile_ast(ast: &UserInputAst, analyzer: &mut TextAnalyzer, terms: &mut Vec<String>) -> Option<Compiled> {
+    match ast {
+        UserInputAst::Boost(inner, boost) => {
+            let inner = compile_ast(inner, analyzer, terms)?;
+            // The parser drops a boost of 1 (as f32) but keeps any other, and a boosted query
+            // with nothing in it becomes an `EmptyQuery` that its clause does not drop.
+            let kept = ((boost.into_inner() as Score) - 1.0).abs() >= Score::EPSILON;
+            match inner {
+                Compiled::Dropped if kept => Some(Compiled::Condition(Condition::Never)),
+                inner => Some(inner),
+            }
+        }
+        UserInputAst::Leaf(leaf) => match leaf.as_ref() {
+            UserInputLeaf::All => Some(Compiled::Condition(Condition::Always)),
+            UserInputLeaf::Literal(literal) if literal.field_name.as_deref().is_none_or(|f| f == BODY_FIELD) => {
+                let mut tokens = Vec::new();
+                let mut stream = analyzer.token_stream(&literal.phrase);
+                while stream.advance() {
+                    let token = stream.token();
+                    tokens.push((token.position, token.text.clone()));
+                }
+                match tokens.as_slice() {
+                    // A phrase prefix expands to at most 50 terms of the index's dictionary,
+                    // which depends on the batch; one with fewer than two tokens is a parse error.
+                    _ if literal.prefix => None,
+                    [] => Some(Compiled::Dropped),
+                    // A single term ignores slop.
+                    [(_, text)] => Some(Compiled::Condition(Condition::HasTerm(intern(terms, text)))),
+                    _ if literal.slop > 0 => None,
+                    [(first, _), ..] => {
+                        let first = *first;
+                        let phrase =
+                            tokens.iter().map(|(position, text)| (position - first, intern(terms, text))).collect();
+                        Some(Compiled::Condition(Condition::Phrase(phrase)))
+                    }
+                }
+            }
+            // Ranges, sets, `field:*`, regexes and other fields.
+            _ => None,
+        },
+        UserInputAst::Clause(clauses) => {
+            let (mut must, mut should, mut must_not) = (Vec::new(), Vec::new(), Vec::new());
+            for (occur, clause) in clauses {
+                let Compiled::Condition(condition) = compile_ast(clause, analyzer, terms)? else {
+                    continue;
+                };
+                // The parser joins unmarked clauses with AND (`set_conjunction_by_default`).
+                match occur.unwrap_or(Occur::Must) {
+                    Occur::Must => must.push(condition),
+                    Occur::Should => should.push(condition),
+                    Occur::MustNot => must_not.push(condition),
+                }
+            }
+            if must.is_empty() && should.is_empty() && must_not.is_empty() {
+                return Some(Compiled::Dropped);
+            }
+            Some(Compiled::Condition(Condition::Boolean { must, should, must_not }))
+        }
+    }
+}
+
+fn intern(terms: &mut Vec<String>, text: &str) -> usize {
+    terms.iter().position(|t| t == text).unwrap_or_else(|| {
+        terms.push(text.to_string());
+        terms.len() - 1
+    })
+}
+
+impl Condition {
+    /// `positions[term]`: where each of the query's terms stands in the body, ascending.
+    fn holds(&self, positions: &[Vec<usize>]) -> bool {
+        match self {
+            Condition::Never => false,
+            Condition::Always => true,
+            Condition::HasTerm(term) => !positions[*term].is_empty(),
+            Condition::Phrase(phrase) => {
+                let Some(((_, first), rest)) = phrase.split_first() else {
+                    return false;
+                };
+                positions[*first].iter().any(|&start| {
+                    rest.iter().all(|&(distance, term)| positions[term].binary_search(&(start + distance)).is_ok())
+                })
+            }
+            Condition::Boolean { must, should, must_not } => {
+                let included = if !must.is_empty() {
+                    must.iter().all(|c| c.holds(positions))
+                } else {
+                    should.iter().any(|c| c.holds(positions))
+                };
+                included && !must_not.iter().any(|c| c.holds(positions))
+            }
+        }
+    }
 }
 
 /// An opened on-disk index.
@@ -195,10 +420,8 @@ impl FullTextIndex {
     /// matching row is among them; [`matches_bodies`] decides.
     pub fn candidates(&self, query: &str) -> Result<Vec<u64>> {
         // Syntax and field errors are reported as the exact parser sees them.
-        validate_query(query)?;
-        let ast = tantivy::query_grammar::parse_query(query)
-            .map_err(|_| Error::FullTextQuery { query: query.to_string(), reason: "invalid query".into() })?;
-        let superset = self.superset(&ast);
+        let compiled = compiled_query(query)?;
+        let superset = self.superset(&compiled.ast);
         Ok(self.reader.searcher().search(superset.as_ref(), &RowCollector)?)
     }
 
@@ -321,9 +544,17 @@ impl FullTextIndex {
 
 /// Answers `query` over in-memory bodies; a null body never matches.
 pub fn matches_bodies(bodies: &StringArray, query: &str) -> Result<BooleanArray> {
+    // Compile first: a bad query is the caller's error even when there is nothing to search.
+    match &compiled_query(query)?.matcher {
+        Some(matcher) => Ok(matcher.matches(bodies)),
+        None => matches_bodies_by_index(bodies, query),
+    }
+}
+
+/// The reference semantics: the bodies written to an in-memory index and searched there.
+fn matches_bodies_by_index(bodies: &StringArray, query: &str) -> Result<BooleanArray> {
     let fields = index_schema();
     let index = Index::create_in_ram(fields.schema.clone());
-    // Parse first: a bad query is the caller's error even when there is nothing to search.
     let parsed = parse_query(&index, fields.body, query)?;
     let mut matched = BooleanBufferBuilder::new(bodies.len());
     matched.append_n(bodies.len(), false);
@@ -339,7 +570,10 @@ pub fn matches_bodies(bodies: &StringArray, query: &str) -> Result<BooleanArray>
     let reader = index.reader_builder().reload_policy(tantivy::ReloadPolicy::Manual).try_into()?;
     let searcher: tantivy::Searcher = tantivy::IndexReader::searcher(&reader);
     for row in searcher.search(&parsed, &RowCollector)? {
-        matched.set_bit(row as usize, true);
+        // A null body is a document without text, which `*` would match.
+        if bodies.is_valid(row as usize) {
+            matched.set_bit(row as usize, true);
+        }
     }
     Ok(BooleanArray::new(matched.finish(), None))
 }
@@ -464,6 +698,234 @@ mod tests {
         let error = validate_query("body:(unclosed").unwrap_err();
         assert!(matches!(error, Error::FullTextQuery { .. }), "{error}");
         assert_eq!(error.class(), crate::error::ErrorClass::BadRequest);
+    }
+
+    /// Lines of the loghub samples (every 25th of each system), and bodies made for the
+    /// analyzer's edges: tokens over its 40-byte limit, case folding beyond ASCII, no tokens.
+    fn differential_bodies() -> Vec<Option<String>> {
+        use std::io::Read;
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/loghub");
+        let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+        files.retain(|path| path.to_string_lossy().ends_with("_2k.log.gz"));
+        files.sort();
+        assert_eq!(files.len(), 16, "loghub samples in {}", dir.display());
+        let mut bodies = Vec::new();
+        for path in files {
+            let mut text = String::new();
+            flate2::read::GzDecoder::new(std::fs::File::open(&path).unwrap()).read_to_string(&mut text).unwrap();
+            bodies.extend(text.lines().step_by(25).map(|line| Some(line.to_string())));
+        }
+        let long = "x".repeat(45);
+        let exactly_forty = "y".repeat(40);
+        let just_under = "z".repeat(39);
+        bodies.extend(
+            [
+                format!("alpha {long} beta"),
+                format!("alpha beta {long}"),
+                format!("{long} alpha beta"),
+                format!("alpha {exactly_forty} beta"),
+                format!("alpha {just_under} beta"),
+                "alpha beta alpha beta gamma".to_string(),
+                "beta alpha".to_string(),
+                "alpha alpha beta".to_string(),
+                "Straße STRASSE straße".to_string(),
+                "İstanbul ISTANBUL istanbul".to_string(),
+                "ΣΊΣΥΦΟΣ σίσυφος".to_string(),
+                "日本語 テスト error".to_string(),
+                "req-7f3a9c1e5b failed: timeout".to_string(),
+                "REQ 7F3A9C1E5B".to_string(),
+                "error".to_string(),
+                "...".to_string(),
+                String::new(),
+            ]
+            .map(Some),
+        );
+        bodies.push(None);
+        bodies
+    }
+
+    /// Queries [`BodyMatcher`] decides: words, phrases, `*` and boolean combinations.
+    const MATCHER_QUERIES: &[&str] = &[
+        "error",
+        "ERROR",
+        "Error",
+        "failed",
+        "info",
+        "absent",
+        "blk",
+        "PacketResponder",
+        "dfs.DataNode$PacketResponder",
+        "127.0.0.1",
+        "173.234.31.186",
+        "req-7f3a9c1e5b",
+        "7f3a9c1e5b",
+        "\"sshd[24200]:\"",
+        "\"workerEnv.init()\"",
+        "user root",
+        "root user",
+        "\"for user root\"",
+        "\"user root\"",
+        "\"root user\"",
+        "\"session opened for user\"",
+        "\"Received block\"",
+        "\"for block blk\"",
+        "\"invalid user\"",
+        "\"Invalid user webmaster from\"",
+        "\"alpha beta\"",
+        "\"beta alpha\"",
+        "\"alpha alpha beta\"",
+        "\"alpha beta gamma\"",
+        "\"alpha beta alpha\"",
+        "\"alpha xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx beta\"",
+        "\"qqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqq alpha beta\"",
+        "\"alpha beta qqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqq\"",
+        "\"alpha yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy beta\"",
+        "\"alpha zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz beta\"",
+        "yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy",
+        "zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz",
+        "alpha-beta",
+        "'alpha beta'",
+        "\"error\"",
+        "\"error\"~2",
+        "straße",
+        "STRASSE",
+        "İstanbul",
+        "istanbul",
+        "σίσυφος",
+        "ΣΊΣΥΦΟΣ",
+        "日本語",
+        "テスト error",
+        "error failed",
+        "error AND failed",
+        "error OR failed",
+        "error || failed",
+        "error && failed",
+        "+error +failed",
+        "error -failed",
+        "error NOT failed",
+        "error AND NOT failed",
+        "+error -failed -info",
+        "error OR failed -root",
+        "error OR (failed -root)",
+        "(error OR failed) AND (user OR block)",
+        "(error OR failed) (user OR block)",
+        "error OR failed AND user",
+        "+error failed",
+        "+error OR failed",
+        "error +failed",
+        "(-error) info",
+        "(-error) OR info",
+        "info OR (-error)",
+        "(error -error) OR info",
+        "error^3 OR info",
+        "(error OR info)^2",
+        "body:error",
+        "body:\"user root\"",
+        "body:(error OR info)",
+        "body:(error info)",
+        "*",
+        "(*)",
+        "*^2",
+        "* -error",
+        "* AND error",
+        "* OR error",
+        "error OR *",
+        "\"\"",
+        "\"...\"",
+        "\"...\" error",
+        "error \"...\"",
+        "error OR \"...\"",
+        "error -\"...\"",
+        "(\"...\") error",
+        "(\"...\" -failed) error",
+        "(\"...\" -failed) OR error",
+        "\"...\"^2 error",
+        "\"...\"^2 OR error",
+        "\"...\"^1 error",
+        "error -\"...\"^2",
+        "(\"...\" OR \"...\") error",
+        "",
+        "   ",
+        "error*",
+        "err*",
+        "*error",
+        "a\\-b",
+    ];
+
+    /// Queries the in-memory index still answers.
+    const INDEX_QUERIES: &[&str] = &[
+        "\"user root\"~1",
+        "\"alpha beta\"~2",
+        "\"for user\"*",
+        "\"alpha be\"*",
+        "body:[a TO c]",
+        "body: IN [error info]",
+        "body:*",
+        "error AND body:[e TO f]",
+    ];
+
+    fn differential(queries: &[&str], bodies: &StringArray) -> usize {
+        let mut agreeing_hits = 0;
+        for query in queries {
+            let reference = matches_bodies_by_index(bodies, query);
+            let answer = matches_bodies(bodies, query);
+            match (reference, answer) {
+                (Ok(reference), Ok(answer)) => {
+                    for row in 0..bodies.len() {
+                        assert_eq!(
+                            answer.value(row),
+                            reference.value(row),
+                            "query {query:?}, body {:?}",
+                            bodies.is_valid(row).then(|| bodies.value(row))
+                        );
+                    }
+                    agreeing_hits += reference.true_count();
+                }
+                (Err(_), Err(_)) => {}
+                (reference, answer) => panic!("query {query:?}: index {reference:?}, matcher {answer:?}"),
+            }
+        }
+        agreeing_hits
+    }
+
+    #[test]
+    fn matcher_agrees_with_the_in_memory_index() {
+        let bodies = StringArray::from(differential_bodies());
+        for query in MATCHER_QUERIES {
+            assert!(compiled_query(query).unwrap().matcher.is_some(), "{query:?} should not need the index");
+        }
+        for query in INDEX_QUERIES {
+            assert!(compiled_query(query).unwrap().matcher.is_none(), "{query:?} needs the index");
+        }
+        // The comparison means something only if the queries find rows.
+        assert!(differential(MATCHER_QUERIES, &bodies) > 10_000);
+        differential(INDEX_QUERIES, &bodies);
+        // Errors stay the parser's.
+        for query in [
+            "-error",
+            "NOT error",
+            "\"...\" -error",
+            "body:(unclosed",
+            "sshd[24200]:",
+            "nosuchfield:x",
+            "row:5",
+            "\"a\"*",
+        ] {
+            let error = matches_bodies(&bodies, query).unwrap_err();
+            assert!(matches!(error, Error::FullTextQuery { .. }), "{query:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn null_bodies_never_match() {
+        let bodies = StringArray::from(vec![None, Some("error"), None]);
+        for query in ["*", "* AND body:[a TO z]"] {
+            assert_eq!(
+                matches_bodies(&bodies, query).unwrap(),
+                BooleanArray::from(vec![false, true, false]),
+                "{query}"
+            );
+        }
     }
 
     #[test]
