@@ -25,7 +25,9 @@ use arrow::datatypes::UInt64Type;
 use parking_lot::Mutex;
 use parquet::arrow::ProjectionMask;
 use parquet::file::metadata::PageIndexPolicy;
-use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection, RowSelector};
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection, RowSelector,
+};
 use wake_storage::DataFile;
 use wake_storage::schema::{self, PROMOTED_RESOURCE_ATTRIBUTES, Signal};
 use wake_storage::series::{map_entries, series_ids};
@@ -117,6 +119,7 @@ enum StoredIds {
 pub struct FileSeries {
     runs: Vec<(u64, Range<usize>)>,
     ids: StoredIds,
+    metadata: ArrowReaderMetadata,
 }
 
 impl FileSeries {
@@ -141,9 +144,19 @@ fn projection(builder_schema: &parquet::schema::types::SchemaDescriptor, arrow: 
     ProjectionMask::roots(builder_schema, roots)
 }
 
-fn open(path: &PathBuf) -> parquet::errors::Result<ParquetRecordBatchReaderBuilder<File>> {
-    let file = File::open(path).map_err(|e| parquet::errors::ParquetError::External(Box::new(e)))?;
-    ParquetRecordBatchReaderBuilder::try_new_with_options(file, ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional))
+fn open_file(path: &PathBuf) -> parquet::errors::Result<File> {
+    File::open(path).map_err(|e| parquet::errors::ParquetError::External(Box::new(e)))
+}
+
+/// A file's footer with its page index, read once per file: parsing it is a good part of a
+/// selective query's time.
+fn load_metadata(path: &PathBuf) -> parquet::errors::Result<ArrowReaderMetadata> {
+    let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
+    ArrowReaderMetadata::load(&open_file(path)?, options)
+}
+
+fn open(path: &PathBuf, metadata: &ArrowReaderMetadata) -> parquet::errors::Result<ParquetRecordBatchReaderBuilder<File>> {
+    Ok(ParquetRecordBatchReaderBuilder::new_with_metadata(open_file(path)?, metadata.clone()))
 }
 
 /// A selection of the rows in `ranges` (sorted, not overlapping) out of `total` rows.
@@ -218,7 +231,8 @@ impl SeriesIndex {
     }
 
     fn index_file(&self, path: &PathBuf) -> parquet::errors::Result<FileSeries> {
-        let builder = open(path)?;
+        let metadata = load_metadata(path)?;
+        let builder = open(path, &metadata)?;
         let arrow = builder.schema().clone();
         let total = builder.metadata().file_metadata().num_rows() as usize;
         let ids = if arrow.index_of(schema::SERIES_ID).is_ok() { StoredIds::Stored } else { StoredIds::Computed };
@@ -243,7 +257,7 @@ impl SeriesIndex {
                         .collect()
                 };
                 if !first_rows.is_empty() {
-                    let builder = open(path)?;
+                    let builder = open(path, &metadata)?;
                     let mut columns = identity_columns();
                     columns.push(schema::SERIES_ID);
                     let mask = projection(builder.parquet_schema(), &arrow, &columns);
@@ -268,7 +282,7 @@ impl SeriesIndex {
                 }
             }
         }
-        Ok(FileSeries { runs, ids })
+        Ok(FileSeries { runs, ids, metadata })
     }
 
     /// Records the identity of every series of `batch` (which has the identity columns) not
@@ -306,7 +320,7 @@ impl SeriesIndex {
         if ranges.is_empty() {
             return Ok(());
         }
-        let builder = open(&file.path)?;
+        let builder = open(&file.path, &entry.metadata)?;
         let arrow = builder.schema().clone();
         let total = builder.metadata().file_metadata().num_rows() as usize;
         let mut names: Vec<&str> = columns.to_vec();
