@@ -25,6 +25,8 @@ use crate::schema::{self, Signal};
 use crate::wal::sync_dir;
 
 const NANOS_PER_HOUR: i64 = 3_600_000_000_000;
+/// Rows per data page of metrics files.
+const METRICS_PAGE_ROWS: usize = 4096;
 
 fn sort_columns(signal: Signal) -> &'static [&'static str] {
     match signal {
@@ -63,6 +65,11 @@ fn writer_properties(signal: Signal, config: &StoreConfig) -> Result<WriterPrope
         builder = builder
             .set_column_dictionary_enabled(ColumnPath::from(column), false)
             .set_column_encoding(ColumnPath::from(column), Encoding::DELTA_BINARY_PACKED);
+    }
+    if signal == Signal::Metrics {
+        // A PromQL selector reads a few series' runs of rows out of many; smaller pages mean
+        // less decompressed around each run (a series has 240 rows an hour at a 15 s scrape).
+        builder = builder.set_data_page_row_count_limit(METRICS_PAGE_ROWS);
     }
     if signal == Signal::Logs {
         // Log bodies are nearly all distinct: a dictionary is built, overflows and is dropped.

@@ -40,7 +40,9 @@ const BATCH_ROWS: usize = 8 * 1024;
 /// What the index knows of one series: the stored metric and every attribute of its rows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SeriesInfo {
-    pub descriptor: Descriptor,
+    /// Shared by every series of the metric (see [`SeriesIndex::learn`]), so that a selector
+    /// can tell metrics apart by pointer.
+    pub descriptor: Arc<Descriptor>,
     /// Resource attributes, the promoted columns (`service.name`, `k8s.pod.name`, …) first.
     pub resource: Vec<(String, String)>,
     pub point: Vec<(String, String)>,
@@ -102,7 +104,7 @@ impl SeriesInfo {
                 .unwrap_or_default()
         };
         resource.extend(entries(schema::RESOURCE_ATTRIBUTES));
-        SeriesInfo { descriptor, resource, point: entries(schema::ATTRIBUTES) }
+        SeriesInfo { descriptor: Arc::new(descriptor), resource, point: entries(schema::ATTRIBUTES) }
     }
 }
 
@@ -192,7 +194,25 @@ pub fn batch_ids(batch: &RecordBatch) -> parquet::errors::Result<UInt64Array> {
 #[derive(Default)]
 pub struct SeriesIndex {
     files: Mutex<HashMap<PathBuf, Arc<FileSeries>>>,
-    series: Mutex<HashMap<u64, Arc<SeriesInfo>>>,
+    series: Mutex<KnownSeries>,
+}
+
+#[derive(Default)]
+struct KnownSeries {
+    by_id: HashMap<u64, Arc<SeriesInfo>>,
+    descriptors: HashSet<Arc<Descriptor>>,
+}
+
+impl KnownSeries {
+    fn insert(&mut self, id: u64, mut info: SeriesInfo) {
+        match self.descriptors.get(&info.descriptor) {
+            Some(shared) => info.descriptor = shared.clone(),
+            None => {
+                self.descriptors.insert(info.descriptor.clone());
+            }
+        }
+        self.by_id.insert(id, Arc::new(info));
+    }
 }
 
 impl SeriesIndex {
@@ -227,7 +247,10 @@ impl SeriesIndex {
         // in memory re-add theirs on the next query.
         let live: HashSet<u64> = files.values().flat_map(|f| f.ids()).collect();
         drop(files);
-        self.series.lock().retain(|id, _| live.contains(id));
+        let mut series = self.series.lock();
+        series.by_id.retain(|id, _| live.contains(id));
+        let used: HashSet<*const Descriptor> = series.by_id.values().map(|s| Arc::as_ptr(&s.descriptor)).collect();
+        series.descriptors.retain(|d| used.contains(&Arc::as_ptr(d)));
     }
 
     fn index_file(&self, path: &PathBuf) -> parquet::errors::Result<FileSeries> {
@@ -252,7 +275,7 @@ impl SeriesIndex {
                     let series = self.series.lock();
                     let mut new = HashSet::new();
                     runs.iter()
-                        .filter(|(id, _)| !series.contains_key(id) && new.insert(*id))
+                        .filter(|(id, _)| !series.by_id.contains_key(id) && new.insert(*id))
                         .map(|(_, range)| range.start..range.start + 1)
                         .collect()
                 };
@@ -296,13 +319,25 @@ impl SeriesIndex {
                 continue;
             }
             previous = Some(*id);
-            series.entry(*id).or_insert_with(|| Arc::new(SeriesInfo::from_row(batch, row)));
+            if !series.by_id.contains_key(id) {
+                series.insert(*id, SeriesInfo::from_row(batch, row));
+            }
         }
         Ok(ids)
     }
 
-    pub fn info(&self, id: u64) -> Option<Arc<SeriesInfo>> {
-        self.series.lock().get(&id).cloned()
+    /// The identities of `ids` (those known), under one lock.
+    pub fn infos(&self, ids: impl Iterator<Item = u64>) -> HashMap<u64, Arc<SeriesInfo>> {
+        let series = self.series.lock();
+        let mut found = HashMap::new();
+        for id in ids {
+            if let std::collections::hash_map::Entry::Vacant(slot) = found.entry(id)
+                && let Some(info) = series.by_id.get(&id)
+            {
+                slot.insert(info.clone());
+            }
+        }
+        found
     }
 
     /// Reads the rows of the series `wanted` from `file`, `columns` of them (`series_id`
@@ -322,16 +357,21 @@ impl SeriesIndex {
         }
         let builder = open(&file.path, &entry.metadata)?;
         let arrow = builder.schema().clone();
-        let total = builder.metadata().file_metadata().num_rows() as usize;
         let mut names: Vec<&str> = columns.to_vec();
         match entry.ids {
             StoredIds::Stored => names.push(schema::SERIES_ID),
             StoredIds::Computed => names.extend(identity_columns()),
         }
         let mask = projection(builder.parquet_schema(), &arrow, &names);
+        // Only the row groups that hold wanted rows are opened at all: each column chunk
+        // opened costs a decompression context and a skip over its pages.
+        let group_rows: Vec<usize> = builder.metadata().row_groups().iter().map(|g| g.num_rows() as usize).collect();
+        let (groups, ranges) = groups_and_ranges(&group_rows, merge(ranges));
+        let rows_in_groups = groups.iter().map(|g| group_rows[*g]).sum();
         let reader = builder
             .with_projection(mask)
-            .with_row_selection(row_selection(merge(ranges).into_iter(), total))
+            .with_row_groups(groups)
+            .with_row_selection(row_selection(ranges.into_iter(), rows_in_groups))
             .with_batch_size(BATCH_ROWS)
             .build()?;
         for batch in reader {
@@ -356,6 +396,36 @@ fn merge(mut ranges: Vec<Range<usize>>) -> Vec<Range<usize>> {
     merged
 }
 
+/// The row groups that `ranges` (sorted, not overlapping, in file rows) touch, and the ranges
+/// renumbered as rows of those groups alone.
+fn groups_and_ranges(group_rows: &[usize], ranges: Vec<Range<usize>>) -> (Vec<usize>, Vec<Range<usize>>) {
+    let mut groups = Vec::new();
+    let mut renumbered = Vec::with_capacity(ranges.len());
+    // Rows of the groups before the current one that are left out of the reading.
+    let (mut group, mut group_start, mut skipped) = (0, 0, 0);
+    for range in ranges {
+        let mut start = range.start;
+        while start < range.end && group < group_rows.len() {
+            let group_end = group_start + group_rows[group];
+            if start >= group_end {
+                if groups.last() != Some(&group) {
+                    skipped += group_rows[group];
+                }
+                group_start = group_end;
+                group += 1;
+                continue;
+            }
+            if groups.last() != Some(&group) {
+                groups.push(group);
+            }
+            let end = range.end.min(group_end);
+            renumbered.push(start - skipped..end - skipped);
+            start = end;
+        }
+    }
+    (groups, renumbered)
+}
+
 /// Whether `file` may hold rows in `[min_ns, max_ns]`.
 pub fn overlaps(file: &DataFile, min_ns: i64, max_ns: i64) -> bool {
     file.signal == Signal::Metrics && file.min_time_ns <= max_ns && file.max_time_ns >= min_ns
@@ -371,6 +441,17 @@ mod tests {
         extend_runs(&mut runs, &UInt64Array::from(vec![7, 7, 9]), 0);
         extend_runs(&mut runs, &UInt64Array::from(vec![9, 7]), 3);
         assert_eq!(runs, vec![(7, 0..2), (9, 2..4), (7, 4..5)]);
+    }
+
+    #[test]
+    fn only_the_row_groups_with_wanted_rows_are_read() {
+        // Groups of 10 rows: rows 12..14 and 15..25 are in groups 1 and 2, 45..47 in group 4.
+        let (groups, ranges) = groups_and_ranges(&[10, 10, 10, 10, 10], vec![12..14, 15..25, 45..47]);
+        assert_eq!(groups, vec![1, 2, 4]);
+        // Renumbered over groups 1, 2 and 4 alone (rows 10..30 and 40..50 become 0..30).
+        assert_eq!(ranges, vec![2..4, 5..10, 10..15, 25..27]);
+        let (groups, ranges) = groups_and_ranges(&[10, 10], vec![0..20]);
+        assert_eq!((groups, ranges), (vec![0, 1], vec![0..10, 10..20]));
     }
 
     #[test]

@@ -94,28 +94,13 @@ fn candidates(engine: &QueryEngine, index: &SeriesIndex, min_ns: i64, max_ns: i6
     let snapshot = engine.store().snapshot(Signal::Metrics);
     let in_range: Vec<_> = snapshot.files.iter().filter(|f| overlaps(f, min_ns, max_ns)).cloned().collect();
     let entries = index.files(&in_range, &snapshot.files)?;
-    let mut series = HashMap::new();
-    let mut add = |id: u64| {
-        if let std::collections::hash_map::Entry::Vacant(slot) = series.entry(id)
-            && let Some(info) = index.info(id)
-        {
-            slot.insert(info);
-        }
-    };
-    for entry in &entries {
-        let mut previous = None;
-        for id in entry.ids() {
-            if previous != Some(id) {
-                add(id);
-                previous = Some(id);
-            }
-        }
-    }
+    let mut buffered_ids = Vec::with_capacity(snapshot.buffered.len());
     for batch in &snapshot.buffered {
-        for id in index.learn(batch)?.values() {
-            add(*id);
-        }
+        buffered_ids.push(index.learn(batch)?);
     }
+    let series = index.infos(
+        entries.iter().flat_map(|entry| entry.ids()).chain(buffered_ids.iter().flat_map(|ids| ids.values().iter().copied())),
+    );
     Ok(Candidates { files: in_range.into_iter().zip(entries).collect(), buffered: snapshot.buffered, series })
 }
 
@@ -163,13 +148,14 @@ impl Scan {
             series: Vec::new(),
             seen: Vec::new(),
         };
-        let mut exposures_of: HashMap<MetricKey, Arc<[Exposure]>> = HashMap::new();
+        // Series of one metric share its descriptor (interned by the index).
+        let mut exposures_of: HashMap<*const Descriptor, Arc<[Exposure]>> = HashMap::new();
         let mut ids: Vec<(&u64, &Arc<SeriesInfo>)> = candidates.series.iter().collect();
         // Series in a stable order, whatever the hash map's.
         ids.sort_unstable_by_key(|(id, _)| **id);
         for (id, info) in ids {
             let exposures = exposures_of
-                .entry(metric_key(&info.descriptor))
+                .entry(Arc::as_ptr(&info.descriptor))
                 .or_insert_with(|| wanted_exposures(&info.descriptor, matchers).into())
                 .clone();
             if exposures.is_empty() {
@@ -372,7 +358,7 @@ impl StoreSource {
                             known.description.clone_from(&descriptor.description);
                         }
                     })
-                    .or_insert_with(|| descriptor.clone());
+                    .or_insert_with(|| (**descriptor).clone());
             }
             let mut descriptors: Vec<Descriptor> = metrics.into_values().collect();
             descriptors.sort();
