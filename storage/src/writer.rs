@@ -27,6 +27,8 @@ use crate::wal::sync_dir;
 const NANOS_PER_HOUR: i64 = 3_600_000_000_000;
 /// Rows per data page of metrics files.
 const METRICS_PAGE_ROWS: usize = 4096;
+/// Rows per row group of metrics files, at least.
+const METRICS_ROW_GROUP_ROWS: usize = 1024 * 1024;
 
 fn sort_columns(signal: Signal) -> &'static [&'static str] {
     match signal {
@@ -69,7 +71,17 @@ fn writer_properties(signal: Signal, config: &StoreConfig) -> Result<WriterPrope
     if signal == Signal::Metrics {
         // A PromQL selector reads a few series' runs of rows out of many; smaller pages mean
         // less decompressed around each run (a series has 240 rows an hour at a 15 s scrape).
-        builder = builder.set_data_page_row_count_limit(METRICS_PAGE_ROWS);
+        builder = builder
+            .set_data_page_row_count_limit(METRICS_PAGE_ROWS)
+            // Each row group opened costs a decompression context and a dictionary page per
+            // column; with pages this small, the page index does the skipping that more row
+            // groups would.
+            .set_max_row_group_row_count(Some(config.row_group_rows.max(METRICS_ROW_GROUP_ROWS)));
+        // Every data page read drags its column chunk's dictionary page along; sample values
+        // are nearly all distinct, so their dictionary would be large and useless.
+        for column in [schema::VALUE, schema::SUM] {
+            builder = builder.set_column_dictionary_enabled(ColumnPath::from(column), false);
+        }
     }
     if signal == Signal::Logs {
         // Log bodies are nearly all distinct: a dictionary is built, overflows and is dropped.

@@ -18,7 +18,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::ops::Range;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use arrow::array::{Array, AsArray, RecordBatch, UInt64Array};
 use arrow::datatypes::UInt64Type;
@@ -32,7 +32,7 @@ use wake_storage::DataFile;
 use wake_storage::schema::{self, PROMOTED_RESOURCE_ATTRIBUTES, Signal};
 use wake_storage::series::{map_entries, series_ids};
 
-use super::naming::{Descriptor, RowAttributes};
+use super::naming::{Descriptor, Exposure, Labels, RowAttributes, series_labels};
 
 /// Rows read at a time.
 const BATCH_ROWS: usize = 8 * 1024;
@@ -46,6 +46,8 @@ pub struct SeriesInfo {
     /// Resource attributes, the promoted columns (`service.name`, `k8s.pod.name`, …) first.
     pub resource: Vec<(String, String)>,
     pub point: Vec<(String, String)>,
+    /// The series' labels under each exposure of its metric, computed on first use.
+    labels: OnceLock<Vec<Option<Labels>>>,
 }
 
 impl SeriesInfo {
@@ -54,6 +56,16 @@ impl SeriesInfo {
             resource: self.resource.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
             point: self.point.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
         }
+    }
+
+    /// The labels of this series under each of `exposures` (all the exposures of its metric,
+    /// in [`Descriptor::exposures`] order; `None` where an alias does not apply). Built once:
+    /// a selector matches thousands of series by their labels on every query.
+    pub fn labels(&self, exposures: &[Exposure]) -> &[Option<Labels>] {
+        self.labels.get_or_init(|| {
+            let attributes = self.row_attributes();
+            exposures.iter().map(|exposure| series_labels(&self.descriptor, exposure, &attributes)).collect()
+        })
     }
 }
 
@@ -104,7 +116,12 @@ impl SeriesInfo {
                 .unwrap_or_default()
         };
         resource.extend(entries(schema::RESOURCE_ATTRIBUTES));
-        SeriesInfo { descriptor: Arc::new(descriptor), resource, point: entries(schema::ATTRIBUTES) }
+        SeriesInfo {
+            descriptor: Arc::new(descriptor),
+            resource,
+            point: entries(schema::ATTRIBUTES),
+            labels: OnceLock::new(),
+        }
     }
 }
 

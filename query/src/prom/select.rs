@@ -17,7 +17,7 @@ use wake_storage::schema::{self, Signal};
 
 use super::eval::{PromError, Result, Sample, SeriesData, SeriesSource};
 use super::index::{SeriesIndex, SeriesInfo, overlaps};
-use super::naming::{Descriptor, Exposure, Labels, METRIC_NAME_LABEL, Part, series_labels};
+use super::naming::{Descriptor, Exposure, Labels, METRIC_NAME_LABEL, Part};
 use crate::engine::QueryEngine;
 
 /// The store as a [`SeriesSource`].
@@ -148,25 +148,32 @@ impl Scan {
             series: Vec::new(),
             seen: Vec::new(),
         };
-        // Series of one metric share its descriptor (interned by the index).
-        let mut exposures_of: HashMap<*const Descriptor, Arc<[Exposure]>> = HashMap::new();
+        // Series of one metric share its descriptor (interned by the index): its exposures,
+        // and which of them the selector's `__name__` accepts, are worked out once.
+        let mut exposures_of: HashMap<*const Descriptor, (Arc<[Exposure]>, Arc<[usize]>, Arc<[Exposure]>)> =
+            HashMap::new();
         let mut ids: Vec<(&u64, &Arc<SeriesInfo>)> = candidates.series.iter().collect();
         // Series in a stable order, whatever the hash map's.
         ids.sort_unstable_by_key(|(id, _)| **id);
         for (id, info) in ids {
-            let exposures = exposures_of
+            let (all, positions, wanted) = exposures_of
                 .entry(Arc::as_ptr(&info.descriptor))
-                .or_insert_with(|| wanted_exposures(&info.descriptor, matchers).into())
+                .or_insert_with(|| {
+                    let all: Arc<[Exposure]> = info.descriptor.exposures().into();
+                    let wanted = wanted_exposures(&info.descriptor, matchers);
+                    let positions = wanted.iter().filter_map(|w| all.iter().position(|e| e == w)).collect();
+                    (all, positions, wanted.into())
+                })
                 .clone();
-            if exposures.is_empty() {
+            if wanted.is_empty() {
                 continue;
             }
-            let targets = scan.targets(info, &exposures);
+            let targets = scan.targets(info, &all, &positions, &wanted);
             if targets.iter().all(|t| matches!(t, Target::Skip)) {
                 continue;
             }
             scan.by_id.insert(*id, scan.selected.len());
-            scan.selected.push(Selected { exposures, targets });
+            scan.selected.push(Selected { exposures: wanted, targets });
         }
         scan
     }
@@ -177,18 +184,20 @@ impl Scan {
         self.series.len() - 1
     }
 
-    fn targets(&mut self, info: &SeriesInfo, exposures: &[Exposure]) -> Vec<Target> {
-        let attributes = info.row_attributes();
-        let mut targets = Vec::with_capacity(exposures.len());
-        for exposure in exposures {
-            let Some(labels) = series_labels(&info.descriptor, exposure, &attributes) else {
+    /// Where the rows of `info` go, per wanted exposure (at `positions` among `all` of its
+    /// metric's), from the series' labels, which the index computes once per series.
+    fn targets(&mut self, info: &SeriesInfo, all: &[Exposure], positions: &[usize], wanted: &[Exposure]) -> Vec<Target> {
+        let labels = info.labels(all);
+        let mut targets = Vec::with_capacity(wanted.len());
+        for (exposure, position) in wanted.iter().zip(positions) {
+            let Some(labels) = &labels[*position] else {
                 targets.push(Target::Skip);
                 continue;
             };
             targets.push(match exposure.part {
-                Part::Buckets => Target::PerBound { base: labels, label: "le", series: HashMap::new() },
-                Part::Quantiles => Target::PerBound { base: labels, label: "quantile", series: HashMap::new() },
-                _ if matches_all(&self.matchers, &labels) => Target::Series(self.new_series(labels)),
+                Part::Buckets => Target::PerBound { base: labels.clone(), label: "le", series: HashMap::new() },
+                Part::Quantiles => Target::PerBound { base: labels.clone(), label: "quantile", series: HashMap::new() },
+                _ if matches_all(&self.matchers, labels) => Target::Series(self.new_series(labels.clone())),
                 _ => Target::Skip,
             });
         }
