@@ -26,7 +26,7 @@ use crate::wal::sync_dir;
 
 const NANOS_PER_HOUR: i64 = 3_600_000_000_000;
 /// Rows per data page of metrics files.
-const METRICS_PAGE_ROWS: usize = 4096;
+const METRICS_PAGE_ROWS: usize = 1024;
 /// Rows per row group of metrics files, at least.
 const METRICS_ROW_GROUP_ROWS: usize = 1024 * 1024;
 
@@ -70,7 +70,8 @@ fn writer_properties(signal: Signal, config: &StoreConfig) -> Result<WriterPrope
     }
     if signal == Signal::Metrics {
         // A PromQL selector reads a few series' runs of rows out of many; smaller pages mean
-        // less decompressed around each run (a series has 240 rows an hour at a 15 s scrape).
+        // less decompressed around each run (a series has 240 rows an hour at a 15 s scrape,
+        // so a page holds about four).
         builder = builder
             .set_data_page_row_count_limit(METRICS_PAGE_ROWS)
             // Each row group opened costs a decompression context and a dictionary page per

@@ -367,17 +367,19 @@ impl SeriesIndex {
         columns: &[&str],
         on_batch: &mut dyn FnMut(&RecordBatch, &UInt64Array),
     ) -> parquet::errors::Result<()> {
-        let ranges: Vec<Range<usize>> =
-            entry.runs.iter().filter(|(id, _)| wanted(*id)).map(|(_, range)| range.clone()).collect();
-        if ranges.is_empty() {
+        // Runs are in row order, so the rows read come run after run: their ids are known
+        // without reading the `series_id` column.
+        let runs: Vec<&(u64, Range<usize>)> = entry.runs.iter().filter(|(id, _)| wanted(*id)).collect();
+        if runs.is_empty() {
             return Ok(());
         }
+        let ranges: Vec<Range<usize>> = runs.iter().map(|(_, range)| range.clone()).collect();
+        let mut run_ids = runs.iter().flat_map(|(id, range)| std::iter::repeat_n(*id, range.len()));
         let builder = open(&file.path, &entry.metadata)?;
         let arrow = builder.schema().clone();
         let mut names: Vec<&str> = columns.to_vec();
-        match entry.ids {
-            StoredIds::Stored => names.push(schema::SERIES_ID),
-            StoredIds::Computed => names.extend(identity_columns()),
+        if entry.ids == StoredIds::Computed {
+            names.extend(identity_columns());
         }
         let mask = projection(builder.parquet_schema(), &arrow, &names);
         // Only the row groups that hold wanted rows are opened at all: each column chunk
@@ -393,7 +395,10 @@ impl SeriesIndex {
             .build()?;
         for batch in reader {
             let batch = batch?;
-            let ids = batch_ids(&batch)?;
+            let ids = match entry.ids {
+                StoredIds::Stored => UInt64Array::from_iter_values(run_ids.by_ref().take(batch.num_rows())),
+                StoredIds::Computed => batch_ids(&batch)?,
+            };
             on_batch(&batch, &ids);
         }
         Ok(())
