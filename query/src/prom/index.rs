@@ -133,17 +133,53 @@ enum StoredIds {
     Computed,
 }
 
-/// One file's series: runs of rows sharing an id, in row order.
+/// One file's series: runs of rows sharing an id, in row order, and the same runs by id
+/// (the file's postings).
 #[derive(Debug)]
 pub struct FileSeries {
     runs: Vec<(u64, Range<usize>)>,
+    /// (id, index into `runs`), ascending.
+    by_id: Vec<(u64, usize)>,
+    /// The metrics of the file's series.
+    descriptors: Vec<Arc<Descriptor>>,
     ids: StoredIds,
     metadata: ArrowReaderMetadata,
 }
 
 impl FileSeries {
+    fn new(runs: Vec<(u64, Range<usize>)>, ids: StoredIds, metadata: ArrowReaderMetadata) -> FileSeries {
+        let mut by_id: Vec<(u64, usize)> = runs.iter().enumerate().map(|(index, (id, _))| (*id, index)).collect();
+        by_id.sort_unstable();
+        FileSeries { runs, by_id, descriptors: Vec::new(), ids, metadata }
+    }
+
+    /// The file's series ids, ascending, each once.
     pub fn ids(&self) -> impl Iterator<Item = u64> + '_ {
-        self.runs.iter().map(|(id, _)| *id)
+        let mut previous = None;
+        self.by_id.iter().filter_map(move |(id, _)| (previous.replace(*id) != Some(*id)).then_some(*id))
+    }
+
+    pub fn descriptors(&self) -> &[Arc<Descriptor>] {
+        &self.descriptors
+    }
+
+    /// The runs of the series `wanted` (ascending ids), in row order: a merge of two sorted
+    /// lists, however few or many series are wanted.
+    fn runs_of(&self, wanted: &[u64]) -> Vec<&(u64, Range<usize>)> {
+        let mut indices = Vec::new();
+        let (mut i, mut j) = (0, 0);
+        while i < self.by_id.len() && j < wanted.len() {
+            match self.by_id[i].0.cmp(&wanted[j]) {
+                std::cmp::Ordering::Less => i += 1,
+                std::cmp::Ordering::Greater => j += 1,
+                std::cmp::Ordering::Equal => {
+                    indices.push(self.by_id[i].1);
+                    i += 1;
+                }
+            }
+        }
+        indices.sort_unstable();
+        indices.into_iter().map(|index| &self.runs[index]).collect()
     }
 }
 
@@ -214,19 +250,24 @@ pub struct SeriesIndex {
     series: Mutex<KnownSeries>,
 }
 
+/// Every known series, and the series of each metric.
 #[derive(Default)]
 struct KnownSeries {
     by_id: HashMap<u64, Arc<SeriesInfo>>,
-    descriptors: HashSet<Arc<Descriptor>>,
+    /// Keys are the interned descriptors the series share.
+    by_metric: HashMap<Arc<Descriptor>, Vec<u64>>,
 }
 
 impl KnownSeries {
     fn insert(&mut self, id: u64, mut info: SeriesInfo) {
-        match self.descriptors.get(&info.descriptor) {
-            Some(shared) => info.descriptor = shared.clone(),
+        match self.by_metric.get_key_value(&info.descriptor) {
+            Some((shared, _)) => info.descriptor = shared.clone(),
             None => {
-                self.descriptors.insert(info.descriptor.clone());
+                self.by_metric.insert(info.descriptor.clone(), Vec::new());
             }
+        }
+        if let Some(ids) = self.by_metric.get_mut(&info.descriptor) {
+            ids.push(id);
         }
         self.by_id.insert(id, Arc::new(info));
     }
@@ -266,8 +307,33 @@ impl SeriesIndex {
         drop(files);
         let mut series = self.series.lock();
         series.by_id.retain(|id, _| live.contains(id));
-        let used: HashSet<*const Descriptor> = series.by_id.values().map(|s| Arc::as_ptr(&s.descriptor)).collect();
-        series.descriptors.retain(|d| used.contains(&Arc::as_ptr(d)));
+        for ids in series.by_metric.values_mut() {
+            ids.retain(|id| live.contains(id));
+        }
+        series.by_metric.retain(|_, ids| !ids.is_empty());
+    }
+
+    /// Every known series of the metrics `accept` takes. A superset of a time range's series
+    /// once the range's files are indexed; those without rows in the range read none.
+    pub fn series_of(&self, mut accept: impl FnMut(&Descriptor) -> bool) -> Vec<(u64, Arc<SeriesInfo>)> {
+        let series = self.series.lock();
+        let mut found = Vec::new();
+        for (descriptor, ids) in &series.by_metric {
+            if accept(descriptor) {
+                found.extend(ids.iter().filter_map(|id| Some((*id, series.by_id.get(id)?.clone()))));
+            }
+        }
+        found
+    }
+
+    /// The distinct metrics of `ids`.
+    pub fn descriptors_of(&self, ids: impl Iterator<Item = u64>) -> Vec<Arc<Descriptor>> {
+        let series = self.series.lock();
+        let mut seen = HashSet::new();
+        ids.filter_map(|id| series.by_id.get(&id))
+            .filter(|info| seen.insert(Arc::as_ptr(&info.descriptor)))
+            .map(|info| info.descriptor.clone())
+            .collect()
     }
 
     fn index_file(&self, path: &PathBuf) -> parquet::errors::Result<FileSeries> {
@@ -322,7 +388,9 @@ impl SeriesIndex {
                 }
             }
         }
-        Ok(FileSeries { runs, ids, metadata })
+        let mut entry = FileSeries::new(runs, ids, metadata);
+        entry.descriptors = self.descriptors_of(entry.ids());
+        Ok(entry)
     }
 
     /// Records the identity of every series of `batch` (which has the identity columns) not
@@ -343,33 +411,19 @@ impl SeriesIndex {
         Ok(ids)
     }
 
-    /// The identities of `ids` (those known), under one lock.
-    pub fn infos(&self, ids: impl Iterator<Item = u64>) -> HashMap<u64, Arc<SeriesInfo>> {
-        let series = self.series.lock();
-        let mut found = HashMap::new();
-        for id in ids {
-            if let std::collections::hash_map::Entry::Vacant(slot) = found.entry(id)
-                && let Some(info) = series.by_id.get(&id)
-            {
-                slot.insert(info.clone());
-            }
-        }
-        found
-    }
-
-    /// Reads the rows of the series `wanted` from `file`, `columns` of them (`series_id`
-    /// added), in batches handed to `on_batch` with their ids.
+    /// Reads the rows of the series `wanted` (ascending ids) from `file`, `columns` of them,
+    /// in batches handed to `on_batch` with their ids.
     pub fn read(
         &self,
         file: &DataFile,
         entry: &FileSeries,
-        wanted: &dyn Fn(u64) -> bool,
+        wanted: &[u64],
         columns: &[&str],
         on_batch: &mut dyn FnMut(&RecordBatch, &UInt64Array),
     ) -> parquet::errors::Result<()> {
         // Runs are in row order, so the rows read come run after run: their ids are known
         // without reading the `series_id` column.
-        let runs: Vec<&(u64, Range<usize>)> = entry.runs.iter().filter(|(id, _)| wanted(*id)).collect();
+        let runs = entry.runs_of(wanted);
         if runs.is_empty() {
             return Ok(());
         }
@@ -466,13 +520,40 @@ mod tests {
     }
 
     #[test]
+    fn runs_of_wanted_series_come_in_row_order() {
+        let runs = vec![(9, 0..2), (3, 2..4), (7, 4..6), (3, 6..7)];
+        let metadata = ArrowReaderMetadata::try_new(
+            Arc::new(parquet::file::metadata::ParquetMetaData::new(
+                parquet::file::metadata::FileMetaData::new(
+                    1,
+                    0,
+                    None,
+                    None,
+                    Arc::new(parquet::schema::types::SchemaDescriptor::new(Arc::new(
+                        parquet::schema::types::Type::group_type_builder("schema").build().unwrap(),
+                    ))),
+                    None,
+                ),
+                Vec::new(),
+            )),
+            ArrowReaderOptions::new(),
+        )
+        .unwrap();
+        let entry = FileSeries::new(runs, StoredIds::Stored, metadata);
+        assert_eq!(entry.ids().collect::<Vec<_>>(), vec![3, 7, 9]);
+        let picked: Vec<_> = entry.runs_of(&[3, 9]).into_iter().cloned().collect();
+        assert_eq!(picked, vec![(9, 0..2), (3, 2..4), (3, 6..7)]);
+        assert!(entry.runs_of(&[1, 4]).is_empty());
+    }
+
+    #[test]
     fn only_the_row_groups_with_wanted_rows_are_read() {
         // Groups of 10 rows: rows 12..14 and 15..25 are in groups 1 and 2, 45..47 in group 4.
         let (groups, ranges) = groups_and_ranges(&[10, 10, 10, 10, 10], vec![12..14, 15..25, 45..47]);
         assert_eq!(groups, vec![1, 2, 4]);
         // Renumbered over groups 1, 2 and 4 alone (rows 10..30 and 40..50 become 0..30).
         assert_eq!(ranges, vec![2..4, 5..10, 10..15, 25..27]);
-        let (groups, ranges) = groups_and_ranges(&[10, 10], vec![0..20]);
+        let (groups, ranges) = groups_and_ranges(&[10, 10], std::iter::once(0..20).collect());
         assert_eq!((groups, ranges), (vec![0, 1], vec![0..10, 10..20]));
     }
 

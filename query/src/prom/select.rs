@@ -74,34 +74,40 @@ enum Target {
     PerBound { base: Labels, label: &'static str, series: HashMap<u64, Option<usize>> },
 }
 
+/// A metric's exposures, and those a selector's `__name__` accepts (`positions` among `all`).
+#[derive(Clone)]
+struct MetricExposures {
+    all: Arc<[Exposure]>,
+    positions: Arc<[usize]>,
+    wanted: Arc<[Exposure]>,
+}
+
 /// A stored series the selector wants: which value each of its targets takes.
 struct Selected {
     exposures: Arc<[Exposure]>,
     targets: Vec<Target>,
 }
 
-/// The candidates of a selection: every series that may have rows in the range.
-struct Candidates {
+/// Where a selection's rows are: the files of its time range, indexed, and the unflushed rows.
+struct Sources {
     /// Files in the range and their index entries.
     files: Vec<(Arc<wake_storage::DataFile>, Arc<super::index::FileSeries>)>,
-    /// Rows not flushed yet.
-    buffered: Vec<RecordBatch>,
-    series: HashMap<u64, Arc<SeriesInfo>>,
+    /// Rows not flushed yet, and their series ids.
+    buffered: Vec<(RecordBatch, UInt64Array)>,
 }
 
-/// Lists the series of the files and buffered rows that may hold rows in `[min_ns, max_ns]`.
-fn candidates(engine: &QueryEngine, index: &SeriesIndex, min_ns: i64, max_ns: i64) -> crate::Result<Candidates> {
+/// Indexes the files that may hold rows in `[min_ns, max_ns]` and the unflushed rows, so that
+/// the index knows every series with rows there.
+fn sources(engine: &QueryEngine, index: &SeriesIndex, min_ns: i64, max_ns: i64) -> crate::Result<Sources> {
     let snapshot = engine.store().snapshot(Signal::Metrics);
     let in_range: Vec<_> = snapshot.files.iter().filter(|f| overlaps(f, min_ns, max_ns)).cloned().collect();
     let entries = index.files(&in_range, &snapshot.files)?;
-    let mut buffered_ids = Vec::with_capacity(snapshot.buffered.len());
-    for batch in &snapshot.buffered {
-        buffered_ids.push(index.learn(batch)?);
+    let mut buffered = Vec::with_capacity(snapshot.buffered.len());
+    for batch in snapshot.buffered {
+        let ids = index.learn(&batch)?;
+        buffered.push((batch, ids));
     }
-    let series = index.infos(
-        entries.iter().flat_map(|entry| entry.ids()).chain(buffered_ids.iter().flat_map(|ids| ids.values().iter().copied())),
-    );
-    Ok(Candidates { files: in_range.into_iter().zip(entries).collect(), buffered: snapshot.buffered, series })
+    Ok(Sources { files: in_range.into_iter().zip(entries).collect(), buffered })
 }
 
 fn optional<T: arrow::datatypes::ArrowPrimitiveType>(array: Option<&PrimitiveArray<T>>, row: usize) -> Option<T::Native> {
@@ -137,7 +143,14 @@ struct Scan {
 }
 
 impl Scan {
-    fn new(matchers: &[Matcher], candidates: &Candidates, min_ns: i64, max_ns: i64, keep_samples: bool) -> Scan {
+    /// `candidates`: the series of every metric whose names the selector can match.
+    fn new(
+        matchers: &[Matcher],
+        mut candidates: Vec<(u64, Arc<SeriesInfo>)>,
+        min_ns: i64,
+        max_ns: i64,
+        keep_samples: bool,
+    ) -> Scan {
         let mut scan = Scan {
             matchers: matchers.to_vec().into(),
             min_ns,
@@ -150,19 +163,17 @@ impl Scan {
         };
         // Series of one metric share its descriptor (interned by the index): its exposures,
         // and which of them the selector's `__name__` accepts, are worked out once.
-        let mut exposures_of: HashMap<*const Descriptor, (Arc<[Exposure]>, Arc<[usize]>, Arc<[Exposure]>)> =
-            HashMap::new();
-        let mut ids: Vec<(&u64, &Arc<SeriesInfo>)> = candidates.series.iter().collect();
+        let mut exposures_of: HashMap<*const Descriptor, MetricExposures> = HashMap::new();
         // Series in a stable order, whatever the hash map's.
-        ids.sort_unstable_by_key(|(id, _)| **id);
-        for (id, info) in ids {
-            let (all, positions, wanted) = exposures_of
+        candidates.sort_unstable_by_key(|(id, _)| *id);
+        for (id, info) in &candidates {
+            let MetricExposures { all, positions, wanted } = exposures_of
                 .entry(Arc::as_ptr(&info.descriptor))
                 .or_insert_with(|| {
                     let all: Arc<[Exposure]> = info.descriptor.exposures().into();
                     let wanted = wanted_exposures(&info.descriptor, matchers);
                     let positions = wanted.iter().filter_map(|w| all.iter().position(|e| e == w)).collect();
-                    (all, positions, wanted.into())
+                    MetricExposures { all, positions, wanted: wanted.into() }
                 })
                 .clone();
             if wanted.is_empty() {
@@ -356,10 +367,12 @@ impl StoreSource {
         let (engine, index) = (self.engine.clone(), self.index.clone());
         let (min_ns, max_ns) = nanosecond_bounds(min_ms, max_ms);
         let work = move || {
-            let candidates = candidates(&engine, &index, min_ns, max_ns)?;
+            let sources = sources(&engine, &index, min_ns, max_ns)?;
+            let in_files = sources.files.iter().flat_map(|(_, entry)| entry.descriptors().iter().cloned());
+            let in_memory = index.descriptors_of(sources.buffered.iter().flat_map(|(_, ids)| ids.values().iter().copied()));
             let mut metrics: HashMap<MetricKey, Descriptor> = HashMap::new();
-            for info in candidates.series.values() {
-                let descriptor = &info.descriptor;
+            for descriptor in in_files.chain(in_memory) {
+                let descriptor = &descriptor;
                 metrics
                     .entry(metric_key(descriptor))
                     .and_modify(|known| {
@@ -389,20 +402,20 @@ impl StoreSource {
         let (min_ns, max_ns) = nanosecond_bounds(min_ms, max_ms);
         let matchers = matchers.to_vec();
         let work = move || {
-            let candidates = candidates(&engine, &index, min_ns, max_ns)?;
-            let mut scan = Scan::new(&matchers, &candidates, min_ns, max_ns, keep_samples);
+            let sources = sources(&engine, &index, min_ns, max_ns)?;
+            let candidates = index.series_of(|descriptor| !wanted_exposures(descriptor, &matchers).is_empty());
+            let mut scan = Scan::new(&matchers, candidates, min_ns, max_ns, keep_samples);
             if scan.selected.is_empty() {
                 return Ok(Vec::new());
             }
             let columns = scan.columns();
-            let wanted: std::collections::HashSet<u64> = scan.by_id.keys().copied().collect();
-            let wants = |id: u64| wanted.contains(&id);
-            for (file, entry) in &candidates.files {
-                index.read(file, entry, &wants, &columns, &mut |batch, ids| scan.add_batch(batch, ids))?;
+            let mut wanted: Vec<u64> = scan.by_id.keys().copied().collect();
+            wanted.sort_unstable();
+            for (file, entry) in &sources.files {
+                index.read(file, entry, &wanted, &columns, &mut |batch, ids| scan.add_batch(batch, ids))?;
             }
-            for batch in &candidates.buffered {
-                let ids = super::index::batch_ids(batch)?;
-                scan.add_batch(batch, &ids);
+            for (batch, ids) in &sources.buffered {
+                scan.add_batch(batch, ids);
             }
             Ok(scan.finish())
         };
