@@ -44,6 +44,10 @@ curl -sf localhost:4380/readyz >/dev/null || fail "wake did not become ready"
 grep -q "Grafana:" "$work/wake.log" || fail "the banner does not say where to point Grafana"
 
 # Podman containers stand in for a cluster's: a busybox image imported from busybox-static.
+# Some sandboxes (this project's CI among them) refuse podman's default ulimits; an empty list
+# changes nothing else.
+printf '[containers]\ndefault_ulimits = []\n' > "$work/containers.conf"
+export CONTAINERS_CONF="$work/containers.conf"
 image=localhost/wake-quickstart-busybox
 if ! podman image exists "$image"; then
     rootfs="$work/rootfs"; mkdir -p "$rootfs/bin"
