@@ -31,7 +31,7 @@ pub enum SqlFormat {
 #[derive(clap::Args, Debug)]
 pub struct LogsArgs {
     /// A LogQL log query (`{namespace="shop"} |= "error"`), or words to search for in every
-    /// container's logs.
+    /// container's logs (lines holding all of them).
     pub query: String,
     /// The Wake query API.
     #[arg(long, env = "WAKE_URL", default_value = "http://127.0.0.1:4380")]
@@ -138,14 +138,18 @@ pub fn table(answer: &Value) -> String {
     text
 }
 
-/// A LogQL query for `text`: LogQL as it is, plain words as a search over every container.
+/// A LogQL query for `text`: LogQL as it is; plain words as a search over every container
+/// for lines that hold every word, wherever they are in the line (one `|=` per word).
 pub fn logql_for(text: &str) -> String {
     let text = text.trim();
     if text.starts_with('{') {
-        text.to_string()
-    } else {
-        format!("{{service_name=~\".+\"}} |= \"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
+        return text.to_string();
     }
+    let mut query = String::from("{service_name=~\".+\"}");
+    for word in text.split_whitespace() {
+        query.push_str(&format!(" |= \"{}\"", word.replace('\\', "\\\\").replace('"', "\\\"")));
+    }
+    query
 }
 
 fn now_ns() -> i64 {
@@ -265,6 +269,7 @@ mod tests {
     #[test]
     fn plain_words_become_a_search_over_every_container() {
         assert_eq!(logql_for(r#"{pod="x"} |= "y""#), r#"{pod="x"} |= "y""#);
-        assert_eq!(logql_for(r#"say "hi""#), r#"{service_name=~".+"} |= "say \"hi\"""#);
+        assert_eq!(logql_for(r#"say "hi""#), r#"{service_name=~".+"} |= "say" |= "\"hi\"""#);
+        assert_eq!(logql_for("  timeout   db-1 "), r#"{service_name=~".+"} |= "timeout" |= "db-1""#);
     }
 }
