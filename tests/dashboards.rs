@@ -158,16 +158,25 @@ fn post(server: &WakeServer, path: &str, body: Vec<u8>) {
     assert_eq!(status, 200, "POST {path}: {}", response.text().unwrap_or_default());
 }
 
-fn container_resource((namespace, pod, container): (&str, &str, &str)) -> Resource {
+/// The resource of one run of a container, as the agent sends it: each run (restart) is a
+/// container of its own, with its restart number from its log file's name.
+fn container_resource((namespace, pod, container): (&str, &str, &str), run: i64) -> Resource {
     Resource {
         attributes: vec![
             attribute("k8s.namespace.name", namespace),
             attribute("k8s.pod.name", pod),
             attribute("k8s.container.name", container),
             attribute("k8s.node.name", "node-1"),
-            attribute("container.id", &format!("{pod}{container}0123456789abcdef")),
+            attribute("container.id", &format!("{pod}{container}{run}0123456789abcdef")),
             attribute("container.image.name", &format!("registry.example/{container}:1.0")),
             attribute("service.name", container),
+            KeyValue {
+                key: "k8s.container.restart_count".into(),
+                value: Some(opentelemetry_proto::tonic::common::v1::AnyValue {
+                    value: Some(opentelemetry_proto::tonic::common::v1::any_value::Value::IntValue(run)),
+                }),
+                ..Default::default()
+            },
         ],
         ..Default::default()
     }
@@ -197,7 +206,7 @@ fn send_logs(server: &WakeServer, now: u64) -> u64 {
         }
         count += records.len() as u64;
         resource_logs.push(ResourceLogs {
-            resource: Some(container_resource(container)),
+            resource: Some(container_resource(container, 0)),
             scope_logs: vec![ScopeLogs {
                 scope: Some(InstrumentationScope { name: "wake.agent.logs".into(), ..Default::default() }),
                 log_records: records,
@@ -291,7 +300,8 @@ fn send_cgroup_metrics(server: &WakeServer, now: u64) {
             .into_iter()
             .enumerate()
             .map(|(c, container)| ResourceMetrics {
-                resource: Some(container_resource(container)),
+                // The first container restarts halfway through.
+                resource: Some(container_resource(container, i64::from(c == 0 && tick > HISTORY_S / EVERY_S / 2))),
                 scope_metrics: vec![ScopeMetrics {
                     scope: Some(InstrumentationScope { name: "wake.agent.cgroup".into(), ..Default::default() }),
                     metrics: cgroup_metrics(c as u64, tick + 1, start, time),
@@ -319,7 +329,7 @@ fn send_span(server: &WakeServer, now: u64) {
     };
     let request = ExportTraceServiceRequest {
         resource_spans: vec![ResourceSpans {
-            resource: Some(container_resource(CONTAINERS[0])),
+            resource: Some(container_resource(CONTAINERS[0], 0)),
             scope_spans: vec![ScopeSpans { spans: vec![span], ..Default::default() }],
             ..Default::default()
         }],
@@ -506,5 +516,18 @@ fn every_dashboard_query_runs_against_wake() {
         }
     }
     assert!(failures.is_empty(), "{} of {checked} queries returned nothing:\n{}", failures.len(), failures.join("\n"));
+
+    // The Restarts panel counts the cart container's one restart, and no other.
+    let restarts = r#"count by (namespace, pod, container) (count by (namespace, pod, container, k8s_container_restart_count) (last_over_time(container_memory_working_set_bytes{k8s_container_restart_count!=""}[1h]))) - 1"#;
+    let answer = get_json(&server, &server.api_url("/api/v1/query"), &[("query", restarts)]);
+    let counted: BTreeMap<String, String> = answer["data"]["result"]
+        .as_array()
+        .expect("a vector")
+        .iter()
+        .map(|s| (s["metric"]["pod"].as_str().unwrap_or("").to_string(), s["value"][1].as_str().unwrap_or("").to_string()))
+        .collect();
+    let expected: BTreeMap<String, String> =
+        [("cart-0", "1"), ("checkout-0", "0"), ("postgres-0", "0")].map(|(p, n)| (p.to_string(), n.to_string())).into();
+    assert_eq!(counted, expected, "{answer}");
     assert!(checked > 60, "only {checked} queries");
 }

@@ -124,6 +124,11 @@ impl Descriptor {
                     });
                 }
             }
+            // Where the OTLP translation gives the cAdvisor name itself (e.g.
+            // `container_memory_working_set_bytes`), the alias alone answers it: it carries the
+            // same labels plus cAdvisor's, and one name must not hold the series twice.
+            let aliased: Vec<String> = exposures.iter().filter(|e| e.alias.is_some()).map(|e| e.name.clone()).collect();
+            exposures.retain(|e| e.alias.is_some() || !aliased.contains(&e.name));
         }
         exposures
     }
