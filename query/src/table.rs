@@ -20,7 +20,7 @@ use datafusion::config::TableParquetOptions;
 use datafusion::datasource::TableType;
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::memory::MemorySourceConfig;
-use datafusion::datasource::physical_plan::parquet::ParquetAccessPlan;
+use datafusion::datasource::physical_plan::parquet::{CachedParquetFileReaderFactory, ParquetAccessPlan};
 use datafusion::datasource::physical_plan::{FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::{DataFusionError, Result as DfResult};
@@ -259,11 +259,19 @@ impl ScanBuilder<'_> {
         };
         options.global.pushdown_filters = true;
         options.global.reorder_filters = true;
-        let mut source = ParquetSource::new(self.schema.clone()).with_table_parquet_options(options);
+        // Files never change once written: their footers and page indexes are parsed once and
+        // kept in the session's metadata cache (bounded, least recently used first out)
+        // rather than read again by every query.
+        let url = ObjectStoreUrl::local_filesystem();
+        let store = self.state.runtime_env().object_store(&url)?;
+        let metadata_cache = self.state.runtime_env().cache_manager.get_file_metadata_cache();
+        let mut source = ParquetSource::new(self.schema.clone())
+            .with_table_parquet_options(options)
+            .with_parquet_file_reader_factory(Arc::new(CachedParquetFileReaderFactory::new(store, metadata_cache)));
         if let Some(predicate) = &self.predicate {
             source = source.with_predicate(predicate.clone());
         }
-        let mut config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
+        let mut config = FileScanConfigBuilder::new(url, Arc::new(source))
             .with_projection_indices(Some(projection.to_vec()))?
             .with_limit(limit);
         for (file, access_plan) in files {
