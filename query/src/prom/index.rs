@@ -260,15 +260,10 @@ struct KnownSeries {
 
 impl KnownSeries {
     fn insert(&mut self, id: u64, mut info: SeriesInfo) {
-        match self.by_metric.get_key_value(&info.descriptor) {
-            Some((shared, _)) => info.descriptor = shared.clone(),
-            None => {
-                self.by_metric.insert(info.descriptor.clone(), Vec::new());
-            }
+        if let Some((shared, _)) = self.by_metric.get_key_value(&info.descriptor) {
+            info.descriptor = shared.clone();
         }
-        if let Some(ids) = self.by_metric.get_mut(&info.descriptor) {
-            ids.push(id);
-        }
+        self.by_metric.entry(info.descriptor.clone()).or_default().push(id);
         self.by_id.insert(id, Arc::new(info));
     }
 }
