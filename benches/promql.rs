@@ -112,12 +112,23 @@ fn unit(seed: u64) -> f64 {
 #[derive(Clone, Copy)]
 enum Kind {
     /// Increments of 0 to 2 × per_second × 15 s.
-    Counter { per_second: f64 },
+    Counter {
+        per_second: f64,
+    },
     /// Cumulative bucket count of an instance's histogram: its share of the instance's requests.
-    Bucket { instance: usize, share: f64 },
-    HistogramSum { instance: usize },
-    HistogramCount { instance: usize },
-    Memory { base: f64 },
+    Bucket {
+        instance: usize,
+        share: f64,
+    },
+    HistogramSum {
+        instance: usize,
+    },
+    HistogramCount {
+        instance: usize,
+    },
+    Memory {
+        base: f64,
+    },
     Cpu,
 }
 
@@ -432,8 +443,14 @@ fn main() {
         let started = Instant::now();
         let defs = series_defs();
         let shards: Vec<Vec<Vec<u8>>> = std::thread::scope(|scope| {
-            let handles: Vec<_> =
-                (0..SHARDS).map(|s| scope.spawn({ let defs = &defs; move || shard_bodies(defs, s, scrapes, end_ms) })).collect();
+            let handles: Vec<_> = (0..SHARDS)
+                .map(|s| {
+                    scope.spawn({
+                        let defs = &defs;
+                        move || shard_bodies(defs, s, scrapes, end_ms)
+                    })
+                })
+                .collect();
             handles.into_iter().map(|h| h.join().expect("generator")).collect()
         });
         let requests: usize = shards.iter().map(Vec::len).sum();

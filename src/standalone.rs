@@ -160,7 +160,9 @@ mod tests {
         assert_eq!(agent.endpoint, "http://127.0.0.1:4317");
         assert_eq!(agent.state_dir, server.store.data_dir.join("agent"));
         let text = banner(&server, &agent);
-        for expected in ["http://127.0.0.1:4380", "wake logs --url", "wake sql --url", "Prometheus and a Loki data source"] {
+        for expected in
+            ["http://127.0.0.1:4380", "wake logs --url", "wake sql --url", "Prometheus and a Loki data source"]
+        {
             assert!(text.contains(expected), "{expected:?} missing from:\n{text}");
         }
     }

@@ -524,7 +524,9 @@ fn every_dashboard_query_runs_against_wake() {
         .as_array()
         .expect("a vector")
         .iter()
-        .map(|s| (s["metric"]["pod"].as_str().unwrap_or("").to_string(), s["value"][1].as_str().unwrap_or("").to_string()))
+        .map(|s| {
+            (s["metric"]["pod"].as_str().unwrap_or("").to_string(), s["value"][1].as_str().unwrap_or("").to_string())
+        })
         .collect();
     let expected: BTreeMap<String, String> =
         [("cart-0", "1"), ("checkout-0", "0"), ("postgres-0", "0")].map(|(p, n)| (p.to_string(), n.to_string())).into();

@@ -353,7 +353,10 @@ fn grafana_explore_volume_and_log_context() {
         &server,
         "/loki/api/v1/query_range",
         &[
-            ("query", r#"sum by (level, detected_level) (count_over_time({k8s_namespace_name="ns-a"} | drop __error__[1m]))"#),
+            (
+                "query",
+                r#"sum by (level, detected_level) (count_over_time({k8s_namespace_name="ns-a"} | drop __error__[1m]))"#,
+            ),
             ("start", ns(T0_S).as_str()),
             ("end", ns(T0_S + 660).as_str()),
             ("step", "60000ms"),

@@ -137,7 +137,8 @@ impl QueryEngine {
         work: impl FnOnce() -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let started = Instant::now();
-        let run = async move { tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| Err(Error::Task(e.to_string()))) };
+        let run =
+            async move { tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| Err(Error::Task(e.to_string()))) };
         self.run_measured(run, what, started).await
     }
 

@@ -20,8 +20,8 @@ use twox_hash::XxHash64;
 
 use crate::error::{Error, Result};
 use crate::schema::{
-    ATTRIBUTES, IS_MONOTONIC, METRIC_NAME, METRIC_TYPE, PROMOTED_RESOURCE_ATTRIBUTES, RESOURCE_ATTRIBUTES,
-    SCOPE_NAME, UNIT,
+    ATTRIBUTES, IS_MONOTONIC, METRIC_NAME, METRIC_TYPE, PROMOTED_RESOURCE_ATTRIBUTES, RESOURCE_ATTRIBUTES, SCOPE_NAME,
+    UNIT,
 };
 
 /// Marks an absent (null) value, distinct from every length prefix a string can have.
@@ -165,7 +165,8 @@ mod tests {
     }
 
     fn ids(batch: &RecordBatch) -> Vec<u64> {
-        let stored = batch.column_by_name(crate::schema::SERIES_ID).unwrap().as_primitive::<arrow::datatypes::UInt64Type>();
+        let stored =
+            batch.column_by_name(crate::schema::SERIES_ID).unwrap().as_primitive::<arrow::datatypes::UInt64Type>();
         let computed = series_ids(&batch.schema(), batch.columns()).unwrap();
         assert_eq!(stored, &computed, "ingest and readers compute the same ids");
         computed.values().to_vec()

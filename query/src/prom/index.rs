@@ -24,10 +24,10 @@ use arrow::array::{Array, AsArray, RecordBatch, UInt64Array};
 use arrow::datatypes::UInt64Type;
 use parking_lot::Mutex;
 use parquet::arrow::ProjectionMask;
-use parquet::file::metadata::PageIndexPolicy;
 use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection, RowSelector,
 };
+use parquet::file::metadata::PageIndexPolicy;
 use wake_storage::DataFile;
 use wake_storage::schema::{self, PROMOTED_RESOURCE_ATTRIBUTES, Signal};
 use wake_storage::series::{map_entries, series_ids};
@@ -194,7 +194,11 @@ fn extend_runs(runs: &mut Vec<(u64, Range<usize>)>, ids: &UInt64Array, first_row
     }
 }
 
-fn projection(builder_schema: &parquet::schema::types::SchemaDescriptor, arrow: &arrow::datatypes::Schema, names: &[&str]) -> ProjectionMask {
+fn projection(
+    builder_schema: &parquet::schema::types::SchemaDescriptor,
+    arrow: &arrow::datatypes::Schema,
+    names: &[&str],
+) -> ProjectionMask {
     let roots: Vec<usize> = names.iter().filter_map(|name| arrow.index_of(name).ok()).collect();
     ProjectionMask::roots(builder_schema, roots)
 }
@@ -210,7 +214,10 @@ fn load_metadata(path: &PathBuf) -> parquet::errors::Result<ArrowReaderMetadata>
     ArrowReaderMetadata::load(&open_file(path)?, options)
 }
 
-fn open(path: &PathBuf, metadata: &ArrowReaderMetadata) -> parquet::errors::Result<ParquetRecordBatchReaderBuilder<File>> {
+fn open(
+    path: &PathBuf,
+    metadata: &ArrowReaderMetadata,
+) -> parquet::errors::Result<ParquetRecordBatchReaderBuilder<File>> {
     Ok(ParquetRecordBatchReaderBuilder::new_with_metadata(open_file(path)?, metadata.clone()))
 }
 
@@ -271,7 +278,11 @@ impl KnownSeries {
 impl SeriesIndex {
     /// The entries of `files`, built for those not indexed yet; entries of files no longer in
     /// the store (compacted, expired) are dropped when `files` is the store's whole list.
-    pub fn files(&self, files: &[Arc<DataFile>], all_files: &[Arc<DataFile>]) -> parquet::errors::Result<Vec<Arc<FileSeries>>> {
+    pub fn files(
+        &self,
+        files: &[Arc<DataFile>],
+        all_files: &[Arc<DataFile>],
+    ) -> parquet::errors::Result<Vec<Arc<FileSeries>>> {
         let mut out = Vec::with_capacity(files.len());
         for file in files {
             let known = self.files.lock().get(&file.path).cloned();

@@ -110,7 +110,10 @@ fn sources(engine: &QueryEngine, index: &SeriesIndex, min_ns: i64, max_ns: i64) 
     Ok(Sources { files: in_range.into_iter().zip(entries).collect(), buffered })
 }
 
-fn optional<T: arrow::datatypes::ArrowPrimitiveType>(array: Option<&PrimitiveArray<T>>, row: usize) -> Option<T::Native> {
+fn optional<T: arrow::datatypes::ArrowPrimitiveType>(
+    array: Option<&PrimitiveArray<T>>,
+    row: usize,
+) -> Option<T::Native> {
     array.filter(|a| a.is_valid(row)).map(|a| a.value(row))
 }
 
@@ -197,7 +200,13 @@ impl Scan {
 
     /// Where the rows of `info` go, per wanted exposure (at `positions` among `all` of its
     /// metric's), from the series' labels, which the index computes once per series.
-    fn targets(&mut self, info: &SeriesInfo, all: &[Exposure], positions: &[usize], wanted: &[Exposure]) -> Vec<Target> {
+    fn targets(
+        &mut self,
+        info: &SeriesInfo,
+        all: &[Exposure],
+        positions: &[usize],
+        wanted: &[Exposure],
+    ) -> Vec<Target> {
         let labels = info.labels(all);
         let mut targets = Vec::with_capacity(wanted.len());
         for (exposure, position) in wanted.iter().zip(positions) {
@@ -272,7 +281,8 @@ impl Scan {
     }
 
     fn add_batch(&mut self, batch: &RecordBatch, ids: &UInt64Array) {
-        let Some(times) = batch.column_by_name(schema::TIMESTAMP).and_then(|c| c.as_primitive_opt::<TimestampNanosecondType>())
+        let Some(times) =
+            batch.column_by_name(schema::TIMESTAMP).and_then(|c| c.as_primitive_opt::<TimestampNanosecondType>())
         else {
             return;
         };
@@ -380,7 +390,8 @@ impl StoreSource {
         let work = move || {
             let sources = sources(&engine, &index, min_ns, max_ns)?;
             let in_files = sources.files.iter().flat_map(|(_, entry)| entry.descriptors().iter().cloned());
-            let in_memory = index.descriptors_of(sources.buffered.iter().flat_map(|(_, ids)| ids.values().iter().copied()));
+            let in_memory =
+                index.descriptors_of(sources.buffered.iter().flat_map(|(_, ids)| ids.values().iter().copied()));
             let mut metrics: HashMap<MetricKey, Descriptor> = HashMap::new();
             for descriptor in in_files.chain(in_memory) {
                 let descriptor = &descriptor;
