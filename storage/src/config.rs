@@ -30,6 +30,12 @@ pub struct StoreConfig {
     pub row_group_rows: usize,
     /// zstd level of the Parquet pages.
     pub zstd_level: i32,
+    /// Uncompressed size of a page of the log `body` column. A search decompresses a whole
+    /// page for each line it reads, so smaller pages answer needle queries faster; larger
+    /// pages compress a little better.
+    pub log_body_page_bytes: usize,
+    /// zstd level of the log `body` column's pages (see `log_body_page_bytes`).
+    pub log_body_zstd_level: i32,
     /// Build a tantivy index over log bodies at flush.
     pub fulltext_index: bool,
 }
@@ -47,6 +53,11 @@ impl Default for StoreConfig {
             compaction_target_bytes: 64 * 1024 * 1024,
             row_group_rows: 128 * 1024,
             zstd_level: 3,
+            // With pages of 256 KiB, level 1 stores the loghub samples in about the space that
+            // level 3 takes with 1 MiB pages, at less CPU, and a needle query decompresses a
+            // quarter as much per line it reads.
+            log_body_page_bytes: 256 * 1024,
+            log_body_zstd_level: 1,
             fulltext_index: true,
         }
     }
@@ -83,8 +94,16 @@ impl StoreConfig {
         if self.row_group_rows < 1024 {
             return fail(format!("row_group_rows must be at least 1024, got {}", self.row_group_rows));
         }
-        if !(1..=22).contains(&self.zstd_level) {
-            return fail(format!("zstd_level must be between 1 and 22, got {}", self.zstd_level));
+        for (name, level) in [("zstd_level", self.zstd_level), ("log_body_zstd_level", self.log_body_zstd_level)] {
+            if !(1..=22).contains(&level) {
+                return fail(format!("{name} must be between 1 and 22, got {level}"));
+            }
+        }
+        if !(4096..=64 * 1024 * 1024).contains(&self.log_body_page_bytes) {
+            return fail(format!(
+                "log_body_page_bytes must be between 4096 and 64 MiB, got {}",
+                self.log_body_page_bytes
+            ));
         }
         Ok(())
     }
@@ -104,6 +123,17 @@ mod tests {
         let config = StoreConfig { max_buffered_bytes: 2 * 1024 * 1024, ..StoreConfig::default() };
         let message = config.validate().unwrap_err().to_string();
         assert!(message.contains("max_buffered_bytes"), "{message}");
+    }
+
+    #[test]
+    fn rejects_out_of_range_body_settings() {
+        for (config, field) in [
+            (StoreConfig { log_body_zstd_level: 0, ..StoreConfig::default() }, "log_body_zstd_level"),
+            (StoreConfig { log_body_page_bytes: 100, ..StoreConfig::default() }, "log_body_page_bytes"),
+        ] {
+            let message = config.validate().unwrap_err().to_string();
+            assert!(message.contains(field), "{message}");
+        }
     }
 
     #[test]

@@ -19,6 +19,7 @@
 //! still build it. Each query string is parsed once and cached.
 
 use std::collections::HashMap;
+use std::ops::Bound;
 use std::path::Path;
 use std::sync::{Arc, LazyLock};
 
@@ -28,7 +29,7 @@ use tantivy::Term;
 use tantivy::collector::{Collector, SegmentCollector};
 use tantivy::columnar::Column;
 use tantivy::indexer::UserOperation;
-use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, QueryParser, TermQuery};
+use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, QueryParser, RangeQuery, TermQuery};
 use tantivy::query_grammar::{UserInputAst, UserInputLeaf};
 use tantivy::schema::{FAST, Field, IndexRecordOption, Schema, TEXT, TextFieldIndexing, TextOptions};
 use tantivy::tokenizer::{TextAnalyzer, TokenStream};
@@ -464,10 +465,7 @@ impl FullTextIndex {
                     let term = Term::from_field_text(self.body, run);
                     required.push((Occur::Must, Box::new(TermQuery::new(term, IndexRecordOption::Basic))));
                 }
-                (false, true) => {
-                    let query = tantivy::query::RegexQuery::from_pattern(&format!("{run}.*"), self.body)?;
-                    required.push((Occur::Must, Box::new(query)));
-                }
+                (false, true) => required.push((Occur::Must, Box::new(self.prefix_query(run)))),
                 (true, false) => costly.push(format!(".*{run}")),
                 (true, true) => costly.push(format!(".*{run}.*")),
             }
@@ -481,6 +479,28 @@ impl FullTextIndex {
         let query: Box<dyn Query> =
             if required.is_empty() { Box::new(AllQuery) } else { Box::new(BooleanQuery::new(required)) };
         Ok(self.reader.searcher().search(query.as_ref(), &RowCollector)?)
+    }
+
+    /// Rows holding a term that starts with `prefix`: a range of the term dictionary, which
+    /// costs a seek where a `prefix.*` regex would first build an automaton.
+    fn prefix_query(&self, prefix: &str) -> RangeQuery {
+        let lower = Term::from_field_text(self.body, prefix);
+        // The smallest string above every extension of `prefix`: its last byte below 0xFF
+        // incremented, the bytes after it dropped.
+        let mut end = prefix.as_bytes().to_vec();
+        while end.last() == Some(&0xFF) {
+            end.pop();
+        }
+        let upper = match end.last_mut() {
+            Some(last) => {
+                *last += 1;
+                let mut term = Term::from_field_text(self.body, "");
+                term.append_bytes(&end);
+                Bound::Excluded(term)
+            }
+            None => Bound::Unbounded,
+        };
+        RangeQuery::new(Bound::Included(lower), upper)
     }
 
     /// A query over the filter index that matches at least every row `ast` matches.
@@ -678,6 +698,9 @@ mod tests {
             // Only the cheap prefix `re.*` narrows: a superset, decided on the text.
             ("onnection re", vec![0, 2, 5]),
             ("disk full", vec![4]),
+            // The last word is a prefix: a range of the term dictionary, `err` up to `ers`.
+            ("g err", vec![4, 5]),
+            ("error whi", vec![5]),
             ("10.0.0.1", vec![0, 1, 2, 3, 4, 5]),
             ("peer 10", vec![0]),
             ("absent-word", vec![]),

@@ -596,6 +596,37 @@ mod tests {
         assert_eq!(rows(&store.snapshot(Signal::Logs)), (4, 0));
     }
 
+    #[tokio::test]
+    async fn log_bodies_are_written_in_pages_of_the_configured_size() {
+        use parquet::file::reader::{FileReader, SerializedFileReader};
+
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig {
+            data_dir: dir.path().to_path_buf(),
+            min_free_disk_bytes: 0,
+            log_body_page_bytes: 16 * 1024,
+            ..StoreConfig::default()
+        };
+        let store = Store::open(config, &prometheus::Registry::new()).unwrap();
+        // 2,000 distinct lines of 100 bytes: about 200 KiB of text, a dozen pages.
+        let bodies: Vec<String> = (0..2000).map(|i| format!("{i:06} {}", "x".repeat(93))).collect();
+        let bodies: Vec<&str> = bodies.iter().map(String::as_str).collect();
+        store.ingest(logs(&bodies), None).await.unwrap();
+        store.flush(Signal::Logs).await.unwrap();
+        let snapshot = store.snapshot(Signal::Logs);
+        let reader = SerializedFileReader::new(std::fs::File::open(&snapshot.files[0].path).unwrap()).unwrap();
+        let row_group = reader.get_row_group(0).unwrap();
+        let body = reader.metadata().file_metadata().schema_descr().columns().iter().position(|c| c.name() == "body");
+        let mut pages = row_group.get_column_page_reader(body.unwrap()).unwrap();
+        let mut sizes = Vec::new();
+        while let Some(page) = pages.get_next_page().unwrap() {
+            sizes.push(page.buffer().len());
+        }
+        assert!(sizes.len() >= 12, "{sizes:?}");
+        // A page closes once it reaches the limit: at most one line over it.
+        assert!(sizes.iter().all(|&size| size <= 16 * 1024 + 104), "{sizes:?}");
+    }
+
     fn file(partition: &str, name: &str, size_bytes: u64) -> Arc<DataFile> {
         let stats = FileStats {
             size_bytes,

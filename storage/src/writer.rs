@@ -85,8 +85,12 @@ fn writer_properties(signal: Signal, config: &StoreConfig) -> Result<WriterPrope
         }
     }
     if signal == Signal::Logs {
-        // Log bodies are nearly all distinct: a dictionary is built, overflows and is dropped.
-        builder = builder.set_column_dictionary_enabled(ColumnPath::from(schema::BODY), false);
+        let body = ColumnPath::from(schema::BODY);
+        builder = builder
+            // Log bodies are nearly all distinct: a dictionary is built, overflows and is dropped.
+            .set_column_dictionary_enabled(body.clone(), false)
+            .set_column_data_page_size_limit(body.clone(), config.log_body_page_bytes)
+            .set_column_compression(body, Compression::ZSTD(ZstdLevel::try_new(config.log_body_zstd_level)?));
     }
     if matches!(signal, Signal::Logs | Signal::Spans) {
         // Trace ids are looked up one at a time and are all distinct: a bloom filter prunes
