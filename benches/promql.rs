@@ -400,11 +400,14 @@ fn compactions(client: &Client, wake_addr: &str) -> u64 {
 }
 
 /// Waits until Wake's background compaction (every 10 s) has merged the flushed files, so that
-/// no timed query runs beside a compaction or meets files it has not seen yet.
+/// no timed query runs beside a compaction or meets files it has not seen yet. Hours with few
+/// files are merged once they have settled (no new file for a minute, the default
+/// `compaction_settle_secs`), so the wait lasts at least that long after the last flush.
 fn wait_for_compaction(client: &Client, wake_addr: &str) {
     let started = Instant::now();
     let (mut count, mut unchanged_since) = (compactions(client, wake_addr), Instant::now());
-    while unchanged_since.elapsed() < Duration::from_secs(25) {
+    // A merge of files up to the 64 MB target takes tens of seconds and is counted when done.
+    while unchanged_since.elapsed() < Duration::from_secs(60) || started.elapsed() < Duration::from_secs(90) {
         std::thread::sleep(Duration::from_secs(5));
         let now = compactions(client, wake_addr);
         if now != count {

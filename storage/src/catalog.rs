@@ -11,6 +11,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
@@ -39,6 +40,9 @@ pub struct DataFile {
     pub min_time_ns: i64,
     pub max_time_ns: i64,
     pub row_group_row_counts: Vec<u64>,
+    /// When this process wrote the file or found it at start-up: compaction waits for a
+    /// partition to stop receiving files (see `StoreConfig::compaction_settle_secs`).
+    pub(crate) known_since: Instant,
     /// Set once compaction replaced the file; the last holder deletes it.
     retired: AtomicBool,
 }
@@ -55,6 +59,7 @@ impl DataFile {
             min_time_ns: stats.min_time_ns,
             max_time_ns: stats.max_time_ns,
             row_group_row_counts: stats.row_group_row_counts,
+            known_since: Instant::now(),
             retired: AtomicBool::new(false),
         }
     }

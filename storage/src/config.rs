@@ -23,6 +23,10 @@ pub struct StoreConfig {
     pub min_free_disk_bytes: u64,
     /// A partition with at least this many files smaller than `compaction_target_bytes` is compacted.
     pub compaction_min_files: usize,
+    /// A partition that has received no file for this long is settled: its small files are
+    /// merged even if there are fewer than `compaction_min_files`, so that a past hour ends up
+    /// as one file (or a few of `compaction_target_bytes`) instead of one per flush.
+    pub compaction_settle_secs: u64,
     /// Compaction merges small files into files of about this size; larger files are left
     /// alone. Bounded because a merge holds its inputs in memory.
     pub compaction_target_bytes: u64,
@@ -50,6 +54,7 @@ impl Default for StoreConfig {
             max_buffered_bytes: 1024 * 1024 * 1024,
             min_free_disk_bytes: 64 * 1024 * 1024,
             compaction_min_files: 4,
+            compaction_settle_secs: 60,
             compaction_target_bytes: 64 * 1024 * 1024,
             row_group_rows: 128 * 1024,
             zstd_level: 3,

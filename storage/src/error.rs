@@ -11,6 +11,9 @@ pub enum Error {
     #[error("invalid configuration: {0}")]
     Config(String),
 
+    #[error("the data dir {} is in use by another process, which holds its .lock file", .0.display())]
+    DataDirLocked(PathBuf),
+
     #[error("invalid request: {0}")]
     InvalidRequest(String),
 

@@ -154,10 +154,30 @@ pub struct Store {
     /// Flushes and compactions run one at a time.
     maintenance: tokio::sync::Mutex<()>,
     next_file_id: AtomicU64,
+    /// Held open, never read: see [`lock_data_dir`].
+    _data_dir_lock: std::fs::File,
 }
 
 pub fn now_ns() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)).unwrap_or(0)
+}
+
+/// Takes the exclusive lock of the data dir for as long as the returned file is open (the
+/// kernel releases it when the process dies, however it dies). Two stores on one directory
+/// would each delete files the other's manifest names.
+fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File> {
+    let path = data_dir.join(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io(&path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::DataDirLocked(data_dir.to_path_buf())),
+        Err(std::fs::TryLockError::Error(error)) => Err(Error::io(&path, error)),
+    }
 }
 
 impl Store {
@@ -167,6 +187,7 @@ impl Store {
         config.validate()?;
         let data_dir = config.data_dir.clone();
         std::fs::create_dir_all(&data_dir).map_err(|e| Error::io(&data_dir, e))?;
+        let data_dir_lock = lock_data_dir(&data_dir)?;
         let metrics = StorageMetrics::new(registry)?;
         let catalog = Catalog::open(&data_dir)?;
 
@@ -220,6 +241,7 @@ impl Store {
             shutting_down: AtomicBool::new(false),
             maintenance: tokio::sync::Mutex::new(()),
             next_file_id: AtomicU64::new(0),
+            _data_dir_lock: data_dir_lock,
         }))
     }
 
@@ -423,25 +445,42 @@ impl Store {
         Ok(())
     }
 
-    /// Merges the small files of each hour partition into one.
+    /// Merges small files: those of each hour partition into one, and for signals without a
+    /// full-text index, settled files of a day into files of several hours (see
+    /// [`compaction_plan`]).
     pub async fn compact(&self, signal: Signal) -> Result<()> {
         let _maintenance = self.maintenance.lock().await;
-        let groups = {
+        let merges = {
             let state = self.state.lock();
-            small_file_groups(state.catalog.files(signal), &self.config)
+            compaction_plan(signal, state.catalog.files(signal), &self.config, Instant::now())
         };
-        for inputs in groups {
+        for merge in merges {
             let started = Instant::now();
             let data_dir = self.config.data_dir.clone();
             let config = self.config.clone();
             let name = self.file_name("c");
-            let task_inputs = inputs.clone();
+            let task_inputs = merge.inputs.clone();
+            let into_day = merge.into_day;
             let outputs = tokio::task::spawn_blocking(move || {
+                if writer::can_merge_streaming(&task_inputs)? {
+                    let dir = match into_day {
+                        Some(day) => writer::day_dir(&data_dir, signal, day),
+                        // An hour merge's inputs share their partition.
+                        None => task_inputs[0].path.parent().unwrap_or(&data_dir).to_path_buf(),
+                    };
+                    return writer::merge_sorted_files(&task_inputs, &dir, signal, &config, &name).map(|f| vec![f]);
+                }
                 let batches = writer::read_files(&task_inputs)?;
-                writer::write_partitioned(&data_dir, signal, &batches, &config, &name)
+                match into_day {
+                    Some(day) => {
+                        writer::write_day_file(&data_dir, signal, &batches, &config, &name, day).map(|f| vec![f])
+                    }
+                    None => writer::write_partitioned(&data_dir, signal, &batches, &config, &name),
+                }
             })
             .await
             .map_err(|e| Error::Internal(format!("compaction task failed: {e}")))??;
+            let inputs = merge.inputs;
             let mut state = self.state.lock();
             if let Err(error) = state.catalog.replace(signal, &inputs, outputs.clone()) {
                 for output in &outputs {
@@ -456,6 +495,7 @@ impl Store {
                 %signal,
                 inputs = inputs.len(),
                 rows = inputs.iter().map(|f| f.num_rows).sum::<u64>(),
+                into = if into_day.is_some() { "day" } else { "hour" },
                 elapsed_ms = elapsed.as_millis() as u64,
                 "compacted"
             );
@@ -482,10 +522,74 @@ impl Store {
     }
 }
 
+/// One compaction: `inputs` rewritten as one file per hour partition, or as one file of the
+/// UTC day `into_day` (days since 1970-01-01).
+#[derive(Debug)]
+struct Merge {
+    inputs: Vec<Arc<DataFile>>,
+    into_day: Option<i64>,
+}
+
+fn is_settled(file: &DataFile, config: &StoreConfig, now: Instant) -> bool {
+    now.saturating_duration_since(file.known_since) >= Duration::from_secs(config.compaction_settle_secs)
+}
+
+/// What one compaction pass merges. Signals without a full-text index (metrics, spans) first
+/// merge their settled small files, day by day, in time order, into files of several hours up
+/// to `compaction_target_bytes`: a query over a day then opens a few files rather than one per
+/// hour, which is most of the cost of reading a few series over a long range (Prometheus
+/// compacts its two-hour blocks into longer ones for the same reason). Logs stay in hour
+/// files: merging them would rebuild their full-text index for little gain. The files left
+/// are merged per hour partition ([`small_file_groups`]).
+fn compaction_plan(signal: Signal, files: &[Arc<DataFile>], config: &StoreConfig, now: Instant) -> Vec<Merge> {
+    let mut merges = Vec::new();
+    let mut remaining: Vec<Arc<DataFile>> = files.to_vec();
+    if signal != Signal::Logs {
+        let mut by_day: std::collections::BTreeMap<i64, Vec<Arc<DataFile>>> = Default::default();
+        for file in files {
+            let day = file.min_time_ns.div_euclid(writer::NANOS_PER_DAY);
+            if file.size_bytes < config.compaction_target_bytes
+                && is_settled(file, config, now)
+                && file.max_time_ns.div_euclid(writer::NANOS_PER_DAY) == day
+            {
+                by_day.entry(day).or_default().push(file.clone());
+            }
+        }
+        for (day, mut candidates) in by_day {
+            candidates.sort_by_key(|file| (file.min_time_ns, file.max_time_ns));
+            let mut group: Vec<Arc<DataFile>> = Vec::new();
+            let mut total = 0;
+            for file in candidates {
+                if total + file.size_bytes > config.compaction_target_bytes {
+                    if group.len() >= 2 {
+                        merges.push(Merge { inputs: std::mem::take(&mut group), into_day: Some(day) });
+                    }
+                    group.clear();
+                    total = 0;
+                }
+                total += file.size_bytes;
+                group.push(file);
+            }
+            if group.len() >= 2 {
+                merges.push(Merge { inputs: group, into_day: Some(day) });
+            }
+        }
+        let merged: std::collections::HashSet<&Path> =
+            merges.iter().flat_map(|m| m.inputs.iter().map(|f| f.path.as_path())).collect();
+        remaining.retain(|file| !merged.contains(file.path.as_path()));
+    }
+    merges
+        .extend(small_file_groups(&remaining, config, now).into_iter().map(|inputs| Merge { inputs, into_day: None }));
+    merges
+}
+
 /// Per hour partition, the smallest files whose sizes add up to at most the compaction target,
-/// when there are enough of them. Merging the smallest first keeps write amplification low: a
-/// file near the target is rewritten only once enough data has gathered around it.
-fn small_file_groups(files: &[Arc<DataFile>], config: &StoreConfig) -> Vec<Vec<Arc<DataFile>>> {
+/// when there are enough of them, or at least two once the partition has settled (received no
+/// file for `compaction_settle_secs` before `now`). Merging the smallest first keeps write
+/// amplification low: a file near the target is rewritten only once enough data has gathered
+/// around it. A partition still receiving a file per flush is merged `compaction_min_files` at a
+/// time; once its hour is over (or a backfill has moved on), what is left becomes one file.
+fn small_file_groups(files: &[Arc<DataFile>], config: &StoreConfig, now: Instant) -> Vec<Vec<Arc<DataFile>>> {
     let mut by_partition: std::collections::BTreeMap<PathBuf, Vec<Arc<DataFile>>> = Default::default();
     for file in files {
         if file.size_bytes < config.compaction_target_bytes
@@ -497,6 +601,7 @@ fn small_file_groups(files: &[Arc<DataFile>], config: &StoreConfig) -> Vec<Vec<A
     by_partition
         .into_values()
         .filter_map(|mut candidates| {
+            let settled = candidates.iter().all(|file| is_settled(file, config, now));
             candidates.sort_by_key(|file| file.size_bytes);
             let mut total = 0;
             let group: Vec<_> = candidates
@@ -506,7 +611,8 @@ fn small_file_groups(files: &[Arc<DataFile>], config: &StoreConfig) -> Vec<Vec<A
                     total <= config.compaction_target_bytes
                 })
                 .collect();
-            (group.len() >= config.compaction_min_files).then_some(group)
+            let enough = if settled { 2 } else { config.compaction_min_files };
+            (group.len() >= enough).then_some(group)
         })
         .collect()
 }
@@ -535,13 +641,43 @@ mod tests {
         })
     }
 
+    #[tokio::test]
+    async fn a_streaming_merge_interleaves_its_inputs_in_sorted_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig { compaction_settle_secs: 0, ..test_config(dir.path()) };
+        let store = Store::open(config, &prometheus::Registry::new()).unwrap();
+        // Three flushes, each with every series at a third of the times: each input holds
+        // 10,000 rows (more than a merge batch), and every series' run is split across all three.
+        for part in 0..3u64 {
+            let times: Vec<u64> = (0..100).map(|i| DAY_START_NS + (3 * i + part) * 15_000_000_000).collect();
+            store.ingest(gauges(100, &times), None).await.unwrap();
+            store.flush(Signal::Metrics).await.unwrap();
+        }
+        store.compact(Signal::Metrics).await.unwrap();
+        let files = store.snapshot(Signal::Metrics).files;
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].num_rows, 30_000);
+        assert!(writer::can_merge_streaming(&files).unwrap(), "the merged file has today's schema");
+        let merged =
+            arrow::compute::concat_batches(&Signal::Metrics.schema(), &writer::read_files(&files).unwrap()).unwrap();
+        let resorted = writer::sort_batch(&merged, Signal::Metrics).unwrap();
+        assert_eq!(merged, resorted, "the merge wrote the rows in the signal's sort order");
+        let times = merged.column_by_name(crate::schema::TIMESTAMP).unwrap();
+        let times = times.as_any().downcast_ref::<arrow::array::TimestampNanosecondArray>().unwrap();
+        let (min, max) = (times.values().iter().min().copied(), times.values().iter().max().copied());
+        assert_eq!((files[0].min_time_ns, files[0].max_time_ns), (min.unwrap(), max.unwrap()));
+    }
+
     fn rows(snapshot: &TableSnapshot) -> (u64, usize) {
         (snapshot.files.iter().map(|f| f.num_rows).sum(), snapshot.buffered.iter().map(|b| b.num_rows()).sum())
     }
 
+    fn test_config(dir: &Path) -> StoreConfig {
+        StoreConfig { data_dir: dir.to_path_buf(), min_free_disk_bytes: 0, ..StoreConfig::default() }
+    }
+
     fn open(dir: &Path) -> Arc<Store> {
-        let config = StoreConfig { data_dir: dir.to_path_buf(), min_free_disk_bytes: 0, ..StoreConfig::default() };
-        Store::open(config, &prometheus::Registry::new()).unwrap()
+        Store::open(test_config(dir), &prometheus::Registry::new()).unwrap()
     }
 
     #[tokio::test]
@@ -569,6 +705,17 @@ mod tests {
         let store = open(dir.path());
         assert_eq!(rows(&store.snapshot(Signal::Logs)), (6, 0));
         assert!(store.ingest(logs(&["g"]), None).await.is_ok());
+    }
+
+    #[test]
+    fn a_data_dir_serves_one_store_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let config = StoreConfig { data_dir: dir.path().to_path_buf(), ..StoreConfig::default() };
+        let error = Store::open(config, &prometheus::Registry::new()).err().expect("a second store is refused");
+        assert!(matches!(error, Error::DataDirLocked(_)), "{error}");
+        drop(store);
+        drop(open(dir.path()));
     }
 
     #[tokio::test]
@@ -601,12 +748,7 @@ mod tests {
         use parquet::file::reader::{FileReader, SerializedFileReader};
 
         let dir = tempfile::tempdir().unwrap();
-        let config = StoreConfig {
-            data_dir: dir.path().to_path_buf(),
-            min_free_disk_bytes: 0,
-            log_body_page_bytes: 16 * 1024,
-            ..StoreConfig::default()
-        };
+        let config = StoreConfig { log_body_page_bytes: 16 * 1024, ..test_config(dir.path()) };
         let store = Store::open(config, &prometheus::Registry::new()).unwrap();
         // 2,000 distinct lines of 100 bytes: about 200 KiB of text, a dozen pages.
         let bodies: Vec<String> = (0..2000).map(|i| format!("{i:06} {}", "x".repeat(93))).collect();
@@ -639,6 +781,114 @@ mod tests {
         Arc::new(DataFile::new(Signal::Logs, PathBuf::from(partition).join(name), None, stats))
     }
 
+    /// A settled metrics file of `hour` (hours since 1970) in its hour partition.
+    fn hour_file(signal: Signal, hour: i64, size_bytes: u64) -> Arc<DataFile> {
+        let hour_ns = hour * 3_600_000_000_000;
+        let stats = FileStats {
+            size_bytes,
+            index_bytes: 0,
+            num_rows: 1,
+            min_time_ns: hour_ns,
+            max_time_ns: hour_ns + 3_599_999_999_999,
+            row_group_row_counts: vec![1],
+        };
+        let path = PathBuf::from(format!("h{hour}")).join(format!("f{hour}-{size_bytes}"));
+        Arc::new(DataFile::new(signal, path, None, stats))
+    }
+
+    #[test]
+    fn settled_metrics_hours_are_merged_into_day_files_in_time_order() {
+        let config = StoreConfig { compaction_target_bytes: 100, ..StoreConfig::default() };
+        // Day 1 (hours 24..48): 30 + 30 + 30 fit, the fourth would not; 90 alone is left; the
+        // last two fit again. Hour 50 is the only file of day 2: nothing to merge it with.
+        let sizes = [(24, 30), (25, 30), (26, 30), (27, 30), (28, 90), (29, 40), (30, 40), (50, 10)];
+        let files: Vec<_> = sizes.iter().map(|&(hour, size)| hour_file(Signal::Metrics, hour, size)).collect();
+        let logs: Vec<_> = sizes.iter().map(|&(hour, size)| hour_file(Signal::Logs, hour, size)).collect();
+        let mut spanning = Arc::into_inner(hour_file(Signal::Metrics, 47, 10)).unwrap();
+        spanning.max_time_ns += 1;
+        let across_days = vec![hour_file(Signal::Metrics, 46, 10), Arc::new(spanning)];
+        let settled = Instant::now() + Duration::from_secs(config.compaction_settle_secs);
+        let plan = compaction_plan(Signal::Metrics, &files, &config, settled);
+        let described: Vec<(Option<i64>, Vec<i64>)> = plan
+            .iter()
+            .map(|merge| (merge.into_day, merge.inputs.iter().map(|f| f.min_time_ns / 3_600_000_000_000).collect()))
+            .collect();
+        assert_eq!(described, vec![(Some(1), vec![24, 25, 26]), (Some(1), vec![29, 30])]);
+
+        // Files still arriving are left to the hour partitions; logs never leave them.
+        assert!(compaction_plan(Signal::Metrics, &files, &config, Instant::now()).is_empty());
+        assert!(compaction_plan(Signal::Logs, &logs, &config, settled).is_empty());
+        // A file reaching into the next day stays where it is.
+        assert!(compaction_plan(Signal::Metrics, &across_days, &config, settled).is_empty());
+    }
+
+    /// Gauge points of `series` series (told apart by an `instance` attribute) at each of `times`.
+    fn gauges(series: usize, times: &[u64]) -> OtlpRequest {
+        use opentelemetry_proto::tonic::common::v1::KeyValue;
+        use opentelemetry_proto::tonic::metrics::v1::{
+            Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, metric, number_data_point,
+        };
+        let data_points = (0..series)
+            .flat_map(|s| {
+                times.iter().map(move |&time| NumberDataPoint {
+                    time_unix_nano: time,
+                    value: Some(number_data_point::Value::AsDouble(
+                        ((time - DAY_START_NS) / 15_000_000_000) as f64 + 1e6 * s as f64,
+                    )),
+                    attributes: vec![KeyValue {
+                        key: "instance".into(),
+                        value: Some(AnyValue { value: Some(any_value::Value::StringValue(format!("host-{s}"))) }),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                })
+            })
+            .collect();
+        let metric = Metric {
+            name: "temperature".into(),
+            data: Some(metric::Data::Gauge(Gauge { data_points })),
+            ..Default::default()
+        };
+        OtlpRequest::Metrics(ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                scope_metrics: vec![ScopeMetrics { metrics: vec![metric], ..Default::default() }],
+                ..Default::default()
+            }],
+        })
+    }
+
+    const DAY_START_NS: u64 = 1_795_305_600_000_000_000;
+
+    #[tokio::test]
+    async fn settled_metrics_hours_end_as_one_file_of_the_day() {
+        let gauge_at = |hour: u64| gauges(1, &[DAY_START_NS + hour * 3_600_000_000_000]);
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig { compaction_settle_secs: 0, ..test_config(dir.path()) };
+        let store = Store::open(config.clone(), &prometheus::Registry::new()).unwrap();
+        for hour in [0, 1, 2] {
+            store.ingest(gauge_at(hour), None).await.unwrap();
+            store.flush(Signal::Metrics).await.unwrap();
+        }
+        assert_eq!(store.snapshot(Signal::Metrics).files.len(), 3, "one file per hour partition");
+        store.compact(Signal::Metrics).await.unwrap();
+        let files = store.snapshot(Signal::Metrics).files;
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].path.parent().unwrap(), dir.path().join("metrics/2026-11-22"));
+        let batches = writer::read_files(&files).unwrap();
+        let values: Vec<f64> = batches
+            .iter()
+            .flat_map(|batch| {
+                let column = batch.column_by_name(crate::schema::VALUE).unwrap();
+                column.as_any().downcast_ref::<arrow::array::Float64Array>().unwrap().values().to_vec()
+            })
+            .collect();
+        assert_eq!(values, vec![0.0, 240.0, 480.0], "one point an hour, every 240th 15 s step");
+        drop(files);
+        drop(store);
+        let store = Store::open(config, &prometheus::Registry::new()).unwrap();
+        assert_eq!(rows(&store.snapshot(Signal::Metrics)), (3, 0), "the manifest names the day file");
+    }
+
     #[test]
     fn compaction_merges_the_smallest_files_of_a_partition_up_to_the_target() {
         let config = StoreConfig { compaction_min_files: 3, compaction_target_bytes: 100, ..StoreConfig::default() };
@@ -651,9 +901,24 @@ mod tests {
             file("b", "s1", 5),
             file("b", "s2", 5),
         ];
-        let groups = small_file_groups(&files, &config);
+        let names = |group: &[Arc<DataFile>]| -> Vec<String> {
+            group.iter().map(|f| f.path.file_name().unwrap().to_str().unwrap().to_string()).collect()
+        };
+        let groups = small_file_groups(&files, &config, Instant::now());
         assert_eq!(groups.len(), 1, "partition b has too few files");
-        let names: Vec<_> = groups[0].iter().map(|f| f.path.file_name().unwrap().to_str().unwrap()).collect();
-        assert_eq!(names, vec!["s1", "s2", "s3"]);
+        assert_eq!(names(&groups[0]), vec!["s1", "s2", "s3"]);
+
+        // Once no file has come for the settle time, two small files are enough.
+        let settled = Instant::now() + Duration::from_secs(config.compaction_settle_secs);
+        let groups = small_file_groups(&files, &config, settled);
+        assert_eq!(groups.iter().map(|g| names(g)).collect::<Vec<_>>(), vec![vec!["s1", "s2", "s3"], vec!["s1", "s2"]]);
+        // A file that just arrived unsettles its partition again.
+        let config = StoreConfig { compaction_min_files: 4, ..config };
+        let mut files = files;
+        let mut late = Arc::into_inner(file("b", "late", 5)).unwrap();
+        late.known_since = settled + Duration::from_secs(100);
+        files.push(Arc::new(late));
+        let groups = small_file_groups(&files, &config, settled + Duration::from_secs(159));
+        assert_eq!(groups.iter().map(|g| names(g)).collect::<Vec<_>>(), vec![vec!["s1", "s2", "s3"]]);
     }
 }

@@ -25,6 +25,7 @@ use crate::schema::{self, Signal};
 use crate::wal::sync_dir;
 
 const NANOS_PER_HOUR: i64 = 3_600_000_000_000;
+pub(crate) const NANOS_PER_DAY: i64 = 24 * NANOS_PER_HOUR;
 /// Rows per data page of metrics files.
 const METRICS_PAGE_ROWS: usize = 1024;
 /// Rows per row group of metrics files, at least.
@@ -154,6 +155,189 @@ pub(crate) fn write_partitioned(
     Ok(outputs)
 }
 
+/// Writes `batches`, rows of several hours of UTC day `day` (days since 1970-01-01), as one
+/// file in the day's directory, beside its hour partitions.
+pub(crate) fn write_day_file(
+    data_dir: &Path,
+    signal: Signal,
+    batches: &[RecordBatch],
+    config: &StoreConfig,
+    name: &str,
+    day: i64,
+) -> Result<Arc<DataFile>> {
+    let batch = concat_batches(&signal.schema(), batches)?;
+    if let Some(outside) = time_values(&batch, signal)?.into_iter().find(|t| t.div_euclid(NANOS_PER_DAY) != day) {
+        return Err(Error::Internal(format!("a row at {outside} ns does not belong to day {day}")));
+    }
+    let dir = day_dir(data_dir, signal, day);
+    let sorted = sort_batch(&batch, signal)?;
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    Ok(Arc::new(write_file(&dir, signal, &sorted, config, name)?))
+}
+
+/// The directory of UTC day `day`'s files that span several hours.
+pub(crate) fn day_dir(data_dir: &Path, signal: Signal, day: i64) -> PathBuf {
+    data_dir.join(signal.table_name()).join(day_path(day))
+}
+
+/// Input rows a streaming merge holds per input file at a time.
+const MERGE_BATCH_ROWS: usize = 8192;
+
+/// One input of a streaming merge: its current batch and the batch's sort keys as rows.
+struct MergeCursor {
+    reader: parquet::arrow::arrow_reader::ParquetRecordBatchReader,
+    batch: RecordBatch,
+    keys: arrow::row::Rows,
+    position: usize,
+    done: bool,
+}
+
+impl MergeCursor {
+    /// Moves to the next non-empty batch, or marks the input done.
+    fn advance(&mut self, signal: Signal, converter: &arrow::row::RowConverter) -> Result<()> {
+        self.position = 0;
+        loop {
+            match self.reader.next() {
+                Some(batch) => {
+                    let batch = RecordBatch::try_new(signal.schema(), batch?.columns().to_vec())?;
+                    if batch.num_rows() == 0 {
+                        continue;
+                    }
+                    self.keys = converter.convert_columns(&sort_key_columns(&batch, signal))?;
+                    self.batch = batch;
+                    return Ok(());
+                }
+                None => {
+                    self.done = true;
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+fn sort_key_columns(batch: &RecordBatch, signal: Signal) -> Vec<arrow::array::ArrayRef> {
+    sort_columns(signal).iter().filter_map(|name| batch.column_by_name(name).cloned()).collect()
+}
+
+/// Whether `files` can be merged by [`merge_sorted_files`]: signals without a full-text index,
+/// files with every column of the current schema (so already sorted in today's order).
+pub(crate) fn can_merge_streaming(files: &[Arc<DataFile>]) -> Result<bool> {
+    for file in files {
+        if file.signal == Signal::Logs {
+            return Ok(false);
+        }
+        let handle = File::open(&file.path).map_err(|e| Error::io(&file.path, e))?;
+        let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(handle)?;
+        if builder.schema().fields().len() != file.signal.schema().fields().len() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Merges files, each already sorted in the signal's order, into one sorted file in `dir`
+/// without holding them in memory: a batch per input and one output batch at a time. Sorting
+/// the concatenation instead took about three times the inputs' decoded size (16 GB for a day
+/// merge of 12 M metric rows).
+pub(crate) fn merge_sorted_files(
+    inputs: &[Arc<DataFile>],
+    dir: &Path,
+    signal: Signal,
+    config: &StoreConfig,
+    name: &str,
+) -> Result<Arc<DataFile>> {
+    let schema = signal.schema();
+    let sort_fields = sort_columns(signal)
+        .iter()
+        .filter_map(|name| schema.field_with_name(name).ok())
+        .map(|field| {
+            arrow::row::SortField::new_with_options(
+                field.data_type().clone(),
+                SortOptions { descending: false, nulls_first: true },
+            )
+        })
+        .collect();
+    let converter = arrow::row::RowConverter::new(sort_fields)?;
+    let mut cursors = Vec::with_capacity(inputs.len());
+    for input in inputs {
+        let handle = File::open(&input.path).map_err(|e| Error::io(&input.path, e))?;
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(handle)?
+            .with_batch_size(MERGE_BATCH_ROWS)
+            .build()?;
+        let mut cursor = MergeCursor {
+            reader,
+            batch: RecordBatch::new_empty(schema.clone()),
+            keys: converter.empty_rows(0, 0),
+            position: 0,
+            done: false,
+        };
+        cursor.advance(signal, &converter)?;
+        cursors.push(cursor);
+    }
+
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let path = dir.join(format!("{name}.{PARQUET_EXTENSION}"));
+    let written = (|| -> Result<DataFile> {
+        let file = File::create(&path).map_err(|e| Error::io(&path, e))?;
+        let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(writer_properties(signal, config)?))?;
+        let (mut rows, mut min_time, mut max_time) = (0u64, i64::MAX, i64::MIN);
+        let mut picks: Vec<(usize, usize)> = Vec::with_capacity(MERGE_BATCH_ROWS);
+        loop {
+            // Few inputs (a merge's files): a scan for the smallest key beats a heap here.
+            let mut smallest: Option<usize> = None;
+            for (i, cursor) in cursors.iter().enumerate() {
+                if cursor.done {
+                    continue;
+                }
+                let key = cursor.keys.row(cursor.position);
+                if smallest.is_none_or(|s| key < cursors[s].keys.row(cursors[s].position)) {
+                    smallest = Some(i);
+                }
+            }
+            let Some(next) = smallest else {
+                break;
+            };
+            picks.push((next, cursors[next].position));
+            cursors[next].position += 1;
+            let exhausted = cursors[next].position == cursors[next].batch.num_rows();
+            // Picks point into the cursors' current batches: write them out before a cursor
+            // moves on to its next batch.
+            if exhausted || picks.len() == MERGE_BATCH_ROWS {
+                let batches: Vec<&RecordBatch> = cursors.iter().map(|c| &c.batch).collect();
+                let merged = arrow::compute::interleave_record_batch(&batches, &picks)?;
+                for time in time_values(&merged, signal)? {
+                    (min_time, max_time) = (min_time.min(time), max_time.max(time));
+                }
+                rows += merged.num_rows() as u64;
+                writer.write(&merged)?;
+                picks.clear();
+                if exhausted {
+                    cursors[next].advance(signal, &converter)?;
+                }
+            }
+        }
+        let (size_bytes, row_group_row_counts) = finish_file(writer, &path)?;
+        sync_dir(dir)?;
+        let stats = FileStats {
+            size_bytes,
+            index_bytes: 0,
+            num_rows: rows,
+            min_time_ns: if rows == 0 { 0 } else { min_time },
+            max_time_ns: if rows == 0 { 0 } else { max_time },
+            row_group_row_counts,
+        };
+        Ok(DataFile::new(signal, path.clone(), None, stats))
+    })();
+    match written {
+        Ok(file) => Ok(Arc::new(file)),
+        Err(error) => {
+            remove_file_and_index(&path, None);
+            Err(error)
+        }
+    }
+}
+
 fn time_values(batch: &RecordBatch, signal: Signal) -> Result<Vec<i64>> {
     let column = batch
         .column_by_name(signal.time_column())
@@ -165,9 +349,12 @@ fn time_values(batch: &RecordBatch, signal: Signal) -> Result<Vec<i64>> {
 }
 
 fn partition_path(hour: i64) -> PathBuf {
-    let days = hour.div_euclid(24);
+    day_path(hour.div_euclid(24)).join(format!("{:02}", hour.rem_euclid(24)))
+}
+
+fn day_path(days: i64) -> PathBuf {
     let (year, month, day) = civil_from_days(days);
-    PathBuf::from(format!("{year:04}-{month:02}-{day:02}")).join(format!("{:02}", hour.rem_euclid(24)))
+    PathBuf::from(format!("{year:04}-{month:02}-{day:02}"))
 }
 
 /// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
@@ -184,7 +371,7 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (year, month, day)
 }
 
-fn sort_batch(batch: &RecordBatch, signal: Signal) -> Result<RecordBatch> {
+pub(crate) fn sort_batch(batch: &RecordBatch, signal: Signal) -> Result<RecordBatch> {
     let columns: Vec<SortColumn> = sort_columns(signal)
         .iter()
         .filter_map(|name| batch.column_by_name(name))
@@ -204,6 +391,19 @@ fn write_file(dir: &Path, signal: Signal, batch: &RecordBatch, config: &StoreCon
         .inspect_err(|_| remove_file_and_index(&path, Some(&index_dir)))
 }
 
+/// Writes the footer and fsyncs the file; returns its size and its row groups' row counts.
+fn finish_file(mut writer: ArrowWriter<File>, path: &Path) -> Result<(u64, Vec<u64>)> {
+    // Close the last, partial row group so that every group's size is known before the footer.
+    writer.flush()?;
+    let row_group_row_counts: Vec<u64> =
+        writer.flushed_row_groups().iter().map(|group| group.num_rows() as u64).collect();
+    let mut file = writer.into_inner()?;
+    std::io::Write::flush(&mut file).map_err(|e| Error::io(path, e))?;
+    file.sync_all().map_err(|e| Error::io(path, e))?;
+    let size_bytes = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    Ok((size_bytes, row_group_row_counts))
+}
+
 fn write_file_and_index(
     dir: &Path,
     path: &Path,
@@ -216,14 +416,7 @@ fn write_file_and_index(
     let file = File::create(&path).map_err(|e| Error::io(&path, e))?;
     let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(writer_properties(signal, config)?))?;
     writer.write(batch)?;
-    // Close the last, partial row group so that every group's size is known before the footer.
-    writer.flush()?;
-    let row_group_row_counts: Vec<u64> =
-        writer.flushed_row_groups().iter().map(|group| group.num_rows() as u64).collect();
-    let mut file = writer.into_inner()?;
-    std::io::Write::flush(&mut file).map_err(|e| Error::io(&path, e))?;
-    file.sync_all().map_err(|e| Error::io(&path, e))?;
-    let size_bytes = file.metadata().map_err(|e| Error::io(&path, e))?.len();
+    let (size_bytes, row_group_row_counts) = finish_file(writer, &path)?;
 
     let index_dir = if signal == Signal::Logs && config.fulltext_index {
         let index_dir = index_dir.to_path_buf();
