@@ -190,6 +190,10 @@ pub fn start_server(data_dir: &Path) -> (Child, String, String) {
             "127.0.0.1:0",
             "--http-addr",
             "127.0.0.1:0",
+            // The server storing its own metrics every 15 s would add files (and compactions)
+            // to the store being measured.
+            "--self-metrics-interval",
+            "0",
         ])
         .arg("--data-dir")
         .arg(data_dir)

@@ -27,6 +27,10 @@ pub struct StoreConfig {
     /// merged even if there are fewer than `compaction_min_files`, so that a past hour ends up
     /// as one file (or a few of `compaction_target_bytes`) instead of one per flush.
     pub compaction_settle_secs: u64,
+    /// Settled metrics and span files whose data is older than this merge into files of
+    /// several hours of their day; newer hours stay one file per hour, which the frequent
+    /// short-range queries read faster.
+    pub day_merge_age_secs: u64,
     /// Compaction merges small files into files of about this size; larger files are left
     /// alone. Bounded because a merge holds its inputs in memory.
     pub compaction_target_bytes: u64,
@@ -55,6 +59,7 @@ impl Default for StoreConfig {
             min_free_disk_bytes: 64 * 1024 * 1024,
             compaction_min_files: 4,
             compaction_settle_secs: 60,
+            day_merge_age_secs: 6 * 3600,
             compaction_target_bytes: 64 * 1024 * 1024,
             row_group_rows: 128 * 1024,
             zstd_level: 3,

@@ -452,7 +452,7 @@ impl Store {
         let _maintenance = self.maintenance.lock().await;
         let merges = {
             let state = self.state.lock();
-            compaction_plan(signal, state.catalog.files(signal), &self.config, Instant::now())
+            compaction_plan(signal, state.catalog.files(signal), &self.config, Instant::now(), now_ns())
         };
         for merge in merges {
             let started = Instant::now();
@@ -541,15 +541,26 @@ fn is_settled(file: &DataFile, config: &StoreConfig, now: Instant) -> bool {
 /// compacts its two-hour blocks into longer ones for the same reason). Logs stay in hour
 /// files: merging them would rebuild their full-text index for little gain. The files left
 /// are merged per hour partition ([`small_file_groups`]).
-fn compaction_plan(signal: Signal, files: &[Arc<DataFile>], config: &StoreConfig, now: Instant) -> Vec<Merge> {
+fn compaction_plan(
+    signal: Signal,
+    files: &[Arc<DataFile>],
+    config: &StoreConfig,
+    now: Instant,
+    now_ns: i64,
+) -> Vec<Merge> {
     let mut merges = Vec::new();
     let mut remaining: Vec<Arc<DataFile>> = files.to_vec();
+    // Recent hours stay in hour files: a query over the last hour would otherwise decompress
+    // pages holding several hours of each series it reads.
+    let recent_from_ns = now_ns
+        .saturating_sub(i64::try_from(config.day_merge_age_secs).unwrap_or(i64::MAX).saturating_mul(1_000_000_000));
     if signal != Signal::Logs {
         let mut by_day: std::collections::BTreeMap<i64, Vec<Arc<DataFile>>> = Default::default();
         for file in files {
             let day = file.min_time_ns.div_euclid(writer::NANOS_PER_DAY);
             if file.size_bytes < config.compaction_target_bytes
                 && is_settled(file, config, now)
+                && file.max_time_ns < recent_from_ns
                 && file.max_time_ns.div_euclid(writer::NANOS_PER_DAY) == day
             {
                 by_day.entry(day).or_default().push(file.clone());
@@ -808,7 +819,7 @@ mod tests {
         spanning.max_time_ns += 1;
         let across_days = vec![hour_file(Signal::Metrics, 46, 10), Arc::new(spanning)];
         let settled = Instant::now() + Duration::from_secs(config.compaction_settle_secs);
-        let plan = compaction_plan(Signal::Metrics, &files, &config, settled);
+        let plan = compaction_plan(Signal::Metrics, &files, &config, settled, now_ns());
         let described: Vec<(Option<i64>, Vec<i64>)> = plan
             .iter()
             .map(|merge| (merge.into_day, merge.inputs.iter().map(|f| f.min_time_ns / 3_600_000_000_000).collect()))
@@ -816,10 +827,20 @@ mod tests {
         assert_eq!(described, vec![(Some(1), vec![24, 25, 26]), (Some(1), vec![29, 30])]);
 
         // Files still arriving are left to the hour partitions; logs never leave them.
-        assert!(compaction_plan(Signal::Metrics, &files, &config, Instant::now()).is_empty());
-        assert!(compaction_plan(Signal::Logs, &logs, &config, settled).is_empty());
+        assert!(compaction_plan(Signal::Metrics, &files, &config, Instant::now(), now_ns()).is_empty());
+        // Hours younger than `day_merge_age_secs` stay hour files: here hour 30 (and 50), so
+        // 29 has no neighbour to merge with.
+        let age_ns = config.day_merge_age_secs as i64 * 1_000_000_000;
+        let hour_30_is_young = 31 * 3_600_000_000_000 + age_ns - 1;
+        let plan = compaction_plan(Signal::Metrics, &files, &config, settled, hour_30_is_young);
+        let starts: Vec<Vec<i64>> =
+            plan.iter().map(|m| m.inputs.iter().map(|f| f.min_time_ns / 3_600_000_000_000).collect()).collect();
+        assert_eq!(starts, vec![vec![24, 25, 26]]);
+        let day_one_aged = 48 * 3_600_000_000_000 + age_ns;
+        assert_eq!(compaction_plan(Signal::Metrics, &files, &config, settled, day_one_aged).len(), 2);
+        assert!(compaction_plan(Signal::Logs, &logs, &config, settled, now_ns()).is_empty());
         // A file reaching into the next day stays where it is.
-        assert!(compaction_plan(Signal::Metrics, &across_days, &config, settled).is_empty());
+        assert!(compaction_plan(Signal::Metrics, &across_days, &config, settled, now_ns()).is_empty());
     }
 
     /// Gauge points of `series` series (told apart by an `instance` attribute) at each of `times`.
