@@ -1,5 +1,8 @@
 //! Turns buffered rows into Parquet files (and, for logs, their tantivy index), one file per
 //! hour partition: `<data>/<table>/<YYYY-MM-DD>/<HH>/<name>.parquet` beside `<name>.index/`.
+//! Compaction also writes files of several hours of a day in `<data>/<table>/<YYYY-MM-DD>/`,
+//! and merges files that are already sorted without holding them in memory
+//! ([`merge_sorted_files`]).
 //!
 //! Rows are sorted before writing: logs by container then time, so that one container's lines
 //! sit side by side (better compression, row-group statistics that prune by pod), metrics by
