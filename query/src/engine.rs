@@ -81,6 +81,7 @@ pub struct QueryEngine {
     context: SessionContext,
     runtime: Option<tokio::runtime::Runtime>,
     metrics: QueryMetrics,
+    threads: usize,
 }
 
 impl QueryEngine {
@@ -116,7 +117,12 @@ impl QueryEngine {
             .enable_all()
             .build()
             .map_err(|e| Error::Task(format!("starting the query runtime: {e}")))?;
-        Ok(QueryEngine { store, context, runtime: Some(runtime), metrics: QueryMetrics::new(registry)? })
+        Ok(QueryEngine { store, context, runtime: Some(runtime), metrics: QueryMetrics::new(registry)?, threads })
+    }
+
+    /// Threads a query may use (the configured `threads`, or one per core).
+    pub fn threads(&self) -> usize {
+        self.threads
     }
 
     /// The session, for the query languages built on SQL tables (PromQL, LogQL).

@@ -18,6 +18,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use promql_parser::label::Matcher;
 use promql_parser::parser::Expr;
+use serde::Serialize;
+use serde::ser::{SerializeMap, SerializeTuple, Serializer};
 use serde_json::{Value as Json, json};
 
 use super::eval::{self, PromError, QueryValue, Sample, Steps};
@@ -66,8 +68,13 @@ fn all_params(query: Option<String>, body: &Bytes) -> Params {
     params
 }
 
-fn success(data: Json) -> Response {
-    axum::Json(json!({ "status": "success", "data": data })).into_response()
+fn success(data: impl Serialize) -> Response {
+    #[derive(Serialize)]
+    struct Success<T> {
+        status: &'static str,
+        data: T,
+    }
+    axum::Json(Success { status: "success", data }).into_response()
 }
 
 fn error_response(error: PromError) -> Response {
@@ -124,41 +131,100 @@ fn parse_query(params: &Params) -> Result<Expr, PromError> {
     eval::parse(text)
 }
 
-/// Seconds as Prometheus writes sample times: a number with at most three decimals.
-fn seconds(ms: i64) -> Json {
-    if ms % 1000 == 0 { json!(ms / 1000) } else { json!(ms as f64 / 1000.0) }
-}
-
 fn labels_json(labels: &Labels) -> Json {
     Json::Object(labels.iter().map(|(k, v)| (k.clone(), Json::String(v.clone()))).collect())
 }
 
-fn point(time: i64, value: f64) -> Json {
-    json!([seconds(time), format_value(value)])
+/// A sample time as Prometheus writes it: seconds, with at most three decimals.
+struct Seconds(i64);
+
+impl Serialize for Seconds {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if self.0 % 1000 == 0 {
+            serializer.serialize_i64(self.0 / 1000)
+        } else {
+            serializer.serialize_f64(self.0 as f64 / 1000.0)
+        }
+    }
 }
 
-fn points(samples: &[Sample]) -> Json {
-    Json::Array(samples.iter().map(|(t, v)| point(*t, *v)).collect())
+/// A sample value as Prometheus writes it: a string (`"1.5"`, `"NaN"`, `"+Inf"`).
+struct ValueText(f64);
+
+impl Serialize for ValueText {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if self.0.is_finite() {
+            // `Display` of a finite f64 is [`format_value`]'s text, written without a String.
+            serializer.collect_str(&self.0)
+        } else {
+            serializer.serialize_str(&format_value(self.0))
+        }
+    }
 }
 
-fn result_json(value: QueryValue) -> Json {
-    match value {
-        QueryValue::Scalar(time, value) => json!({ "resultType": "scalar", "result": point(time, value) }),
-        QueryValue::String(time, text) => json!({ "resultType": "string", "result": [seconds(time), text] }),
-        QueryValue::Vector(samples) => json!({
-            "resultType": "vector",
-            "result": samples
-                .iter()
-                .map(|(labels, time, value)| json!({ "metric": labels_json(labels), "value": point(*time, *value) }))
-                .collect::<Vec<_>>(),
-        }),
-        QueryValue::Matrix(series) => json!({
-            "resultType": "matrix",
-            "result": series
-                .iter()
-                .map(|(labels, samples)| json!({ "metric": labels_json(labels), "values": points(samples) }))
-                .collect::<Vec<_>>(),
-        }),
+/// `[<seconds>, "<value>"]`.
+struct Point(i64, f64);
+
+impl Serialize for Point {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut tuple = serializer.serialize_tuple(2)?;
+        tuple.serialize_element(&Seconds(self.0))?;
+        tuple.serialize_element(&ValueText(self.1))?;
+        tuple.end()
+    }
+}
+
+struct Points<'a>(&'a [Sample]);
+
+impl Serialize for Points<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(|(time, value)| Point(*time, *value)))
+    }
+}
+
+/// A query's result in Prometheus's shape, serialized straight from the evaluator's value: a
+/// range query's answer holds hundreds of thousands of points, and a JSON tree of them would
+/// cost more than their evaluation.
+struct QueryResult(QueryValue);
+
+impl Serialize for QueryResult {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Instant<'a> {
+            metric: &'a Labels,
+            value: Point,
+        }
+        #[derive(Serialize)]
+        struct Range<'a> {
+            metric: &'a Labels,
+            values: Points<'a>,
+        }
+        let mut map = serializer.serialize_map(Some(2))?;
+        match &self.0 {
+            QueryValue::Scalar(time, value) => {
+                map.serialize_entry("resultType", "scalar")?;
+                map.serialize_entry("result", &Point(*time, *value))?;
+            }
+            QueryValue::String(time, text) => {
+                map.serialize_entry("resultType", "string")?;
+                map.serialize_entry("result", &(Seconds(*time), text))?;
+            }
+            QueryValue::Vector(samples) => {
+                map.serialize_entry("resultType", "vector")?;
+                let result: Vec<Instant> = samples
+                    .iter()
+                    .map(|(metric, time, value)| Instant { metric, value: Point(*time, *value) })
+                    .collect();
+                map.serialize_entry("result", &result)?;
+            }
+            QueryValue::Matrix(series) => {
+                map.serialize_entry("resultType", "matrix")?;
+                let result: Vec<Range> =
+                    series.iter().map(|(metric, samples)| Range { metric, values: Points(samples) }).collect();
+                map.serialize_entry("result", &result)?;
+            }
+        }
+        map.end()
     }
 }
 
@@ -171,7 +237,7 @@ async fn query(State(state): State<ApiState>, RawQuery(raw): RawQuery, body: Byt
         eval::instant_query(state.source.as_ref(), &expr, time, deadline).await
     };
     match run.await {
-        Ok(value) => success(result_json(value)),
+        Ok(value) => success(QueryResult(value)),
         Err(error) => error_response(error),
     }
 }
@@ -208,7 +274,7 @@ async fn query_range(State(state): State<ApiState>, RawQuery(raw): RawQuery, bod
         eval::range_query(state.source.as_ref(), &expr, Steps { start, end, step }, deadline).await
     };
     match run.await {
-        Ok(value) => success(result_json(value)),
+        Ok(value) => success(QueryResult(value)),
         Err(error) => error_response(error),
     }
 }
@@ -368,4 +434,42 @@ async fn build_info() -> Response {
         "goVersion": "",
         "application": "wake",
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(value: QueryValue) -> String {
+        #[derive(Serialize)]
+        struct Success<T> {
+            status: &'static str,
+            data: T,
+        }
+        serde_json::to_string(&Success { status: "success", data: QueryResult(value) }).unwrap()
+    }
+
+    #[test]
+    fn results_are_written_in_prometheus_shape() {
+        let labels: Labels =
+            [("__name__".to_string(), "up".to_string()), ("job".to_string(), "a\"b".to_string())].into();
+        let samples =
+            vec![(1_000, 1.5), (1_500, f64::NAN), (2_000, f64::INFINITY), (2_001, f64::NEG_INFINITY), (3_000, -0.0)];
+        assert_eq!(
+            body(QueryValue::Matrix(vec![(labels.clone(), samples)])),
+            r#"{"status":"success","data":{"resultType":"matrix","result":[{"metric":{"__name__":"up","job":"a\"b"},"values":[[1,"1.5"],[1.5,"NaN"],[2,"+Inf"],[2.001,"-Inf"],[3,"-0"]]}]}}"#
+        );
+        assert_eq!(
+            body(QueryValue::Vector(vec![(labels, 4_250, 1e21)])),
+            r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{"__name__":"up","job":"a\"b"},"value":[4.25,"1000000000000000000000"]}]}}"#
+        );
+        assert_eq!(
+            body(QueryValue::Scalar(5_000, 0.1)),
+            r#"{"status":"success","data":{"resultType":"scalar","result":[5,"0.1"]}}"#
+        );
+        assert_eq!(
+            body(QueryValue::String(5_000, "x".into())),
+            r#"{"status":"success","data":{"resultType":"string","result":[5,"x"]}}"#
+        );
+    }
 }

@@ -8,15 +8,17 @@
 //! built once per series, never per row.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, mpsc};
 
 use arrow::array::{Array, ArrayRef, AsArray, PrimitiveArray, RecordBatch, UInt64Array};
 use arrow::datatypes::{Float64Type, TimestampNanosecondType, UInt64Type};
 use promql_parser::label::Matcher;
+use wake_storage::DataFile;
 use wake_storage::schema::{self, Signal};
 
 use super::eval::{PromError, Result, Sample, SeriesData, SeriesSource};
-use super::index::{SeriesIndex, SeriesInfo, overlaps};
+use super::index::{FileSeries, SeriesIndex, SeriesInfo, overlaps};
 use super::naming::{Descriptor, Exposure, Labels, METRIC_NAME_LABEL, Part};
 use crate::engine::QueryEngine;
 
@@ -91,7 +93,7 @@ struct Selected {
 /// Where a selection's rows are: the files of its time range, indexed, and the unflushed rows.
 struct Sources {
     /// Files in the range and their index entries.
-    files: Vec<(Arc<wake_storage::DataFile>, Arc<super::index::FileSeries>)>,
+    files: Vec<(Arc<DataFile>, Arc<FileSeries>)>,
     /// Rows not flushed yet, and their series ids.
     buffered: Vec<(RecordBatch, UInt64Array)>,
 }
@@ -108,6 +110,56 @@ fn sources(engine: &QueryEngine, index: &SeriesIndex, min_ns: i64, max_ns: i64) 
         buffered.push((batch, ids));
     }
     Ok(Sources { files: in_range.into_iter().zip(entries).collect(), buffered })
+}
+
+/// Reads the rows of the series `wanted` from `files` on up to `threads` threads, handing each
+/// batch to `on_batch` on the calling thread. Decompressing pages is most of a selector's
+/// time, and a range's files are independent; batches of different files interleave.
+fn read_files(
+    index: &SeriesIndex,
+    files: &[(Arc<DataFile>, Arc<FileSeries>)],
+    wanted: &[u64],
+    columns: &[&str],
+    threads: usize,
+    on_batch: &mut dyn FnMut(&RecordBatch, &UInt64Array),
+) -> parquet::errors::Result<()> {
+    let threads = threads.min(files.len());
+    if threads <= 1 {
+        for (file, entry) in files {
+            index.read(file, entry, wanted, columns, on_batch)?;
+        }
+        return Ok(());
+    }
+    let next_file = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        // Bounded: readers wait for the consumer rather than holding a range's rows.
+        let (sender, receiver) = mpsc::sync_channel(threads * 2);
+        for _ in 0..threads {
+            let sender = sender.clone();
+            let (next_file, stop) = (&next_file, &stop);
+            scope.spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let Some((file, entry)) = files.get(next_file.fetch_add(1, Ordering::Relaxed)) else { break };
+                    let mut send = |batch: &RecordBatch, ids: &UInt64Array| {
+                        if sender.send(Ok((batch.clone(), ids.clone()))).is_err() {
+                            stop.store(true, Ordering::Relaxed);
+                        }
+                    };
+                    if let Err(error) = index.read(file, entry, wanted, columns, &mut send) {
+                        let _ = sender.send(Err(error));
+                        break;
+                    }
+                }
+            });
+        }
+        drop(sender);
+        for message in receiver {
+            let (batch, ids) = message?;
+            on_batch(&batch, &ids);
+        }
+        Ok(())
+    })
 }
 
 fn optional<T: arrow::datatypes::ArrowPrimitiveType>(
@@ -249,9 +301,16 @@ impl Scan {
     }
 
     fn record(&mut self, series: usize, sample: Sample) {
-        self.seen[series] = true;
+        self.record_all(series, std::iter::once(sample));
+    }
+
+    fn record_all(&mut self, series: usize, samples: impl Iterator<Item = Sample>) {
         if self.keep_samples {
-            self.series[series].samples.push(sample);
+            let before = self.series[series].samples.len();
+            self.series[series].samples.extend(samples);
+            self.seen[series] |= self.series[series].samples.len() > before;
+        } else {
+            self.seen[series] |= samples.count() > 0;
         }
     }
 
@@ -289,44 +348,51 @@ impl Scan {
         let floats = |name| batch.column_by_name(name).and_then(|c| c.as_primitive_opt::<Float64Type>());
         let (values, sums) = (floats(schema::VALUE), floats(schema::SUM));
         let counts = batch.column_by_name(schema::COUNT).and_then(|c| c.as_primitive_opt::<UInt64Type>());
-        // Rows of one series come in runs: the id is looked up when it changes.
-        let mut current: Option<(u64, Option<usize>)> = None;
-        for row in 0..batch.num_rows() {
-            let time_ns = times.value(row);
-            if time_ns < self.min_ns || time_ns > self.max_ns {
+        let ids = ids.values();
+        // Rows of one series come in runs: each run is looked up once and its rows, in the
+        // time range, go to the run's targets.
+        let mut start = 0;
+        while start < ids.len() {
+            let id = ids[start];
+            let end = start + ids[start..].iter().position(|other| *other != id).unwrap_or(ids.len() - start);
+            let run = start..end;
+            start = end;
+            let Some(&selected) = self.by_id.get(&id) else { continue };
+            let rows = || run.clone().filter(|row| (self.min_ns..=self.max_ns).contains(&times.value(*row)));
+            let in_range: Vec<usize> = rows().collect();
+            if in_range.is_empty() {
                 continue;
             }
-            let id = ids.value(row);
-            let selected = match current {
-                Some((known, selected)) if known == id => selected,
-                _ => {
-                    let selected = self.by_id.get(&id).copied();
-                    current = Some((id, selected));
-                    selected
-                }
-            };
-            let Some(selected) = selected else { continue };
-            let time = time_ns.div_euclid(1_000_000);
-            let count = optional(counts, row).map(|c| c as f64);
+            let time_ms = |row: usize| times.value(row).div_euclid(1_000_000);
             for target in 0..self.selected[selected].targets.len() {
                 let part = self.selected[selected].exposures[target].part.clone();
                 match &self.selected[selected].targets[target] {
                     Target::Skip => {}
                     Target::Series(index) => {
-                        let value = match part {
-                            Part::Value => optional(values, row),
-                            Part::Count => count,
-                            Part::Sum => optional(sums, row),
+                        let index = *index;
+                        let column = match part {
+                            Part::Value => values,
+                            Part::Sum => sums,
+                            Part::Count => {
+                                let samples = in_range.iter().filter_map(|row| {
+                                    optional(counts, *row).map(|count| (time_ms(*row), count as f64))
+                                });
+                                self.record_all(index, samples);
+                                continue;
+                            }
                             Part::Buckets | Part::Quantiles => None,
                         };
-                        if let Some(value) = value {
-                            self.record(*index, (time, value));
-                        }
+                        let samples =
+                            in_range.iter().filter_map(|row| optional(column, *row).map(|v| (time_ms(*row), v)));
+                        self.record_all(index, samples);
                     }
                     Target::PerBound { .. } => {
-                        for (bound, value) in Self::bound_points(&part, batch, row, count) {
-                            if let Some(index) = self.bound_series(selected, target, bound) {
-                                self.record(index, (time, value));
+                        for row in &in_range {
+                            let count = optional(counts, *row).map(|c| c as f64);
+                            for (bound, value) in Self::bound_points(&part, batch, *row, count) {
+                                if let Some(index) = self.bound_series(selected, target, bound) {
+                                    self.record(index, (time_ms(*row), value));
+                                }
                             }
                         }
                     }
@@ -433,9 +499,9 @@ impl StoreSource {
             let columns = scan.columns();
             let mut wanted: Vec<u64> = scan.by_id.keys().copied().collect();
             wanted.sort_unstable();
-            for (file, entry) in &sources.files {
-                index.read(file, entry, &wanted, &columns, &mut |batch, ids| scan.add_batch(batch, ids))?;
-            }
+            read_files(&index, &sources.files, &wanted, &columns, engine.threads(), &mut |batch, ids| {
+                scan.add_batch(batch, ids)
+            })?;
             for (batch, ids) in &sources.buffered {
                 scan.add_batch(batch, ids);
             }
@@ -449,5 +515,92 @@ impl StoreSource {
 impl SeriesSource for StoreSource {
     async fn select(&self, matchers: &[Matcher], min_ms: i64, max_ms: i64) -> Result<Vec<SeriesData>> {
         self.scan(matchers, min_ms, max_ms, true).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::QueryConfig;
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+    use opentelemetry_proto::tonic::metrics::v1::{
+        Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, metric, number_data_point,
+    };
+    use promql_parser::label::MatchOp;
+    use wake_storage::{OtlpRequest, Store, StoreConfig};
+
+    const HOUR_MS: i64 = 3_600_000;
+    const START_MS: i64 = 1_795_305_600_000;
+
+    /// An hour of `temperature` gauges of `series` instances at a 15 s interval; the value
+    /// tells the instance and the time apart.
+    fn hour_of_gauges(hour: i64, series: usize) -> OtlpRequest {
+        let data_points = (0..series)
+            .flat_map(|s| {
+                (0..240).map(move |step| {
+                    let time_ms = START_MS + hour * HOUR_MS + step * 15_000;
+                    NumberDataPoint {
+                        time_unix_nano: time_ms as u64 * 1_000_000,
+                        value: Some(number_data_point::Value::AsDouble((time_ms + s as i64) as f64)),
+                        attributes: vec![KeyValue {
+                            key: "instance".into(),
+                            value: Some(AnyValue { value: Some(any_value::Value::StringValue(format!("host-{s}"))) }),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    }
+                })
+            })
+            .collect();
+        let metric = Metric {
+            name: "temperature".into(),
+            data: Some(metric::Data::Gauge(Gauge { data_points })),
+            ..Default::default()
+        };
+        OtlpRequest::Metrics(ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                scope_metrics: vec![ScopeMetrics { metrics: vec![metric], ..Default::default() }],
+                ..Default::default()
+            }],
+        })
+    }
+
+    #[tokio::test]
+    async fn files_read_on_several_threads_give_what_one_thread_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig { data_dir: dir.path().to_path_buf(), min_free_disk_bytes: 0, ..Default::default() };
+        let registry = prometheus::Registry::new();
+        let store = Store::open(config, &registry).unwrap();
+        let hours = 5;
+        for hour in 0..hours {
+            store.ingest(hour_of_gauges(hour, 6), None).await.unwrap();
+            store.flush(Signal::Metrics).await.unwrap();
+        }
+        assert_eq!(store.snapshot(Signal::Metrics).files.len(), hours as usize);
+        let matchers = [
+            Matcher::new(MatchOp::Equal, METRIC_NAME_LABEL, "temperature"),
+            Matcher::new(MatchOp::NotEqual, "instance", "host-2"),
+        ];
+        let mut answers = Vec::new();
+        for threads in [1, 3] {
+            let config = QueryConfig { threads, ..Default::default() };
+            let engine = QueryEngine::with_config(store.clone(), config, &prometheus::Registry::new()).unwrap();
+            let source = StoreSource::new(Arc::new(engine));
+            let mut series = source.scan(&matchers, START_MS, START_MS + hours * HOUR_MS, true).await.expect("scan");
+            series.sort_by(|a, b| a.labels.cmp(&b.labels));
+            answers.push(series);
+        }
+        assert_eq!(answers[0], answers[1]);
+        let series = &answers[1];
+        assert_eq!(series.len(), 5);
+        for one in series {
+            let instance: i64 = one.labels["instance"].trim_start_matches("host-").parse().unwrap();
+            let expected: Vec<Sample> = (0..hours * 240)
+                .map(|step| START_MS + step * 15_000)
+                .map(|time| (time, (time + instance) as f64))
+                .collect();
+            assert_eq!(one.samples, expected, "{:?}", one.labels);
+        }
     }
 }
