@@ -46,6 +46,11 @@ pub struct StoreConfig {
     pub log_body_zstd_level: i32,
     /// Build a tantivy index over log bodies at flush.
     pub fulltext_index: bool,
+    /// Consecutive log rows that share one document of the full-text index. The index tells
+    /// which documents hold a term, and every row of those is then decided on its text: more
+    /// rows per document make a smaller index (a frequent term is listed once per document,
+    /// not once per row) and a little more text to decide per hit. 1: a document per row.
+    pub index_rows_per_document: usize,
 }
 
 impl Default for StoreConfig {
@@ -69,6 +74,7 @@ impl Default for StoreConfig {
             log_body_page_bytes: 256 * 1024,
             log_body_zstd_level: 1,
             fulltext_index: true,
+            index_rows_per_document: 16,
         }
     }
 }
@@ -115,6 +121,12 @@ impl StoreConfig {
                 self.log_body_page_bytes
             ));
         }
+        if !(1..=1024).contains(&self.index_rows_per_document) {
+            return fail(format!(
+                "index_rows_per_document must be between 1 and 1024, got {}",
+                self.index_rows_per_document
+            ));
+        }
         Ok(())
     }
 }
@@ -140,6 +152,7 @@ mod tests {
         for (config, field) in [
             (StoreConfig { log_body_zstd_level: 0, ..StoreConfig::default() }, "log_body_zstd_level"),
             (StoreConfig { log_body_page_bytes: 100, ..StoreConfig::default() }, "log_body_page_bytes"),
+            (StoreConfig { index_rows_per_document: 0, ..StoreConfig::default() }, "index_rows_per_document"),
         ] {
             let message = config.validate().unwrap_err().to_string();
             assert!(message.contains(field), "{message}");

@@ -1,12 +1,16 @@
 //! Full-text index over log bodies: one tantivy index beside each log Parquet file.
 //!
-//! The index stores no text. Each document carries `row`, its row's position in the Parquet
-//! file, as a fast field, so a hit becomes a row selection for the Parquet reader whatever
-//! segment layout tantivy chose. Queries use tantivy's query syntax with AND between terms
-//! (as Quickwit does), over the default tokenizer (split on non-alphanumerics, lowercase).
+//! The index stores no text. A document holds the bodies of `rows_per_document` consecutive
+//! rows (16 by default, each body a value of its own) and carries `row`, the first of its rows'
+//! positions in the Parquet file, and `rows`, how many, as fast fields, so a hit becomes a row
+//! selection for the Parquet reader whatever segment layout tantivy chose. (Indexes written
+//! before `rows` existed hold a row per document.) Queries use tantivy's query syntax with AND
+//! between terms (as Quickwit does), over the default tokenizer (split on non-alphanumerics,
+//! lowercase).
 //!
-//! The on-disk index is a *filter*: it records which rows hold each term, without term
-//! frequencies or positions, which would triple its size. [`FullTextIndex::candidates`]
+//! The on-disk index is a *filter*: it records which documents hold each term, without term
+//! frequencies or positions, which would triple its size; a term frequent in the logs is
+//! listed once per document rather than once per row, which halves the index. [`FullTextIndex::candidates`]
 //! therefore answers a superset of the rows that match (a phrase becomes all of its terms,
 //! exclusions are ignored); [`matches_bodies`] then decides each candidate exactly, with the full
 //! query semantics, and answers rows that no index covers, so a row gives the same answer before
@@ -38,7 +42,10 @@ use tantivy::{DocId, Index, IndexWriter, Score, SegmentOrdinal, SegmentReader, T
 use crate::error::{Error, Result};
 
 const BODY_FIELD: &str = "body";
+/// The first row of a document's rows.
 const ROW_FIELD: &str = "row";
+/// How many rows a document holds; indexes written before documents held several rows lack it.
+const ROWS_FIELD: &str = "rows";
 /// tantivy's floor for a writer's memory arena is 15 MB; more makes fewer segments per file.
 const WRITER_MEMORY_BYTES: usize = 96 * 1024 * 1024;
 /// Documents handed to the indexing thread at a time.
@@ -118,8 +125,9 @@ fn register_tokenizer(index: &Index) {
     index.tokenizers().register(FILTER_TOKENIZER, FilterTokenizer::default());
 }
 
-/// The on-disk schema: which rows hold each term, nothing more.
-fn filter_schema() -> IndexSchema {
+/// The on-disk schema: which documents hold each term, nothing more; `row_counts`: whether
+/// documents say how many rows they hold (without, each holds one, as indexes once did).
+fn filter_schema(row_counts: bool) -> IndexSchema {
     let mut builder = Schema::builder();
     let indexing = TextFieldIndexing::default()
         .set_tokenizer(FILTER_TOKENIZER)
@@ -127,34 +135,58 @@ fn filter_schema() -> IndexSchema {
         .set_fieldnorms(false);
     let body = builder.add_text_field(BODY_FIELD, TextOptions::default().set_indexing_options(indexing));
     let row = builder.add_u64_field(ROW_FIELD, FAST);
+    if row_counts {
+        builder.add_u64_field(ROWS_FIELD, FAST);
+    }
     IndexSchema { schema: builder.build(), body, row }
 }
 
-/// Writes the index of one Parquet file's bodies, in the file's row order, into `dir`.
-pub fn build_index<'a>(dir: &Path, bodies: impl Iterator<Item = Option<&'a str>>) -> Result<()> {
+/// Writes the index of one Parquet file's bodies, in the file's row order, into `dir`: a
+/// document per `rows_per_document` consecutive rows (at least 1).
+pub fn build_index<'a>(
+    dir: &Path,
+    bodies: impl Iterator<Item = Option<&'a str>>,
+    rows_per_document: usize,
+) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let fields = filter_schema();
+    let fields = filter_schema(true);
     let index = Index::create_in_dir(dir, fields.schema.clone())?;
     register_tokenizer(&index);
-    write_documents(&index, &fields, bodies, WRITER_MEMORY_BYTES)
+    write_documents(&index, &fields, bodies, rows_per_document, WRITER_MEMORY_BYTES)
 }
 
+/// Adds `bodies` to `index` as documents of `rows_per_document` consecutive rows each (which
+/// the schema records, when it has the field).
 fn write_documents<'a>(
     index: &Index,
     fields: &IndexSchema,
     bodies: impl Iterator<Item = Option<&'a str>>,
+    rows_per_document: usize,
     memory_bytes: usize,
 ) -> Result<()> {
+    let rows = index.schema().get_field(ROWS_FIELD).ok();
     let mut writer: IndexWriter<TantivyDocument> = index.writer_with_num_threads(1, memory_bytes)?;
     // Documents go to tantivy's indexing thread in batches: one channel message per document
     // made the two threads trade places for every row.
     let mut batch = Vec::with_capacity(INDEX_BATCH_DOCS);
-    for (row, body) in bodies.enumerate() {
+    let rows_per_document = rows_per_document.max(1);
+    let mut bodies = bodies.peekable();
+    let mut first_row = 0u64;
+    while bodies.peek().is_some() {
         let mut document = TantivyDocument::new();
-        if let Some(body) = body {
-            document.add_text(fields.body, body);
+        let mut count = 0u64;
+        // Each body is a value of its own: no token runs from one row into the next.
+        for body in bodies.by_ref().take(rows_per_document) {
+            if let Some(body) = body {
+                document.add_text(fields.body, body);
+            }
+            count += 1;
         }
-        document.add_u64(fields.row, row as u64);
+        document.add_u64(fields.row, first_row);
+        if let Some(rows) = rows {
+            document.add_u64(rows, count);
+        }
+        first_row += count;
         batch.push(UserOperation::Add(document));
         if batch.len() == INDEX_BATCH_DOCS {
             writer.run(std::mem::replace(&mut batch, Vec::with_capacity(INDEX_BATCH_DOCS)))?;
@@ -585,6 +617,7 @@ fn matches_bodies_by_index(bodies: &StringArray, query: &str) -> Result<BooleanA
         &index,
         &fields,
         (0..bodies.len()).map(|i| bodies.is_valid(i).then(|| bodies.value(i))),
+        1,
         IN_MEMORY_WRITER_BYTES,
     )?;
     let reader = index.reader_builder().reload_policy(tantivy::ReloadPolicy::Manual).try_into()?;
@@ -605,10 +638,13 @@ pub fn index_size_bytes(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// Collects the rows of the documents hit, ascending.
 struct RowCollector;
 
 struct RowSegmentCollector {
-    rows: Column<u64>,
+    first_rows: Column<u64>,
+    /// Rows per document; `None` for an index of a document per row.
+    row_counts: Option<Column<u64>>,
     hits: Vec<u64>,
 }
 
@@ -617,7 +653,12 @@ impl Collector for RowCollector {
     type Child = RowSegmentCollector;
 
     fn for_segment(&self, _segment: SegmentOrdinal, reader: &SegmentReader) -> tantivy::Result<RowSegmentCollector> {
-        Ok(RowSegmentCollector { rows: reader.fast_fields().u64(ROW_FIELD)?, hits: Vec::new() })
+        let fast_fields = reader.fast_fields();
+        let row_counts = match reader.schema().get_field(ROWS_FIELD) {
+            Ok(_) => Some(fast_fields.u64(ROWS_FIELD)?),
+            Err(_) => None,
+        };
+        Ok(RowSegmentCollector { first_rows: fast_fields.u64(ROW_FIELD)?, row_counts, hits: Vec::new() })
     }
 
     fn requires_scoring(&self) -> bool {
@@ -635,8 +676,9 @@ impl SegmentCollector for RowSegmentCollector {
     type Fruit = Vec<u64>;
 
     fn collect(&mut self, doc: DocId, _score: Score) {
-        if let Some(row) = self.rows.first(doc) {
-            self.hits.push(row);
+        if let Some(first) = self.first_rows.first(doc) {
+            let count = self.row_counts.as_ref().map_or(Some(1), |counts| counts.first(doc)).unwrap_or(1);
+            self.hits.extend(first..first + count);
         }
     }
 
@@ -667,7 +709,7 @@ mod tests {
     #[test]
     fn on_disk_candidates_cover_the_exact_answer() {
         let dir = tempfile::tempdir().unwrap();
-        build_index(dir.path(), BODIES.iter().copied()).unwrap();
+        build_index(dir.path(), BODIES.iter().copied(), 1).unwrap();
         let index = FullTextIndex::open(dir.path()).unwrap();
         // (query, exact rows, candidate rows): candidates are exact for terms, a superset for
         // phrases (all terms, any order) and exclusions (ignored).
@@ -714,6 +756,45 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_document_of_several_rows_selects_all_of_them() {
+        let dir = tempfile::tempdir().unwrap();
+        // Documents of rows 0..4 and 4..6.
+        build_index(dir.path(), BODIES.iter().copied(), 4).unwrap();
+        let index = FullTextIndex::open(dir.path()).unwrap();
+        assert_eq!(index.reader.searcher().num_docs(), 2);
+        for (query, candidates) in [
+            ("connection", vec![0, 1, 2, 3, 4, 5]),
+            ("timeout", vec![0, 1, 2, 3]),
+            ("disk", vec![4, 5]),
+            // Terms of different rows of one document: a candidate, decided on the text.
+            ("\"refused timeout\"", vec![0, 1, 2, 3]),
+            ("absent", vec![]),
+        ] {
+            let found = index.candidates(query).unwrap();
+            assert_eq!(found, candidates, "{query}");
+            for row in expected(query) {
+                assert!(found.contains(&row), "{query} misses row {row}");
+            }
+        }
+        // No token runs from one row into the next (row 0 ends in "1", row 2 starts "request").
+        assert!(index.candidates("1request").unwrap().is_empty());
+        assert_eq!(index.substring_candidates("disk full").unwrap(), vec![4, 5]);
+    }
+
+    #[test]
+    fn indexes_of_a_row_per_document_without_a_row_count_still_answer() {
+        // The on-disk schema before documents held several rows: no `rows` field.
+        let fields = filter_schema(false);
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::create_in_dir(dir.path(), fields.schema.clone()).unwrap();
+        register_tokenizer(&index);
+        write_documents(&index, &fields, BODIES.iter().copied(), 1, WRITER_MEMORY_BYTES).unwrap();
+        let index = FullTextIndex::open(dir.path()).unwrap();
+        assert_eq!(index.candidates("connection").unwrap(), vec![0, 5]);
+        assert_eq!(index.substring_candidates("disk full").unwrap(), vec![4]);
     }
 
     #[test]

@@ -747,7 +747,8 @@ mod tests {
         assert_eq!(rows(&after), (4, 0));
         assert!(replaced.iter().all(|path| !path.exists()), "inputs are deleted once unused");
         let index = crate::fulltext::FullTextIndex::open(after.files[0].index_dir.as_ref().unwrap()).unwrap();
-        assert_eq!(index.candidates("gamma").unwrap().len(), 1);
+        assert!(!index.candidates("gamma").unwrap().is_empty());
+        assert!(index.candidates("absent").unwrap().is_empty());
         drop(after);
         drop(store);
         let store = open(dir.path());

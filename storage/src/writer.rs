@@ -427,7 +427,8 @@ fn write_file_and_index(
             .column_by_name(schema::BODY)
             .and_then(|column| column.as_string_opt::<i32>())
             .ok_or_else(|| Error::Internal("log batch lacks a utf8 body column".into()))?;
-        fulltext::build_index(&index_dir, (0..bodies.len()).map(|i| bodies.is_valid(i).then(|| bodies.value(i))))?;
+        let bodies = (0..bodies.len()).map(|i| bodies.is_valid(i).then(|| bodies.value(i)));
+        fulltext::build_index(&index_dir, bodies, config.index_rows_per_document)?;
         sync_tree(&index_dir)?;
         Some(index_dir)
     } else {
