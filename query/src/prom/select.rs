@@ -358,8 +358,8 @@ impl Scan {
             let run = start..end;
             start = end;
             let Some(&selected) = self.by_id.get(&id) else { continue };
-            let rows = || run.clone().filter(|row| (self.min_ns..=self.max_ns).contains(&times.value(*row)));
-            let in_range: Vec<usize> = rows().collect();
+            let in_range: Vec<usize> =
+                run.filter(|row| (self.min_ns..=self.max_ns).contains(&times.value(*row))).collect();
             if in_range.is_empty() {
                 continue;
             }
@@ -522,48 +522,32 @@ impl SeriesSource for StoreSource {
 mod tests {
     use super::*;
     use crate::engine::QueryConfig;
-    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
-    use opentelemetry_proto::tonic::metrics::v1::{
-        Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, metric, number_data_point,
-    };
     use promql_parser::label::MatchOp;
+    use serde_json::json;
     use wake_storage::{OtlpRequest, Store, StoreConfig};
 
     const HOUR_MS: i64 = 3_600_000;
     const START_MS: i64 = 1_795_305_600_000;
 
-    /// An hour of `temperature` gauges of `series` instances at a 15 s interval; the value
-    /// tells the instance and the time apart.
+    /// An hour of `temperature` gauges of `series` instances at a 15 s interval, as OTLP/JSON;
+    /// the value tells the instance and the time apart.
     fn hour_of_gauges(hour: i64, series: usize) -> OtlpRequest {
-        let data_points = (0..series)
+        let points: Vec<_> = (0..series)
             .flat_map(|s| {
                 (0..240).map(move |step| {
                     let time_ms = START_MS + hour * HOUR_MS + step * 15_000;
-                    NumberDataPoint {
-                        time_unix_nano: time_ms as u64 * 1_000_000,
-                        value: Some(number_data_point::Value::AsDouble((time_ms + s as i64) as f64)),
-                        attributes: vec![KeyValue {
-                            key: "instance".into(),
-                            value: Some(AnyValue { value: Some(any_value::Value::StringValue(format!("host-{s}"))) }),
-                            ..Default::default()
-                        }],
-                        ..Default::default()
-                    }
+                    json!({
+                        "timeUnixNano": (time_ms * 1_000_000).to_string(),
+                        "asDouble": (time_ms + s as i64) as f64,
+                        "attributes": [{ "key": "instance", "value": { "stringValue": format!("host-{s}") } }],
+                    })
                 })
             })
             .collect();
-        let metric = Metric {
-            name: "temperature".into(),
-            data: Some(metric::Data::Gauge(Gauge { data_points })),
-            ..Default::default()
-        };
-        OtlpRequest::Metrics(ExportMetricsServiceRequest {
-            resource_metrics: vec![ResourceMetrics {
-                scope_metrics: vec![ScopeMetrics { metrics: vec![metric], ..Default::default() }],
-                ..Default::default()
-            }],
-        })
+        let body = json!({ "resourceMetrics": [{ "scopeMetrics": [{ "metrics": [
+            { "name": "temperature", "gauge": { "dataPoints": points } },
+        ] }] }] });
+        OtlpRequest::decode_json(Signal::Metrics, body.to_string().as_bytes()).unwrap()
     }
 
     #[tokio::test]
