@@ -10,10 +10,11 @@
 //!
 //! The on-disk index is a *filter*: it records which documents hold each term, without term
 //! frequencies or positions, which would triple its size; a term frequent in the logs is
-//! listed once per document rather than once per row, which halves the index. [`FullTextIndex::candidates`]
-//! therefore answers a superset of the rows that match (a phrase becomes all of its terms,
-//! exclusions are ignored); [`matches_bodies`] then decides each candidate exactly, with the full
-//! query semantics, and answers rows that no index covers, so a row gives the same answer before
+//! listed once per document rather than once per row, which halves the index.
+//! [`FullTextIndex::candidates`] therefore answers a superset of the rows that match (a
+//! phrase becomes all of its terms, exclusions are ignored, a hit stands for its document's
+//! rows); [`matches_bodies`] then decides each candidate exactly, with the full query
+//! semantics, and answers rows that no index covers, so a row gives the same answer before
 //! and after a flush.
 //!
 //! The exact semantics are those of an in-memory tantivy index with positions over the bodies.

@@ -68,12 +68,14 @@ fn all_params(query: Option<String>, body: &Bytes) -> Params {
     params
 }
 
+/// Prometheus's envelope of a successful answer.
+#[derive(Serialize)]
+struct Success<T> {
+    status: &'static str,
+    data: T,
+}
+
 fn success(data: impl Serialize) -> Response {
-    #[derive(Serialize)]
-    struct Success<T> {
-        status: &'static str,
-        data: T,
-    }
     axum::Json(Success { status: "success", data }).into_response()
 }
 
@@ -441,11 +443,6 @@ mod tests {
     use super::*;
 
     fn body(value: QueryValue) -> String {
-        #[derive(Serialize)]
-        struct Success<T> {
-            status: &'static str,
-            data: T,
-        }
         serde_json::to_string(&Success { status: "success", data: QueryResult(value) }).unwrap()
     }
 
