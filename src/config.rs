@@ -48,6 +48,14 @@ pub struct ServerArgs {
     /// Build the tantivy index over log bodies [default: true].
     #[arg(long, env = "WAKE_FULLTEXT_INDEX")]
     pub fulltext_index: Option<bool>,
+    /// Records older than this (seconds before their receipt) are refused; 0 accepts any age
+    /// [default: 2592000, 30 days].
+    #[arg(long, env = "WAKE_MAX_RECORD_AGE_SECS")]
+    pub max_record_age_secs: Option<u64>,
+    /// Records further ahead than this (seconds after their receipt) are refused; 0: no bound
+    /// [default: 3600].
+    #[arg(long, env = "WAKE_MAX_RECORD_FUTURE_SECS")]
+    pub max_record_future_secs: Option<u64>,
     /// How often the server stores its own /metrics in itself (job="wake-server"), e.g. 15s;
     /// 0 disables [default: 15s].
     #[arg(long, env = "WAKE_SELF_METRICS_INTERVAL", value_parser = wake_collector::config::parse_duration)]
@@ -65,6 +73,8 @@ pub struct ServerConfig {
     #[serde(deserialize_with = "wake_collector::config::deserialize_duration")]
     pub self_metrics_interval: std::time::Duration,
     pub store: StoreConfig,
+    /// The query engine's resources and the limits of every query API.
+    pub query: wake_query::QueryConfig,
 }
 
 impl Default for ServerConfig {
@@ -75,6 +85,7 @@ impl Default for ServerConfig {
             http_addr: SocketAddr::from(([0, 0, 0, 0], 4380)),
             self_metrics_interval: std::time::Duration::from_secs(15),
             store: StoreConfig::default(),
+            query: wake_query::QueryConfig::default(),
         }
     }
 }
@@ -108,7 +119,10 @@ impl ServerConfig {
         override_with!(store.max_buffered_bytes, args.max_buffered_bytes);
         override_with!(store.min_free_disk_bytes, args.min_free_disk_bytes);
         override_with!(store.fulltext_index, args.fulltext_index);
+        override_with!(store.max_record_age_secs, args.max_record_age_secs);
+        override_with!(store.max_record_future_secs, args.max_record_future_secs);
         config.store.validate().context("invalid configuration")?;
+        config.query.validate().context("invalid configuration")?;
         Ok(config)
     }
 }

@@ -141,7 +141,10 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         .context("opening the store")?
         .context("opening the store")?;
     let background = store.start_background();
-    let engine = Arc::new(QueryEngine::new(store.clone(), &registry).context("starting the query engine")?);
+    let engine = Arc::new(
+        QueryEngine::with_config(store.clone(), config.query.clone(), &registry)
+            .context("starting the query engine")?,
+    );
 
     let grpc_listener = bind(config.otlp_grpc_addr, "OTLP/gRPC").await?;
     let http_listener = bind(config.otlp_http_addr, "OTLP/HTTP").await?;

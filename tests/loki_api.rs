@@ -121,7 +121,11 @@ fn grafana_health_check_and_metadata_calls() {
     // Grafana's data source health check: `vector(1)+vector(1)` must be one sample of 2.
     let answer = get_json(&server, "/loki/api/v1/query", &[("query", "vector(1)+vector(1)"), ("time", "4000000000")]);
     assert_eq!(answer["data"]["resultType"], "vector");
-    assert_eq!(answer["data"]["result"], json!([{ "metric": {}, "value": [4, "2"] }]));
+    // Ten digits are Unix seconds, as Loki reads them; nineteen are nanoseconds.
+    assert_eq!(answer["data"]["result"], json!([{ "metric": {}, "value": [4_000_000_000u64, "2"] }]));
+    let answer =
+        get_json(&server, "/loki/api/v1/query", &[("query", "vector(1)+vector(1)"), ("time", "4000000000000000000")]);
+    assert_eq!(answer["data"]["result"], json!([{ "metric": {}, "value": [4_000_000_000u64, "2"] }]));
 
     let (start, end) = (ns(T0_S - 60), ns(T0_S + 3600));
     let window = [("start", start.as_str()), ("end", end.as_str())];

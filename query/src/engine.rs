@@ -1,37 +1,25 @@
 //! [`QueryEngine`]: the read-only DataFusion session over the store's tables.
 
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
+use datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
-use serde::Deserialize;
 use tracing::{debug, warn};
 use wake_storage::{Signal, Store};
 
+use crate::config::QueryConfig;
 use crate::error::{Error, Result};
 use crate::fulltext::TextFunction;
+use crate::limits::{Admitted, Api, Limits};
 use crate::table::WakeTable;
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct QueryConfig {
-    /// Memory all running queries may use together; beyond it sorts and aggregations spill to
-    /// disk or the query fails, rather than the server running out of memory.
-    pub memory_limit_bytes: usize,
-    /// Threads that execute queries, apart from those that receive data (0: one per core).
-    pub threads: usize,
-}
-
-impl Default for QueryConfig {
-    fn default() -> Self {
-        QueryConfig { memory_limit_bytes: 2 << 30, threads: 0 }
-    }
-}
 
 /// The result of a query: its schema (also when there are no rows) and its rows.
 #[derive(Debug)]
@@ -75,13 +63,66 @@ fn metric_error(error: prometheus::Error) -> Error {
 }
 
 /// Plans and runs SQL over `logs`, `metrics` and `spans`. Queries execute on a runtime of
-/// their own so that a heavy query cannot starve the threads that acknowledge ingestion.
+/// their own, whose threads run at a lower CPU priority, so that a heavy query cannot starve
+/// the threads that acknowledge ingestion.
 pub struct QueryEngine {
     store: Arc<Store>,
     context: SessionContext,
     runtime: Option<tokio::runtime::Runtime>,
     metrics: QueryMetrics,
     threads: usize,
+    limits: Arc<Limits>,
+}
+
+/// Aborts a task when dropped: a query whose client went away stops instead of running on.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl<T> Future for AbortOnDrop<T> {
+    type Output = std::result::Result<T, tokio::task::JoinError>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+/// Stack of each query thread. Expressions are refused beyond `max_query_depth` before they
+/// are evaluated, so their recursion stays far inside this.
+const QUERY_THREAD_STACK_BYTES: usize = 8 << 20;
+
+/// Lowers the calling thread's CPU priority (Linux applies a nice value per thread).
+fn lower_thread_priority(nice: i32) {
+    if nice == 0 {
+        return;
+    }
+    let thread = rustix::thread::gettid();
+    if let Err(error) = rustix::process::setpriority_process(Some(thread), nice) {
+        debug!(%error, nice, "cannot lower the priority of a query thread");
+    }
+}
+
+/// The spill directory: configured, or `spill` in the data dir. Files a previous process left
+/// there are removed; DataFusion creates its own temporary directories inside.
+fn spill_dir(config: &QueryConfig, store: &Store) -> Result<PathBuf> {
+    let dir = config.spill_dir.clone().unwrap_or_else(|| store.config().data_dir.join("spill"));
+    let task =
+        |what: &str, e: std::io::Error| Error::Task(format!("{what} the spill directory {}: {e}", dir.display()));
+    if dir.exists() {
+        for entry in std::fs::read_dir(&dir).map_err(|e| task("reading", e))? {
+            let path = entry.map_err(|e| task("reading", e))?.path();
+            let removed = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+            if let Err(error) = removed {
+                warn!(%error, path = %path.display(), "cannot remove an old spill file");
+            }
+        }
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| task("creating", e))?;
+    Ok(dir)
 }
 
 impl QueryEngine {
@@ -90,6 +131,7 @@ impl QueryEngine {
     }
 
     pub fn with_config(store: Arc<Store>, config: QueryConfig, registry: &Registry) -> Result<Self> {
+        config.validate().map_err(|e| Error::Task(e.to_string()))?;
         let threads = match config.threads {
             0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
             n => n,
@@ -104,20 +146,72 @@ impl QueryEngine {
         options.sql_parser.map_string_types_to_utf8view = false;
         options.execution.parquet.pushdown_filters = true;
         options.execution.parquet.reorder_filters = true;
-        let runtime_env = RuntimeEnvBuilder::new().with_memory_limit(config.memory_limit_bytes, 1.0).build_arc()?;
+        // Every operator that can spill (sorts, aggregations, joins) gets a fair share of the
+        // pool and spills beyond it; the pool names its largest consumers when it runs out.
+        let pool = FairSpillPool::new(config.memory_limit_bytes);
+        let pool = TrackConsumersPool::new(pool, NonZeroUsize::new(5).unwrap_or(NonZeroUsize::MIN));
+        let runtime_env = RuntimeEnvBuilder::new()
+            .with_memory_pool(Arc::new(pool))
+            .with_temp_file_path(spill_dir(&config, &store)?)
+            .with_max_temp_directory_size(config.max_spill_bytes)
+            .build_arc()?;
         let context = SessionContext::new_with_config_rt(session, runtime_env);
         context.register_udf(TextFunction::matches());
         context.register_udf(TextFunction::contains_text());
         for signal in Signal::ALL {
             context.register_table(signal.table_name(), Arc::new(WakeTable::new(store.clone(), signal)))?;
         }
+        let nice = config.thread_nice;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
             .thread_name("wake-query")
+            .thread_stack_size(QUERY_THREAD_STACK_BYTES)
+            .on_thread_start(move || lower_thread_priority(nice))
             .enable_all()
             .build()
             .map_err(|e| Error::Task(format!("starting the query runtime: {e}")))?;
-        Ok(QueryEngine { store, context, runtime: Some(runtime), metrics: QueryMetrics::new(registry)?, threads })
+        let limits = Arc::new(Limits::new(config, registry)?);
+        Ok(QueryEngine {
+            store,
+            context,
+            runtime: Some(runtime),
+            metrics: QueryMetrics::new(registry)?,
+            threads,
+            limits,
+        })
+    }
+
+    /// The limits and admission of every query API.
+    pub fn limits(&self) -> &Arc<Limits> {
+        &self.limits
+    }
+
+    pub fn config(&self) -> &QueryConfig {
+        self.limits.config()
+    }
+
+    /// Runs one client request of `api` (`query` is its text, for the limits and the logs):
+    /// waits for its turn ([`Limits::admit`]), then runs `work` on the query runtime within
+    /// `query.timeout_secs`. When the caller is dropped (its client hung up), the work is
+    /// aborted with it.
+    pub async fn run_request<T: Send + 'static>(
+        &self,
+        api: Api,
+        query: &str,
+        work: impl Future<Output = Result<T>> + Send + 'static,
+    ) -> Result<T> {
+        let mut admitted: Admitted = self.limits.admit(api, query).await?;
+        let timeout = self.config().timeout();
+        let result = match &self.runtime {
+            Some(runtime) => match AbortOnDrop(runtime.spawn(tokio::time::timeout(timeout, work))).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(_elapsed)) => Err(Error::Timeout(timeout)),
+                Err(error) => Err(Error::Task(error.to_string())),
+            },
+            None => Err(Error::Task("the query engine is shut down".into())),
+        };
+        admitted.finish(&result);
+        result
     }
 
     /// Threads a query may use (the configured `threads`, or one per core).
@@ -148,22 +242,30 @@ impl QueryEngine {
         self.run_measured(run, what, started).await
     }
 
-    /// Runs one read-only SQL statement.
+    /// Runs one read-only SQL statement and collects its answer, which may hold at most
+    /// `query.max_result_rows` rows.
     pub async fn sql(&self, sql: &str) -> Result<QueryOutput> {
-        let started = Instant::now();
-        let context = self.context.clone();
-        let sql_text = sql.to_string();
-        let run = async move {
-            let frame = read_only_frame(&context, &sql_text).await?;
-            let schema = Arc::new(frame.schema().as_arrow().clone());
-            let batches = frame.collect().await?;
-            Ok::<_, Error>(QueryOutput { schema, batches })
-        };
-        let result = self.run_measured(run, sql, started).await;
-        if let Ok(output) = &result {
-            debug!(rows = output.num_rows(), elapsed_ms = started.elapsed().as_millis() as u64, "query");
-        }
-        result
+        let max_rows = self.config().max_result_rows;
+        let collected = self
+            .sql_each(
+                sql,
+                |schema| Ok(QueryOutput { schema: schema.clone(), batches: Vec::new() }),
+                move |output, batch| {
+                    if output.num_rows().saturating_add(batch.num_rows()) > max_rows {
+                        return Err(Error::Limit {
+                            limit: "max_result_rows",
+                            message: format!(
+                                "the query's answer has more than {max_rows} rows (query.max_result_rows)"
+                            ),
+                        });
+                    }
+                    output.batches.push(batch.clone());
+                    Ok(true)
+                },
+            )
+            .await?;
+        debug!(rows = collected.num_rows(), "query");
+        Ok(collected)
     }
 
     /// Runs a query future on the query runtime and counts it in the self-metrics.
@@ -174,7 +276,7 @@ impl QueryEngine {
         started: Instant,
     ) -> Result<T> {
         let result = match &self.runtime {
-            Some(runtime) => runtime.spawn(run).await.unwrap_or_else(|e| Err(Error::Task(e.to_string()))),
+            Some(runtime) => AbortOnDrop(runtime.spawn(run)).await.unwrap_or_else(|e| Err(Error::Task(e.to_string()))),
             None => Err(Error::Task("the query engine is shut down".into())),
         };
         let outcome = if result.is_ok() { "ok" } else { "error" };
@@ -188,6 +290,20 @@ impl QueryEngine {
 }
 
 impl QueryEngine {
+    /// Parses and plans `sql` through the same sandbox as every query (depth limit, read-only
+    /// check, physical planning), without running it: for validating SQL (rule files, fuzzing).
+    pub async fn plan_sql(&self, sql: &str) -> Result<()> {
+        let context = self.context.clone();
+        let sql_text = sql.to_string();
+        let max_depth = self.config().max_query_depth;
+        let run = async move {
+            let frame = read_only_frame(&context, &sql_text, max_depth).await?;
+            frame.create_physical_plan().await?;
+            Ok::<_, Error>(())
+        };
+        self.run_measured(run, sql, Instant::now()).await
+    }
+
     /// Runs one read-only SQL statement and hands its result batches, as they are produced, to
     /// `on_batch` with `state`, until it returns `false` (the rest of the query is then
     /// cancelled). For query languages that stop early, like LogQL with a line limit.
@@ -196,15 +312,29 @@ impl QueryEngine {
         S: Send + 'static,
         F: FnMut(&mut S, &RecordBatch) -> bool + Send + 'static,
     {
+        self.sql_each(sql, move |_| Ok(state), move |state, batch| Ok(on_batch(state, batch))).await
+    }
+
+    /// Runs one read-only SQL statement: `start` makes a state from the answer's schema, and
+    /// `on_batch` takes each batch as it is produced, until it returns `Ok(false)` or an error
+    /// (the rest of the query is then cancelled, its stream dropped).
+    pub async fn sql_each<S, I, F>(&self, sql: &str, start: I, mut on_batch: F) -> Result<S>
+    where
+        S: Send + 'static,
+        I: FnOnce(&SchemaRef) -> Result<S> + Send + 'static,
+        F: FnMut(&mut S, &RecordBatch) -> Result<bool> + Send + 'static,
+    {
         let started = Instant::now();
         let context = self.context.clone();
         let sql_text = sql.to_string();
+        let max_depth = self.config().max_query_depth;
         let run = async move {
-            let frame = read_only_frame(&context, &sql_text).await?;
+            let frame = read_only_frame(&context, &sql_text, max_depth).await?;
+            let schema = Arc::new(frame.schema().as_arrow().clone());
+            let mut state = start(&schema)?;
             let mut stream = frame.execute_stream().await?;
-            let mut state = state;
             while let Some(batch) = futures::StreamExt::next(&mut stream).await {
-                if !on_batch(&mut state, &batch?) {
+                if !on_batch(&mut state, &batch?)? {
                     break;
                 }
             }
@@ -214,9 +344,24 @@ impl QueryEngine {
     }
 }
 
-/// Plans `sql` and refuses anything but a read-only query.
-async fn read_only_frame(context: &SessionContext, sql: &str) -> Result<datafusion::dataframe::DataFrame> {
-    let plan = context.state().create_logical_plan(sql).await?;
+/// Parses `sql` within the depth limit ([`crate::depth`]), plans it, and refuses anything but a
+/// read-only query.
+async fn read_only_frame(
+    context: &SessionContext,
+    sql: &str,
+    max_depth: usize,
+) -> Result<datafusion::dataframe::DataFrame> {
+    let state = context.state();
+    let dialect = state.config().options().sql_parser.dialect;
+    let parse = |text: &str| state.sql_to_statement(text, &dialect);
+    let statement =
+        crate::depth::parse_guarded(sql, max_depth, parse, crate::depth::sql_depth).map_err(|error| match error {
+            crate::depth::DepthError::TooDeep { .. } => {
+                Error::Limit { limit: "max_query_depth", message: error.to_string() }
+            }
+            crate::depth::DepthError::Parse(message) => Error::BadRequest(message),
+        })?;
+    let plan = state.statement_to_plan(statement).await?;
     ensure_read_only(&plan)?;
     Ok(context.execute_logical_plan(plan).await?)
 }
@@ -257,6 +402,15 @@ mod tests {
         let store = Store::open(config, &registry).expect("store");
         let engine = QueryEngine::new(store, &registry).expect("engine");
         (dir, engine)
+    }
+
+    #[tokio::test]
+    async fn sql_is_planned_through_the_sandbox_without_running() {
+        let (_dir, engine) = engine();
+        engine.plan_sql("SELECT count(*) FROM generate_series(1, 1000000000000000)").await.expect("plans at once");
+        assert!(matches!(engine.plan_sql("DROP TABLE logs").await, Err(Error::ReadOnly(_))));
+        let chain = format!("SELECT 1 WHERE {}", vec!["1 = 1"; 5_000].join(" AND "));
+        assert!(matches!(engine.plan_sql(&chain).await, Err(Error::Limit { limit: "max_query_depth", .. })));
     }
 
     #[tokio::test]

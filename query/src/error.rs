@@ -7,6 +7,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The request is malformed (its body, its parameters).
+    #[error("{0}")]
+    BadRequest(String),
+
     /// DDL, DML, `COPY`, `SET` and other statements that would change state or touch files.
     #[error("Wake's SQL is read-only: {0} is not allowed")]
     ReadOnly(String),
@@ -23,6 +27,18 @@ pub enum Error {
     /// Reading a file directly, outside DataFusion (the PromQL series index).
     #[error("reading the store's files: {0}")]
     Parquet(#[from] parquet::errors::ParquetError),
+
+    /// A configured query limit (`limit` is its key under `query:`) stopped the query.
+    #[error("{message}")]
+    Limit { limit: &'static str, message: String },
+
+    /// The query ran longer than `query.timeout_secs` and was cancelled.
+    #[error("the query timed out after {0:?} (query.timeout_secs)")]
+    Timeout(std::time::Duration),
+
+    /// Too many queries run and wait for this API: retry later.
+    #[error("too many queries are running or waiting for the {api} API; retry later")]
+    Overloaded { api: &'static str },
 }
 
 impl Error {
@@ -31,11 +47,52 @@ impl Error {
     pub fn status(&self) -> StatusCode {
         match self {
             Error::ReadOnly(_) => StatusCode::FORBIDDEN,
+            Error::BadRequest(_) => StatusCode::BAD_REQUEST,
             Error::DataFusion(error) => datafusion_status(error),
             Error::Storage(error) => storage_status(error),
             Error::Task(_) | Error::Parquet(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::Limit { limit, .. } if is_result_cap(limit) => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::Limit { limit, .. } if is_text_limit(limit) => StatusCode::BAD_REQUEST,
+            Error::Limit { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::Timeout(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
+
+    /// The limit this error reports, as counted in `wake_query_limit_hits_total`.
+    pub fn limit_name(&self) -> Option<&'static str> {
+        match self {
+            Error::Limit { limit, .. } => Some(limit),
+            Error::Timeout(_) => Some("timeout"),
+            Error::DataFusion(error) if matches!(error.find_root(), DataFusionError::ResourcesExhausted(_)) => {
+                Some("memory_limit_bytes")
+            }
+            Error::DataFusion(error) => match error.find_root() {
+                DataFusionError::External(inner) => inner.downcast_ref::<Error>().and_then(Error::limit_name),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// Whether the client should retry later (429/503 with `Retry-After`).
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            Error::Overloaded { .. } => Some(crate::limits::RETRY_AFTER_SECS),
+            _ => None,
+        }
+    }
+}
+
+/// The limits on a query's text (its length, its nesting), which every API reports as 400: the
+/// query is refused before it is evaluated.
+pub fn is_text_limit(limit: &str) -> bool {
+    matches!(limit, "max_query_bytes" | "max_query_depth")
+}
+
+/// The limits on the size of an answer, which the SQL API reports as 413.
+fn is_result_cap(limit: &str) -> bool {
+    matches!(limit, "max_result_rows" | "max_result_bytes" | "request_body")
 }
 
 fn storage_status(error: &wake_storage::Error) -> StatusCode {
@@ -78,5 +135,10 @@ mod tests {
         assert_eq!(Error::DataFusion(wrapped).status(), StatusCode::BAD_REQUEST);
         let io = DataFusionError::IoError(std::io::Error::other("disk"));
         assert_eq!(Error::DataFusion(io).status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let cap = Error::Limit { limit: "max_result_rows", message: "too many".into() };
+        assert_eq!(cap.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(Error::Overloaded { api: "sql" }.status(), StatusCode::TOO_MANY_REQUESTS);
+        let memory = DataFusionError::ResourcesExhausted("pool".into()).context("sorting");
+        assert_eq!(Error::DataFusion(memory).limit_name(), Some("memory_limit_bytes"));
     }
 }

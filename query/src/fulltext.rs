@@ -7,7 +7,6 @@
 //! the scan instead searches each file's index ([`search_files`]): files without a hit are
 //! skipped and only the hit rows are decoded. [`FullTextSearchExec`] shows that in `EXPLAIN`.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::ops::Range;
 use std::path::PathBuf;
@@ -156,9 +155,10 @@ use datafusion::common::tree_node::TreeNode;
 
 /// Opened indexes of the live log files. Opening an index reads its meta file and maps its
 /// segments; keeping them open makes a needle search cost only the lookups.
+/// At most [`crate::cache::MAX_CACHED_FILES`], the least recently used closed first.
 #[derive(Default)]
 pub struct IndexCache {
-    indexes: Mutex<HashMap<PathBuf, Arc<FullTextIndex>>>,
+    indexes: Mutex<crate::cache::LruMap<PathBuf, Arc<FullTextIndex>>>,
 }
 
 impl IndexCache {

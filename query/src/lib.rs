@@ -7,23 +7,34 @@
 //! file's tantivy index: a file without hits is never opened, and only the hit rows are read.
 //!
 //! # Layout
-//! - `engine`: [`QueryEngine`], the read-only `SessionContext` and query metrics.
+//! - `cache`: the bounded, least-recently-used map of the per-file caches.
+//! - `body`: request bodies read within their limit (an oversized one drained, then 413).
+//! - `config`: [`QueryConfig`], the engine's resources and every query limit, validated.
+//! - `engine`: [`QueryEngine`], the read-only `SessionContext`, the query runtime and metrics.
+//! - `limits`: admission per API, the active-query list, the slow-query log, limit counters.
+//! - `depth`: the nesting limit of PromQL and LogQL, checked before and after parsing.
 //! - `table`: [`WakeTable`], the `TableProvider` that plans scans over a snapshot.
 //! - `fulltext`: the `matches` function, the index search and the plan node that reports it.
 //! - `http`: `POST /api/v1/sql` and `GET /api/v1/sql` (JSON or CSV).
 //! - `json`: Arrow values as JSON (timestamps as RFC 3339, maps as objects).
 //! - `error`: [`Error`] and the HTTP status each kind of failure maps to.
 
+mod body;
+mod cache;
+mod config;
+pub mod depth;
 mod engine;
 mod error;
 pub mod fulltext;
 mod http;
 pub mod json;
+pub mod limits;
 pub mod loki;
 pub mod prom;
 mod table;
 
-pub use engine::{QueryConfig, QueryEngine, QueryOutput};
+pub use config::{ConfigError, QueryConfig};
+pub use engine::{QueryEngine, QueryOutput};
 pub use error::{Error, Result};
 pub use http::router;
 pub use table::WakeTable;

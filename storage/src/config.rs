@@ -51,6 +51,12 @@ pub struct StoreConfig {
     /// rows per document make a smaller index (a frequent term is listed once per document,
     /// not once per row) and a little more text to decide per hit. 1: a document per row.
     pub index_rows_per_document: usize,
+    /// Records whose time lies further back than this from their receipt are refused
+    /// (`partial_success`; remote write drops them with a 400): they would each open an old
+    /// hour partition. 0 accepts any age. The default lets a month of backfill through.
+    pub max_record_age_secs: u64,
+    /// Records whose time lies further ahead than this are refused likewise. 0: no bound.
+    pub max_record_future_secs: u64,
 }
 
 impl Default for StoreConfig {
@@ -75,6 +81,8 @@ impl Default for StoreConfig {
             log_body_zstd_level: 1,
             fulltext_index: true,
             index_rows_per_document: 16,
+            max_record_age_secs: 30 * 86_400,
+            max_record_future_secs: 3600,
         }
     }
 }
@@ -127,7 +135,24 @@ impl StoreConfig {
                 self.index_rows_per_document
             ));
         }
+        for (name, secs) in
+            [("max_record_age_secs", self.max_record_age_secs), ("max_record_future_secs", self.max_record_future_secs)]
+        {
+            // 0 is "no bound"; otherwise at least a minute, at most what nanoseconds can hold.
+            if secs != 0 && !(60..=100 * 365 * 86_400).contains(&secs) {
+                return fail(format!("{name} must be 0 (no bound) or between 60 and 3153600000, got {secs}"));
+            }
+        }
         Ok(())
+    }
+
+    /// The accepted time window of records.
+    pub fn time_window(&self) -> crate::convert::TimeWindow {
+        let ns = |secs: u64| i64::try_from(secs).unwrap_or(i64::MAX).saturating_mul(1_000_000_000);
+        crate::convert::TimeWindow {
+            max_age_ns: ns(self.max_record_age_secs),
+            max_future_ns: ns(self.max_record_future_secs),
+        }
     }
 }
 

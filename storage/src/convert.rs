@@ -63,6 +63,85 @@ impl Rejections {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The accepted time window
+
+/// The times a record may carry relative to its receipt: older or further ahead is refused, so
+/// that one request cannot scatter rows over thousands of hour partitions (and files), and a
+/// clock far off on one sender does not fill the store with data no query will look at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeWindow {
+    /// How far back a record's time may lie (0: no bound).
+    pub max_age_ns: i64,
+    /// How far ahead a record's time may lie (0: no bound).
+    pub max_future_ns: i64,
+}
+
+impl TimeWindow {
+    pub const UNBOUNDED: TimeWindow = TimeWindow { max_age_ns: 0, max_future_ns: 0 };
+
+    fn bounds(&self, received_at_ns: i64) -> (i64, i64) {
+        let oldest = if self.max_age_ns == 0 { i64::MIN } else { received_at_ns.saturating_sub(self.max_age_ns) };
+        let newest = if self.max_future_ns == 0 { i64::MAX } else { received_at_ns.saturating_add(self.max_future_ns) };
+        (oldest, newest)
+    }
+}
+
+/// Drops the rows of `converted` whose time (the signal's partitioning column) lies outside
+/// `window` around `received_at_ns`, counting them as rejected. Deterministic given the receipt
+/// time, which the WAL keeps, so replay drops exactly the same rows.
+pub fn keep_within(
+    mut converted: Converted,
+    signal: Signal,
+    window: TimeWindow,
+    received_at_ns: i64,
+) -> Result<Converted> {
+    if window == TimeWindow::UNBOUNDED || converted.batch.num_rows() == 0 {
+        return Ok(converted);
+    }
+    let (oldest, newest) = window.bounds(received_at_ns);
+    let Some(times) = converted
+        .batch
+        .column_by_name(signal.time_column())
+        .and_then(|c| c.as_any().downcast_ref::<arrow::array::TimestampNanosecondArray>())
+    else {
+        return Ok(converted);
+    };
+    let keep: arrow::array::BooleanArray =
+        times.iter().map(|time| Some(time.is_some_and(|t| (oldest..=newest).contains(&t)))).collect();
+    let kept = keep.true_count();
+    let dropped = converted.batch.num_rows() - kept;
+    if dropped == 0 {
+        return Ok(converted);
+    }
+    converted.batch = arrow::compute::filter_record_batch(&converted.batch, &keep)?;
+    let mut rejections =
+        Rejections { count: converted.rejected, message: std::mem::take(&mut converted.error_message) };
+    rejections.reject(dropped as u64, || {
+        format!(
+            "{dropped} records have times outside the accepted window [{}, {}] (store.max_record_age_secs, store.max_record_future_secs)",
+            rfc3339_seconds(oldest),
+            rfc3339_seconds(newest)
+        )
+    });
+    converted.rejected = rejections.count;
+    converted.error_message = rejections.message;
+    Ok(converted)
+}
+
+/// A nanosecond Unix time as RFC 3339 (UTC, seconds), for messages.
+fn rfc3339_seconds(ns: i64) -> String {
+    let seconds = ns.div_euclid(1_000_000_000);
+    let second_of_day = seconds.rem_euclid(86_400);
+    let (year, month, day) = crate::writer::civil_from_days(seconds.div_euclid(86_400));
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        second_of_day / 3600,
+        second_of_day % 3600 / 60,
+        second_of_day % 60
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
 // Attribute values
 
 /// The text form of an attribute value: strings as they are, scalars in their usual notation,
@@ -935,6 +1014,51 @@ mod tests {
                 ("nested".to_string(), Some(r#"{"x":1.5}"#.to_string())),
             ]
         );
+    }
+
+    #[test]
+    fn records_outside_the_time_window_are_rejected_and_the_rest_kept() {
+        let hour = 3_600_000_000_000i64;
+        let received = 1_000 * hour;
+        let at = |ns: i64| LogRecord {
+            time_unix_nano: u64::try_from(ns).unwrap(),
+            body: Some(AnyValue { value: Some(text("x")) }),
+            ..Default::default()
+        };
+        let request = ExportLogsServiceRequest {
+            resource_logs: vec![ResourceLogs {
+                scope_logs: vec![ScopeLogs {
+                    log_records: vec![
+                        at(received - 25 * hour),
+                        at(received - hour),
+                        at(received),
+                        at(received + 2 * hour),
+                    ],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        let window = TimeWindow { max_age_ns: 24 * hour, max_future_ns: hour };
+        let converted =
+            keep_within(logs_to_batch(&request, received).unwrap(), Signal::Logs, window, received).unwrap();
+        assert_eq!((converted.accepted(), converted.rejected), (2, 2));
+        assert!(
+            converted.error_message.contains("2 records have times outside the accepted window"),
+            "{}",
+            converted.error_message
+        );
+        assert!(
+            converted.error_message.contains("[1970-02-10T16:00:00Z, 1970-02-11T17:00:00Z]"),
+            "{}",
+            converted.error_message
+        );
+        let unbounded =
+            keep_within(logs_to_batch(&request, received).unwrap(), Signal::Logs, TimeWindow::UNBOUNDED, received);
+        assert_eq!(unbounded.unwrap().accepted(), 4);
+        // Year 2262 and the days before 1970 in the message's calendar.
+        assert_eq!(rfc3339_seconds(9_223_372_036_000_000_000), "2262-04-11T23:47:16Z");
+        assert_eq!(rfc3339_seconds(-86_400_000_000_000), "1969-12-31T00:00:00Z");
     }
 
     #[test]

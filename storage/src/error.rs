@@ -20,6 +20,12 @@ pub enum Error {
     #[error("request body of {actual_bytes} bytes or more exceeds the limit of {limit_bytes} bytes")]
     RequestTooLarge { limit_bytes: usize, actual_bytes: usize },
 
+    #[error(
+        "the request's records take {actual_bytes} bytes once each carries its resource and scope \
+         attributes, more than the limit of {limit_bytes} bytes (8 × max_request_bytes): send fewer records per request"
+    )]
+    RowsTooLarge { limit_bytes: usize, actual_bytes: usize },
+
     #[error("unsupported content type {0:?}: expected application/x-protobuf or application/json")]
     UnsupportedContentType(String),
 
@@ -81,7 +87,7 @@ impl Error {
     pub fn class(&self) -> ErrorClass {
         match self {
             Error::InvalidRequest(_) | Error::FullTextQuery { .. } => ErrorClass::BadRequest,
-            Error::RequestTooLarge { .. } => ErrorClass::TooLarge,
+            Error::RequestTooLarge { .. } | Error::RowsTooLarge { .. } => ErrorClass::TooLarge,
             Error::UnsupportedContentType(_) => ErrorClass::UnsupportedMediaType,
             Error::Backpressure { .. } | Error::DiskFull { .. } | Error::ShuttingDown => ErrorClass::Unavailable,
             // A full disk or quota surfaces as an i/o error from write or fsync: it is transient

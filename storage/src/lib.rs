@@ -37,8 +37,37 @@ mod writer;
 
 pub use catalog::DataFile;
 pub use config::StoreConfig;
-pub use convert::any_value_to_string;
+pub use convert::{TimeWindow, any_value_to_string};
 pub use error::{Error, ErrorClass, Result};
 pub use metrics::StorageMetrics;
 pub use schema::Signal;
 pub use store::{IngestOutcome, OtlpRequest, Store, TableSnapshot, now_ns};
+
+/// Entry points for the fuzz targets under `fuzz/`: the steps ingest runs on a client's bytes
+/// that are not public otherwise. Not an API: nothing outside `fuzz/` may rely on it.
+#[doc(hidden)]
+pub mod fuzzing {
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+
+    pub use crate::convert::{Converted, TimeWindow};
+    use crate::receiver::RemoteWriteError;
+    use crate::store::OtlpRequest;
+
+    /// The accepted time window of records with the default configuration.
+    pub fn default_window() -> TimeWindow {
+        crate::StoreConfig::default().time_window()
+    }
+
+    /// Converts a decoded request to Arrow rows as [`crate::Store::ingest`] (and WAL replay)
+    /// does, keeping only the records within `window` around `received_at_ns`.
+    pub fn convert(request: &OtlpRequest, received_at_ns: i64, window: TimeWindow) -> crate::Result<Converted> {
+        request.convert(received_at_ns, window)
+    }
+
+    /// A Prometheus remote write body (snappy block, then protobuf) decoded, validated and
+    /// mapped onto OTLP as the receiver does, with its number of samples; `None` when the
+    /// receiver would refuse it.
+    pub fn remote_write_decode(compressed: &[u8]) -> Option<(ExportMetricsServiceRequest, usize)> {
+        RemoteWriteError::fuzz_decode(compressed).ok()
+    }
+}

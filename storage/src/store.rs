@@ -40,6 +40,9 @@ pub enum OtlpRequest {
     Traces(ExportTraceServiceRequest),
 }
 
+/// How much larger than `max_request_bytes` a request's converted rows may be.
+const MAX_EXPANSION: usize = 8;
+
 impl OtlpRequest {
     pub fn signal(&self) -> Signal {
         match self {
@@ -75,12 +78,69 @@ impl OtlpRequest {
         }
     }
 
-    fn convert(&self, received_at_ns: i64) -> Result<Converted> {
+    /// About how many bytes the request's rows take once converted: every record carries its
+    /// resource's and scope's attributes (and a data point its metric's name, description and
+    /// unit), so a small request of many records under one large resource expands far beyond
+    /// its own size. Counted from the encoded sizes, without converting anything.
+    pub fn converted_bytes(&self) -> usize {
+        use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+        let shared =
+            |resource: usize, scope: usize, records: usize| records.saturating_mul(resource.saturating_add(scope));
+        let mut total = 0usize;
         match self {
+            OtlpRequest::Logs(request) => {
+                for resource in &request.resource_logs {
+                    let resource_bytes = resource.resource.as_ref().map_or(0, Message::encoded_len);
+                    for scope in &resource.scope_logs {
+                        let scope_bytes = scope.scope.as_ref().map_or(0, Message::encoded_len);
+                        total = total.saturating_add(shared(resource_bytes, scope_bytes, scope.log_records.len()));
+                        total = total.saturating_add(scope.log_records.iter().map(Message::encoded_len).sum());
+                    }
+                }
+            }
+            OtlpRequest::Traces(request) => {
+                for resource in &request.resource_spans {
+                    let resource_bytes = resource.resource.as_ref().map_or(0, Message::encoded_len);
+                    for scope in &resource.scope_spans {
+                        let scope_bytes = scope.scope.as_ref().map_or(0, Message::encoded_len);
+                        total = total.saturating_add(shared(resource_bytes, scope_bytes, scope.spans.len()));
+                        total = total.saturating_add(scope.spans.iter().map(Message::encoded_len).sum());
+                    }
+                }
+            }
+            OtlpRequest::Metrics(request) => {
+                for resource in &request.resource_metrics {
+                    let resource_bytes = resource.resource.as_ref().map_or(0, Message::encoded_len);
+                    for scope in &resource.scope_metrics {
+                        let scope_bytes = scope.scope.as_ref().map_or(0, Message::encoded_len);
+                        for metric in &scope.metrics {
+                            let points = match &metric.data {
+                                None => 0,
+                                Some(Data::Gauge(g)) => g.data_points.len(),
+                                Some(Data::Sum(s)) => s.data_points.len(),
+                                Some(Data::Histogram(h)) => h.data_points.len(),
+                                Some(Data::ExponentialHistogram(e)) => e.data_points.len(),
+                                Some(Data::Summary(s)) => s.data_points.len(),
+                            };
+                            let metric_bytes = metric.name.len() + metric.description.len() + metric.unit.len();
+                            total = total.saturating_add(shared(resource_bytes, scope_bytes + metric_bytes, points));
+                            total = total.saturating_add(metric.encoded_len());
+                        }
+                    }
+                }
+            }
+        }
+        total
+    }
+
+    /// The request's rows, those outside `window` around `received_at_ns` refused.
+    pub fn convert(&self, received_at_ns: i64, window: convert::TimeWindow) -> Result<Converted> {
+        let converted = match self {
             OtlpRequest::Logs(request) => convert::logs_to_batch(request, received_at_ns),
             OtlpRequest::Metrics(request) => convert::metrics_to_batch(request, received_at_ns),
             OtlpRequest::Traces(request) => convert::spans_to_batch(request),
-        }
+        }?;
+        convert::keep_within(converted, self.signal(), window, received_at_ns)
     }
 }
 
@@ -183,8 +243,11 @@ fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File> {
 impl Store {
     /// Opens the data dir: loads the catalog, replays the WAL into the buffers, and starts the
     /// WAL thread. Call [`Store::start_background`] from within a tokio runtime afterwards.
-    pub fn open(config: StoreConfig, registry: &prometheus::Registry) -> Result<Arc<Store>> {
+    pub fn open(mut config: StoreConfig, registry: &prometheus::Registry) -> Result<Arc<Store>> {
         config.validate()?;
+        // Queries address files by absolute paths (object-store URLs): a relative data dir
+        // (`--data-dir data`) is made absolute once, here.
+        config.data_dir = std::path::absolute(&config.data_dir).map_err(|e| Error::io(&config.data_dir, e))?;
         let data_dir = config.data_dir.clone();
         std::fs::create_dir_all(&data_dir).map_err(|e| Error::io(&data_dir, e))?;
         let data_dir_lock = lock_data_dir(&data_dir)?;
@@ -203,7 +266,7 @@ impl Store {
             }
             let request = OtlpRequest::decode_protobuf(record.signal, &record.payload)
                 .map_err(|e| Error::WalCorrupt { path: wal_dir.clone(), offset: record.seq, reason: e.to_string() })?;
-            let converted = request.convert(record.received_at_ns)?;
+            let converted = request.convert(record.received_at_ns, config.time_window())?;
             replayed += converted.accepted();
             state.buffers[slot(record.signal)].push(record.seq, converted.batch);
         }
@@ -270,10 +333,18 @@ impl Store {
             return Err(Error::Backpressure { buffered_bytes });
         }
         self.check_free_space()?;
+        // A request whose rows would take far more memory than its bytes is refused before it
+        // is converted (128 KB of records under one 64 KB resource attribute would be 2 GB).
+        let converted_limit = self.config.max_request_bytes.saturating_mul(MAX_EXPANSION);
+        let converted_bytes = request.converted_bytes();
+        if converted_bytes > converted_limit {
+            return Err(Error::RowsTooLarge { limit_bytes: converted_limit, actual_bytes: converted_bytes });
+        }
 
         let received_at_ns = now_ns();
+        let window = self.config.time_window();
         let (converted, payload) = tokio::task::spawn_blocking(move || -> Result<(Converted, Bytes)> {
-            let converted = request.convert(received_at_ns)?;
+            let converted = request.convert(received_at_ns, window)?;
             let payload = match raw_protobuf {
                 Some(raw) => raw,
                 None if converted.accepted() > 0 => Bytes::from(request.encode_protobuf()),
@@ -684,11 +755,46 @@ mod tests {
     }
 
     fn test_config(dir: &Path) -> StoreConfig {
-        StoreConfig { data_dir: dir.to_path_buf(), min_free_disk_bytes: 0, ..StoreConfig::default() }
+        StoreConfig {
+            data_dir: dir.to_path_buf(),
+            min_free_disk_bytes: 0,
+            max_record_age_secs: 0,
+            ..StoreConfig::default()
+        }
     }
 
     fn open(dir: &Path) -> Arc<Store> {
         Store::open(test_config(dir), &prometheus::Registry::new()).unwrap()
+    }
+
+    /// Found by fuzzing: 128 KB of empty records under one 64 KB resource attribute converted
+    /// into a 2 GB string column, and arrow panicked on its offset overflow.
+    #[tokio::test]
+    async fn a_request_whose_rows_would_dwarf_it_is_refused_before_conversion() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let attribute = opentelemetry_proto::tonic::common::v1::KeyValue {
+            key: "big".into(),
+            value: Some(AnyValue { value: Some(any_value::Value::StringValue("x".repeat(64 * 1024))) }),
+            ..Default::default()
+        };
+        let request = OtlpRequest::Logs(ExportLogsServiceRequest {
+            resource_logs: vec![ResourceLogs {
+                resource: Some(opentelemetry_proto::tonic::resource::v1::Resource {
+                    attributes: vec![attribute],
+                    ..Default::default()
+                }),
+                scope_logs: vec![ScopeLogs { log_records: vec![LogRecord::default(); 32_800], ..Default::default() }],
+                ..Default::default()
+            }],
+        });
+        assert!(request.encode_protobuf().len() < 200 * 1024);
+        let error = store.ingest(request, None).await.expect_err("refused");
+        assert!(matches!(error, Error::RowsTooLarge { .. }), "{error}");
+        assert_eq!(error.class(), crate::ErrorClass::TooLarge);
+        assert_eq!(rows(&store.snapshot(Signal::Logs)), (0, 0));
+        // An ordinary request of the same records under a small resource is taken.
+        assert_eq!(store.ingest(logs(&["a"; 1000]), None).await.unwrap().accepted, 1000);
     }
 
     #[tokio::test]

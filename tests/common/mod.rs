@@ -63,7 +63,15 @@ pub struct WakeProcess {
 /// Spawns `wake <args>` with JSON logs and no `WAKE_…` variables from the environment, and
 /// waits for its `listening` line.
 pub fn spawn_wake(args: &[&std::ffi::OsStr]) -> WakeProcess {
+    spawn_wake_in(None, args)
+}
+
+/// [`spawn_wake`] with `cwd` as the working directory (for relative paths in `args`).
+pub fn spawn_wake_in(cwd: Option<&Path>, args: &[&std::ffi::OsStr]) -> WakeProcess {
     let mut command = Command::new(env!("CARGO_BIN_EXE_wake"));
+    if let Some(cwd) = cwd {
+        command.current_dir(cwd);
+    }
     command
         .args(["--log-format", "json"])
         .args(args)
@@ -82,6 +90,10 @@ pub fn spawn_wake(args: &[&std::ffi::OsStr]) -> WakeProcess {
     // the `metrics` table that tests assert; the tests that want them pass the flag, which
     // wins over the environment.
     command.env("WAKE_SELF_METRICS_INTERVAL", "0");
+    // The suites send records with fixed, historic timestamps (2023, 2026-11-23) so that their
+    // answers never depend on the day they run: accept any age. The hostile-client tests turn
+    // the window back on with the flag, which wins over the variable.
+    command.env("WAKE_MAX_RECORD_AGE_SECS", "0");
     let mut child = command.spawn().expect("spawning the wake binary");
 
     let log = Arc::new(Mutex::new(String::new()));
@@ -149,6 +161,17 @@ impl WakeServer {
         }
         args.extend(extra_args.iter().map(std::ffi::OsStr::new));
         WakeServer::from_process(spawn_wake(&args))
+    }
+
+    /// `wake server --data-dir <data_dir_arg>` (possibly relative) run in `cwd`.
+    pub fn start_in(cwd: &Path, data_dir_arg: &str, extra_args: &[&str]) -> WakeServer {
+        let mut args: Vec<&std::ffi::OsStr> = vec!["server".as_ref(), "--data-dir".as_ref(), data_dir_arg.as_ref()];
+        for arg in ["--otlp-grpc-addr", "127.0.0.1:0", "--otlp-http-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"]
+        {
+            args.push(arg.as_ref());
+        }
+        args.extend(extra_args.iter().map(std::ffi::OsStr::new));
+        WakeServer::from_process(spawn_wake_in(Some(cwd), &args))
     }
 
     fn from_process(process: WakeProcess) -> WakeServer {

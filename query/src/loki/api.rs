@@ -8,8 +8,9 @@ use std::sync::Arc;
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::Int64Type;
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
+use axum::http::HeaderMap;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -17,9 +18,11 @@ use serde_json::{Value as Json, json};
 
 use super::eval::{self, LokiError, Parsed, QueryResult, Steps, Value};
 use super::labels::{STREAM_LABELS, column_of, label_of, selector_condition, time_condition};
-use super::params::{self, Params, first, now_ns};
+use super::params::{self, ParamLimits, Params, first, now_ns};
 use super::pipeline::Labels;
 use crate::engine::QueryEngine;
+use crate::error::Error;
+use crate::limits::{Api, RETRY_AFTER_SECS};
 
 type Engine = Arc<QueryEngine>;
 
@@ -40,23 +43,81 @@ pub fn router(engine: Engine) -> Router {
         .with_state(engine)
 }
 
-/// Query string and form body together.
-fn all_params(query: Option<String>, body: &Bytes) -> Params {
+/// Query string and form body together; a body over the limit is a 413.
+async fn all_params(
+    engine: &QueryEngine,
+    query: Option<String>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Params, LokiError> {
+    let body = crate::body::read(engine.config(), headers, body).await.map_err(|refusal| match refusal {
+        crate::body::BodyRefusal::TooLarge(message) => LokiError::TooLarge(message),
+        crate::body::BodyRefusal::Unreadable(message) => LokiError::BadQuery(message),
+    })?;
     let mut params = params::parse_form(query.as_deref().unwrap_or(""));
     if !body.is_empty() {
-        for (key, values) in params::parse_form(&String::from_utf8_lossy(body)) {
+        for (key, values) in params::parse_form(&String::from_utf8_lossy(&body)) {
             params.entry(key).or_default().extend(values);
         }
     }
-    params
+    Ok(params)
 }
 
+/// Loki's limits on parameters, from `query:`.
+pub(super) fn param_limits(engine: &QueryEngine) -> ParamLimits {
+    ParamLimits::of(engine.config())
+}
+
+/// Runs one request of the Loki API on the query runtime, within its limits.
+async fn run<F, Fut>(engine: &Engine, params: Result<Params, LokiError>, work: F) -> Response
+where
+    F: FnOnce(Engine, Params) -> Fut,
+    Fut: Future<Output = Result<Response, LokiError>> + Send + 'static,
+{
+    let params = match params {
+        Ok(params) => params,
+        Err(error) => return error_response(error),
+    };
+    let text = match first(&params, "query") {
+        Some(query) => query.to_string(),
+        None => params.get("match[]").or_else(|| params.get("match")).map(|m| m.join(" ")).unwrap_or_default(),
+    };
+    let work = work(engine.clone(), params);
+    match engine.run_request(Api::Loki, &text, async move { Ok(work.await) }).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(error)) => {
+            // Limits the evaluation hit itself (those of the run are counted by the engine).
+            if let Some(limit) = error.limit_name() {
+                engine.limits().hit(Api::Loki, limit);
+            }
+            error_response(error)
+        }
+        Err(error) => error_response(LokiError::Engine(error)),
+    }
+}
+
+/// Loki's error shape and codes: plain text; bad parameters and exceeded limits 400, a body
+/// too large 413, a full queue 429 with `Retry-After`, timeouts 503, Wake's faults 500.
 pub(super) fn error_response(error: LokiError) -> Response {
     let status = match &error {
-        LokiError::BadQuery(_) => StatusCode::BAD_REQUEST,
-        LokiError::Engine(error) => error.status(),
+        LokiError::BadQuery(_) | LokiError::Limit { .. } => StatusCode::BAD_REQUEST,
+        LokiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        LokiError::Engine(engine_error) => match engine_error {
+            Error::Timeout(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            _ if engine_error.limit_name().is_some() => StatusCode::BAD_REQUEST,
+            _ => engine_error.status(),
+        },
     };
-    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], error.to_string()).into_response()
+    if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
+        tracing::error!(%error, "loki API: internal error");
+    }
+    let content_type = (header::CONTENT_TYPE, "text/plain; charset=utf-8".to_string());
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        let retry_after = (header::RETRY_AFTER, RETRY_AFTER_SECS.to_string());
+        return (status, [content_type, retry_after], error.to_string()).into_response();
+    }
+    (status, [content_type], error.to_string()).into_response()
 }
 
 fn success(data: Json) -> Response {
@@ -87,24 +148,54 @@ fn required_query(params: &Params) -> Result<&str, LokiError> {
     first(params, "query").ok_or_else(|| LokiError::BadQuery("missing query parameter `query`".into()))
 }
 
-async fn query_range(State(engine): State<Engine>, RawQuery(query): RawQuery, body: Bytes) -> Response {
-    match run_range(&engine, &all_params(query, &body)).await {
-        Ok(response) => response,
-        Err(error) => error_response(error),
+async fn query_range(
+    State(engine): State<Engine>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    run(&engine, all_params(&engine, query, &headers, body).await, |engine, params| async move {
+        run_range(&engine, &params).await
+    })
+    .await
+}
+
+/// Parses the request's `query` within the depth limit.
+fn parse_query(engine: &QueryEngine, text: &str) -> Result<Parsed, LokiError> {
+    eval::parse(text, engine.config().max_query_depth)
+}
+
+/// Refuses a metric query whose range (`end - start` plus its longest range vector) is longer
+/// than `max_query_length`, or whose offsets reach outside the times the store can hold.
+fn check_extent(
+    engine: &QueryEngine,
+    metric: &logql::MetricQuery,
+    start_ns: i64,
+    end_ns: i64,
+) -> Result<(), LokiError> {
+    let (range_ns, offset_ns) = eval::extent(metric);
+    let length_ns = (i128::from(end_ns) - i128::from(start_ns)).saturating_add(range_ns);
+    param_limits(engine).check_length(length_ns)?;
+    if i128::from(start_ns) - range_ns - offset_ns < i128::from(i64::MIN) {
+        return Err(LokiError::BadQuery("the query's offset reaches before the times Wake can store".into()));
     }
+    Ok(())
 }
 
 async fn run_range(engine: &QueryEngine, params: &Params) -> Result<Response, LokiError> {
-    let range = params::range_params(params)?;
+    let range = params::range_params(params, &param_limits(engine))?;
     let text = required_query(params)?;
-    match eval::parse(text)? {
+    match parse_query(engine, text)? {
         Parsed::Log(log) => {
+            param_limits(engine).check_length(i128::from(range.end_ns) - i128::from(range.start_ns))?;
             let streams =
                 eval::log_query(engine, &log, range.start_ns, range.end_ns, range.limit, range.direction).await?;
             Ok(streams_response(QueryResult::Streams(streams)))
         }
         Parsed::Metric(metric) => {
-            let steps = Steps { start_ns: range.start_ns, end_ns: range.end_ns, step_ns: range.step.as_nanos() as i64 };
+            check_extent(engine, &metric, range.start_ns, range.end_ns)?;
+            let steps =
+                Steps { start_ns: range.start_ns, end_ns: range.end_ns, step_ns: params::duration_ns(range.step) };
             let value = eval::metric_query(engine, &metric, steps).await?;
             Ok(matrix_response(value, steps))
         }
@@ -147,22 +238,23 @@ fn matrix_response(value: Value, steps: Steps) -> Response {
     success(json!({ "resultType": "matrix", "result": result, "stats": {} }))
 }
 
-async fn query(State(engine): State<Engine>, RawQuery(query): RawQuery, body: Bytes) -> Response {
-    match run_instant(&engine, &all_params(query, &body)).await {
-        Ok(response) => response,
-        Err(error) => error_response(error),
-    }
+async fn query(State(engine): State<Engine>, RawQuery(query): RawQuery, headers: HeaderMap, body: Body) -> Response {
+    run(&engine, all_params(&engine, query, &headers, body).await, |engine, params| async move {
+        run_instant(&engine, &params).await
+    })
+    .await
 }
 
 async fn run_instant(engine: &QueryEngine, params: &Params) -> Result<Response, LokiError> {
     let time = first(params, "time").map(params::parse_time).transpose()?.unwrap_or_else(now_ns);
     let text = required_query(params)?;
-    match eval::parse(text)? {
+    match parse_query(engine, text)? {
         Parsed::Log(_) => Err(LokiError::BadQuery(
             "log queries are not supported as an instant query type, please change your query to a range query type"
                 .into(),
         )),
         Parsed::Metric(metric) => {
+            check_extent(engine, &metric, time, time)?;
             let steps = Steps { start_ns: time, end_ns: time, step_ns: 1 };
             let result = match eval::metric_query(engine, &metric, steps).await? {
                 Value::Scalar(values) => {
@@ -187,11 +279,11 @@ async fn run_instant(engine: &QueryEngine, params: &Params) -> Result<Response, 
 }
 
 /// The time range of a metadata call, and its optional `query` selector as SQL.
-fn metadata_scope(params: &Params) -> Result<String, LokiError> {
-    let range = params::range_params(params)?;
+fn metadata_scope(engine: &QueryEngine, params: &Params) -> Result<String, LokiError> {
+    let range = params::range_params(params, &param_limits(engine))?;
     let mut condition = time_condition(range.start_ns, range.end_ns);
     if let Some(text) = first(params, "query") {
-        let selector = match eval::parse(text)? {
+        let selector = match parse_query(engine, text)? {
             Parsed::Log(log) => log.selector,
             Parsed::Metric(_) => return Err(LokiError::BadQuery("expected a stream selector".into())),
         };
@@ -200,9 +292,9 @@ fn metadata_scope(params: &Params) -> Result<String, LokiError> {
     Ok(condition)
 }
 
-async fn labels(State(engine): State<Engine>, RawQuery(query): RawQuery, body: Bytes) -> Response {
-    let run = async {
-        let scope = metadata_scope(&all_params(query, &body))?;
+async fn labels(State(engine): State<Engine>, RawQuery(query): RawQuery, headers: HeaderMap, body: Body) -> Response {
+    run(&engine, all_params(&engine, query, &headers, body).await, |engine, params| async move {
+        let scope = metadata_scope(&engine, &params)?;
         let counts: Vec<String> = STREAM_LABELS.iter().map(|(_, column)| format!("count({column})")).collect();
         let output = engine.sql(&format!("SELECT {} FROM logs WHERE {scope}", counts.join(", "))).await?;
         let mut names = Vec::new();
@@ -215,18 +307,19 @@ async fn labels(State(engine): State<Engine>, RawQuery(query): RawQuery, body: B
         }
         names.sort_unstable();
         Ok::<_, LokiError>(success(json!(names)))
-    };
-    run.await.unwrap_or_else(error_response)
+    })
+    .await
 }
 
 async fn label_values(
     State(engine): State<Engine>,
     Path(name): Path<String>,
     RawQuery(query): RawQuery,
-    body: Bytes,
+    headers: HeaderMap,
+    body: Body,
 ) -> Response {
-    let run = async {
-        let scope = metadata_scope(&all_params(query, &body))?;
+    run(&engine, all_params(&engine, query, &headers, body).await, |engine, params| async move {
+        let scope = metadata_scope(&engine, &params)?;
         let Some(column) = column_of(&name) else { return Ok(success(json!([]))) };
         let output = engine
             .sql(&format!(
@@ -239,8 +332,8 @@ async fn label_values(
             values.extend((0..batch.num_rows()).map(|row| column.value(row).to_string()));
         }
         Ok::<_, LokiError>(success(json!(values)))
-    };
-    run.await.unwrap_or_else(error_response)
+    })
+    .await
 }
 
 /// Label sets of the distinct streams that `condition` selects.
@@ -264,28 +357,36 @@ async fn distinct_streams(engine: &QueryEngine, condition: &str) -> Result<Vec<L
     Ok(streams)
 }
 
-async fn series(State(engine): State<Engine>, RawQuery(query): RawQuery, body: Bytes) -> Response {
-    let run = async {
-        let params = all_params(query, &body);
-        let range = params::range_params(&params)?;
+async fn series(State(engine): State<Engine>, RawQuery(query): RawQuery, headers: HeaderMap, body: Body) -> Response {
+    run(&engine, all_params(&engine, query, &headers, body).await, |engine, params| async move {
+        let range = params::range_params(&params, &param_limits(&engine))?;
         let matchers = params.get("match[]").or_else(|| params.get("match")).cloned().unwrap_or_default();
         if matchers.is_empty() {
             return Err(LokiError::BadQuery("at least one match[] selector is required".into()));
         }
         let mut selectors = Vec::new();
         for text in &matchers {
-            selectors.push(format!("({})", selector_condition(&logql::parse_selector(text)?)?));
+            let selector = match parse_query(&engine, text)? {
+                Parsed::Log(log) if log.pipeline.is_empty() => log.selector,
+                _ => return Err(LokiError::BadQuery(format!("{text:?} is not a stream selector"))),
+            };
+            selectors.push(format!("({})", selector_condition(&selector)?));
         }
         let condition = format!("{} AND ({})", time_condition(range.start_ns, range.end_ns), selectors.join(" OR "));
         let streams = distinct_streams(&engine, &condition).await?;
         Ok(success(Json::Array(streams.iter().map(labels_json).collect())))
-    };
-    run.await.unwrap_or_else(error_response)
+    })
+    .await
 }
 
-async fn index_stats(State(engine): State<Engine>, RawQuery(query): RawQuery, body: Bytes) -> Response {
-    let run = async {
-        let scope = metadata_scope(&all_params(query, &body))?;
+async fn index_stats(
+    State(engine): State<Engine>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    run(&engine, all_params(&engine, query, &headers, body).await, |engine, params| async move {
+        let scope = metadata_scope(&engine, &params)?;
         let streams = distinct_streams(&engine, &scope).await?.len();
         let output = engine
             .sql(&format!(
@@ -302,8 +403,8 @@ async fn index_stats(State(engine): State<Engine>, RawQuery(query): RawQuery, bo
             axum::Json(json!({ "streams": streams, "chunks": streams, "entries": entries, "bytes": bytes }))
                 .into_response(),
         )
-    };
-    run.await.unwrap_or_else(error_response)
+    })
+    .await
 }
 
 /// The columns a volume query groups by: `targetLabels`, else the selector's labels.
@@ -318,14 +419,14 @@ fn volume_columns(params: &Params, selector: &logql::StreamSelector) -> Vec<&'st
 }
 
 async fn volume_query(engine: &QueryEngine, params: &Params, bucketed: bool) -> Result<Response, LokiError> {
-    let range = params::range_params(params)?;
-    let selector = match eval::parse(required_query(params)?)? {
+    let range = params::range_params(params, &param_limits(engine))?;
+    let selector = match parse_query(engine, required_query(params)?)? {
         Parsed::Log(log) => log.selector,
         Parsed::Metric(_) => return Err(LokiError::BadQuery("expected a stream selector".into())),
     };
     let columns = volume_columns(params, &selector);
     let condition = format!("{} AND {}", time_condition(range.start_ns, range.end_ns), selector_condition(&selector)?);
-    let step_ns = range.step.as_nanos() as i64;
+    let step_ns = params::duration_ns(range.step);
     let mut select: Vec<String> = columns.iter().map(|c| c.to_string()).collect();
     let mut group = select.clone();
     if bucketed {
@@ -373,12 +474,23 @@ async fn volume_query(engine: &QueryEngine, params: &Params, bucketed: bool) -> 
     Ok(success(json!({ "resultType": kind, "result": result, "stats": {} })))
 }
 
-async fn volume(State(engine): State<Engine>, RawQuery(query): RawQuery, body: Bytes) -> Response {
-    volume_query(&engine, &all_params(query, &body), false).await.unwrap_or_else(error_response)
+async fn volume(State(engine): State<Engine>, RawQuery(query): RawQuery, headers: HeaderMap, body: Body) -> Response {
+    run(&engine, all_params(&engine, query, &headers, body).await, |engine, params| async move {
+        volume_query(&engine, &params, false).await
+    })
+    .await
 }
 
-async fn volume_range(State(engine): State<Engine>, RawQuery(query): RawQuery, body: Bytes) -> Response {
-    volume_query(&engine, &all_params(query, &body), true).await.unwrap_or_else(error_response)
+async fn volume_range(
+    State(engine): State<Engine>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    run(&engine, all_params(&engine, query, &headers, body).await, |engine, params| async move {
+        volume_query(&engine, &params, true).await
+    })
+    .await
 }
 
 async fn build_info() -> Response {

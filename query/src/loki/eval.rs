@@ -26,18 +26,38 @@ use super::pipeline::{Labels, Pipeline, unwrap_value};
 use crate::engine::QueryEngine;
 use crate::error::Error;
 
-/// Why a LogQL query failed: the query's fault (400) or the engine's.
+/// Why a LogQL query failed: the query's fault (400), a query limit (400, as Loki answers
+/// them; `limit` is its key under `query:`), or the engine's.
 #[derive(Debug, thiserror::Error)]
 pub enum LokiError {
     #[error("{0}")]
     BadQuery(String),
+    #[error("{message}")]
+    Limit { limit: &'static str, message: String },
+    /// The request body is larger than the server accepts (413).
+    #[error("{0}")]
+    TooLarge(String),
     #[error(transparent)]
     Engine(#[from] Error),
 }
 
+impl LokiError {
+    /// The limit this error reports, for `wake_query_limit_hits_total`.
+    pub fn limit_name(&self) -> Option<&'static str> {
+        match self {
+            LokiError::Limit { limit, .. } => Some(limit),
+            LokiError::BadQuery(_) | LokiError::TooLarge(_) => None,
+            LokiError::Engine(error) => error.limit_name(),
+        }
+    }
+}
+
 impl From<ParamError> for LokiError {
     fn from(error: ParamError) -> Self {
-        LokiError::BadQuery(error.0)
+        match error.limit {
+            Some(limit) => LokiError::Limit { limit, message: error.message },
+            None => LokiError::BadQuery(error.message),
+        }
     }
 }
 
@@ -109,8 +129,18 @@ pub enum Parsed {
     Metric(MetricQuery),
 }
 
-pub fn parse(query: &str) -> Result<Parsed, LokiError> {
-    match logql::parse(query)? {
+/// Parses a LogQL query, refusing one nested deeper than `max_depth` (see [`crate::depth`]).
+pub fn parse(query: &str, max_depth: usize) -> Result<Parsed, LokiError> {
+    let parsed =
+        crate::depth::parse_guarded(query, max_depth, logql::parse, crate::depth::logql_depth).map_err(|error| {
+            match error {
+                crate::depth::DepthError::TooDeep { .. } => {
+                    LokiError::Limit { limit: "max_query_depth", message: error.to_string() }
+                }
+                crate::depth::DepthError::Parse(message) => LokiError::BadQuery(format!("parse error: {message}")),
+            }
+        })?;
+    match parsed {
         Expr::Log(log) => Ok(Parsed::Log(log)),
         Expr::Metric(metric) => Ok(Parsed::Metric(metric)),
         _ => Err(LokiError::BadQuery("unsupported query".into())),
@@ -216,6 +246,23 @@ pub async fn log_query(
     Ok(collected.streams.into_iter().map(|(labels, entries)| Stream { labels, entries }).collect())
 }
 
+/// The longest range vector and the longest offset of a metric query, in ns.
+pub fn extent(query: &MetricQuery) -> (i128, i128) {
+    match query {
+        MetricQuery::Range(range) => (
+            i128::try_from(range.range.as_nanos()).unwrap_or(i128::MAX),
+            range.offset.map_or(0, |o| i128::try_from(o.as_nanos()).unwrap_or(i128::MAX)),
+        ),
+        MetricQuery::Vector(aggregation) => extent(&aggregation.inner),
+        MetricQuery::LabelReplace(replace) => extent(&replace.inner),
+        MetricQuery::Binary(binary) => {
+            let (left, right) = (extent(&binary.left), extent(&binary.right));
+            (left.0.max(right.0), left.1.max(right.1))
+        }
+        _ => (0, 0),
+    }
+}
+
 /// Evaluates a query at every step.
 pub fn metric_query<'a>(
     engine: &'a QueryEngine,
@@ -277,11 +324,12 @@ async fn range_aggregation(
     aggregation: &RangeAggregation,
     steps: Steps,
 ) -> Result<Vec<Series>, LokiError> {
-    let range_ns = aggregation.range.as_nanos() as i64;
+    // Both within `query.max_query_length_secs` ([`extent`] checked them before evaluation).
+    let range_ns = super::params::duration_ns(aggregation.range);
     if range_ns <= 0 {
         return Err(LokiError::BadQuery("the range of a range aggregation must be positive".into()));
     }
-    let offset_ns = aggregation.offset.map_or(0, |o| o.as_nanos() as i64);
+    let offset_ns = aggregation.offset.map_or(0, super::params::duration_ns);
     let pipeline = Pipeline::compile(&aggregation.log_query.pipeline)?;
     let unwrap = aggregation.unwrap.clone().or_else(|| pipeline.unwrap().cloned());
     let counting = matches!(

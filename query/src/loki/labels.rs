@@ -63,7 +63,7 @@ fn matcher_condition(matcher: &LabelMatcher) -> Result<String, ParamError> {
     let anchored = |re: &str| -> Result<String, ParamError> {
         let anchored = format!("^(?:{re})$");
         regex::Regex::new(&anchored)
-            .map_err(|e| ParamError(format!("invalid regular expression {re:?} in {}: {e}", matcher.name)))?;
+            .map_err(|e| ParamError::new(format!("invalid regular expression {re:?} in {}: {e}", matcher.name)))?;
         Ok(quote(&anchored))
     };
     let Some(column) = column_of(&matcher.name) else {
@@ -85,7 +85,7 @@ fn matcher_condition(matcher: &LabelMatcher) -> Result<String, ParamError> {
         MatchOp::Re if matcher.value == ".*" => "TRUE".into(),
         MatchOp::Re => format!("regexp_like({value}, {})", anchored(&matcher.value)?),
         MatchOp::Nre => format!("NOT regexp_like({value}, {})", anchored(&matcher.value)?),
-        other => return Err(ParamError(format!("unsupported matcher operator {other}"))),
+        other => return Err(ParamError::new(format!("unsupported matcher operator {other}"))),
     })
 }
 
@@ -98,7 +98,7 @@ pub fn selector_condition(selector: &StreamSelector) -> Result<String, ParamErro
         _ => false,
     });
     if !selects_something {
-        return Err(ParamError(
+        return Err(ParamError::new(
             "queries require at least one regexp or equality matcher that does not have an empty-compatible value. \
              For instance, app=~\".*\" does not meet this requirement, but app=~\".+\" will"
                 .into(),

@@ -3,7 +3,7 @@
 //!
 //! Parameters, as Loki's: `query`, a LogQL *log* query (a metric query is refused); `start`
 //! (default one hour ago, or `now - since`); `limit`, the number of past lines sent first
-//! (default 100, at most [`MAX_LIMIT`]); `delay_for`, whole seconds (0 to [`MAX_DELAY_FOR_S`]) to
+//! (default 100, at most `query.max_entries_limit_per_query`); `delay_for`, whole seconds (0 to [`MAX_DELAY_FOR_S`]) to
 //! hold lines back so that slow senders can catch up. A bad parameter or query is answered with a
 //! plain-text 400 before the upgrade; a failure once the socket is open closes it with code 1011
 //! and the error as the reason.
@@ -56,6 +56,7 @@ use super::eval::{self, LokiError, Parsed};
 use super::labels::{STREAM_LABELS, quote, selector_condition, time_condition};
 use super::params::{self, Direction, Params, first, now_ns};
 use super::pipeline::{Labels, Pipeline};
+use crate::QueryConfig;
 use crate::engine::QueryEngine;
 
 /// How often the store is asked for new lines.
@@ -66,8 +67,6 @@ pub const LATE_WINDOW: Duration = Duration::from_secs(10);
 pub const MAX_ENTRIES_PER_POLL: usize = 1000;
 /// The most lines in one message (Loki's `maxEntriesPerTailResponse`).
 pub const MAX_ENTRIES_PER_MESSAGE: usize = 100;
-/// The largest `limit` (Loki's default `max_entries_limit_per_query`).
-pub const MAX_LIMIT: usize = 5000;
 /// The largest `delay_for`, in seconds (Loki's `maxDelayForInTailing`).
 pub const MAX_DELAY_FOR_S: u64 = 5;
 /// The most sent lines remembered to recognise them when a poll reads them again.
@@ -89,9 +88,15 @@ pub struct TailRequest {
 
 /// Parses and checks the parameters and the query, so that every fault of the request is a 400
 /// before the upgrade.
-pub fn parse_request(params: &Params, now: i64) -> Result<TailRequest, LokiError> {
+pub fn parse_request(config: &QueryConfig, params: &Params, now: i64) -> Result<TailRequest, LokiError> {
     let text = first(params, "query").ok_or_else(|| LokiError::BadQuery("missing query parameter `query`".into()))?;
-    let query = match eval::parse(text)? {
+    if text.len() > config.max_query_bytes {
+        return Err(LokiError::Limit {
+            limit: "max_query_bytes",
+            message: format!("the query is longer than {} bytes (query.max_query_bytes)", config.max_query_bytes),
+        });
+    }
+    let query = match eval::parse(text, config.max_query_depth)? {
         Parsed::Log(log) => log,
         Parsed::Metric(_) => {
             return Err(LokiError::BadQuery(format!(
@@ -116,15 +121,10 @@ pub fn parse_request(params: &Params, now: i64) -> Result<TailRequest, LokiError
     }
     let start_ns = match (first(params, "start"), first(params, "since")) {
         (Some(start), _) => params::parse_time(start)?,
-        (None, Some(since)) => now - params::parse_duration(since)?.as_nanos() as i64,
+        (None, Some(since)) => now.saturating_sub(params::duration_ns(params::parse_duration(since)?)),
         (None, None) => now - 3600 * 1_000_000_000,
     };
-    let limit = params::limit(params)?;
-    if limit > MAX_LIMIT {
-        return Err(LokiError::BadQuery(format!(
-            "max entries limit per query exceeded, limit > max_entries_limit ({limit} > {MAX_LIMIT})"
-        )));
-    }
+    let limit = params::limit(params, &params::ParamLimits::of(config))?;
     let delay_s = match first(params, "delay_for") {
         None => 0,
         Some(text) => text.trim().parse::<u64>().map_err(|_| {
@@ -150,7 +150,7 @@ pub async fn handler(
     RawQuery(query): RawQuery,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
-    let request = match parse_request(&params::parse_form(query.as_deref().unwrap_or("")), now_ns()) {
+    let request = match parse_request(engine.config(), &params::parse_form(query.as_deref().unwrap_or("")), now_ns()) {
         Ok(request) => request,
         Err(error) => return super::api::error_response(error),
     };
@@ -460,7 +460,7 @@ mod tests {
     use super::*;
 
     fn request(query: &str) -> Result<TailRequest, LokiError> {
-        parse_request(&params::parse_form(query), 10_000 * 1_000_000_000)
+        parse_request(&QueryConfig::default(), &params::parse_form(query), 10_000 * 1_000_000_000)
     }
 
     fn labels(pairs: &[(&str, &str)]) -> Labels {
@@ -474,7 +474,8 @@ mod tests {
         assert_eq!(tail.condition, "coalesce(service_name, '') = 'api'");
         let tail =
             request("query={service_name=\"api\"} |= \"x\" != \"y\" |~ \"z\"&start=5&limit=7&delay_for=3").unwrap();
-        assert_eq!((tail.start_ns, tail.limit, tail.delay_ns), (5, 7, 3_000_000_000));
+        // `start=5` has at most 10 characters: Unix seconds, as Loki reads it.
+        assert_eq!((tail.start_ns, tail.limit, tail.delay_ns), (5_000_000_000, 7, 3_000_000_000));
         assert_eq!(
             tail.condition,
             "coalesce(service_name, '') = 'api' AND contains_text(body, 'x') AND strpos(coalesce(body, ''), 'y') = 0"
@@ -493,7 +494,9 @@ mod tests {
             ("query={service_name=\"api\"}&start=yesterday", "cannot parse"),
         ] {
             match request(query) {
-                Err(LokiError::BadQuery(text)) => assert!(text.contains(message), "{query}: {text}"),
+                Err(error @ (LokiError::BadQuery(_) | LokiError::Limit { .. })) => {
+                    assert!(error.to_string().contains(message), "{query}: {error}");
+                }
                 other => panic!("{query}: {other:?}"),
             }
         }

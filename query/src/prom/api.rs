@@ -11,8 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
+use axum::http::HeaderMap;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -22,21 +23,23 @@ use serde::Serialize;
 use serde::ser::{SerializeMap, SerializeTuple, Serializer};
 use serde_json::{Value as Json, json};
 
-use super::eval::{self, PromError, QueryValue, Sample, Steps};
+use super::eval::{self, EvalLimits, PromError, QueryValue, Sample, Steps};
 use super::format_value;
 use super::naming::{Labels, METRIC_NAME_LABEL};
 use super::select::StoreSource;
 use crate::engine::QueryEngine;
-use crate::loki::params::{self, Params, first};
+use crate::limits::{Api, RETRY_AFTER_SECS};
+use crate::loki::params::{self, MAX_SECONDS, Params, first};
 
-/// Prometheus's `query.timeout` default.
-const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
 /// Prometheus refuses range queries with more points per series than this.
-const MAX_POINTS_PER_SERIES: i64 = 11_000;
+const MAX_POINTS_PER_SERIES: i128 = 11_000;
 /// The bounds used when a request gives no time range ("all time", within what the store's
 /// timestamps can represent).
 const MIN_TIME_MS: i64 = 0;
 const MAX_TIME_MS: i64 = 9_000_000_000_000;
+/// The times the store can represent, in ms (nanoseconds in an `i64`).
+const STORE_MIN_MS: i64 = -9_223_372_036_000;
+const STORE_MAX_MS: i64 = 9_223_372_036_000;
 
 #[derive(Clone)]
 struct ApiState {
@@ -58,14 +61,63 @@ pub fn router(engine: Arc<QueryEngine>) -> Router {
         .with_state(state)
 }
 
-fn all_params(query: Option<String>, body: &Bytes) -> Params {
+/// Query string and form body together; a body over the limit is a 413 in Prometheus's shape.
+async fn all_params(
+    state: &ApiState,
+    query: Option<String>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Params, PromError> {
+    let body =
+        crate::body::read(state.source.engine().config(), headers, body).await.map_err(|refusal| match refusal {
+            crate::body::BodyRefusal::TooLarge(message) => PromError::TooLarge(message),
+            crate::body::BodyRefusal::Unreadable(message) => PromError::BadData(message),
+        })?;
     let mut params = params::parse_form(query.as_deref().unwrap_or(""));
     if !body.is_empty() {
-        for (key, values) in params::parse_form(&String::from_utf8_lossy(body)) {
+        for (key, values) in params::parse_form(&String::from_utf8_lossy(&body)) {
             params.entry(key).or_default().extend(values);
         }
     }
-    params
+    Ok(params)
+}
+
+/// The text a request is admitted and logged by: its `query`, else its `match[]` selectors.
+fn request_text(params: &Params) -> String {
+    match first(params, "query") {
+        Some(query) => query.to_string(),
+        None => params.get("match[]").map(|m| m.join(" ")).unwrap_or_default(),
+    }
+}
+
+/// Runs one request of the Prometheus API on the query runtime, within its limits.
+async fn run<T, F, Fut>(state: &ApiState, params: Result<Params, PromError>, work: F) -> Response
+where
+    T: Serialize + Send + 'static,
+    F: FnOnce(ApiState, Params) -> Fut,
+    Fut: Future<Output = Result<T, PromError>> + Send + 'static,
+{
+    let params = match params {
+        Ok(params) => params,
+        Err(error) => return error_response(error),
+    };
+    let text = request_text(&params);
+    let engine = state.source.engine().clone();
+    let work = work(state.clone(), params);
+    let result: Result<Result<T, PromError>, crate::Error> =
+        engine.run_request(Api::Prometheus, &text, async move { Ok(work.await) }).await;
+    match result {
+        Ok(Ok(data)) => success(data),
+        Ok(Err(error)) => {
+            // Limits the evaluation hit itself (those of the run, like the timeout, are
+            // counted by the engine).
+            if let Some(limit) = error.limit_name() {
+                engine.limits().hit(Api::Prometheus, limit);
+            }
+            error_response(error)
+        }
+        Err(error) => error_response(PromError::from(error)),
+    }
 }
 
 /// Prometheus's envelope of a successful answer.
@@ -79,31 +131,63 @@ fn success(data: impl Serialize) -> Response {
     axum::Json(Success { status: "success", data }).into_response()
 }
 
+/// Prometheus's error shape and codes: bad parameters 400, execution failures and query
+/// limits 422, timeouts 503, a full queue 429 with `Retry-After`, Wake's faults 500.
 fn error_response(error: PromError) -> Response {
     let (status, kind) = match &error {
         PromError::BadData(_) => (StatusCode::BAD_REQUEST, "bad_data"),
-        PromError::Execution(_) => (StatusCode::UNPROCESSABLE_ENTITY, "execution"),
+        PromError::Limit { limit, .. } if crate::error::is_text_limit(limit) => (StatusCode::BAD_REQUEST, "bad_data"),
+        PromError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "bad_data"),
+        PromError::Execution(_) | PromError::Limit { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "execution"),
         PromError::Timeout(_) => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
+        PromError::Unavailable(_) => (StatusCode::TOO_MANY_REQUESTS, "unavailable"),
         PromError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
     };
-    (status, axum::Json(json!({ "status": "error", "errorType": kind, "error": error.to_string() }))).into_response()
+    if status == StatusCode::INTERNAL_SERVER_ERROR {
+        tracing::error!(%error, "prometheus API: internal error");
+    }
+    let body = axum::Json(json!({ "status": "error", "errorType": kind, "error": error.to_string() }));
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        return (status, [(axum::http::header::RETRY_AFTER, RETRY_AFTER_SECS.to_string())], body).into_response();
+    }
+    (status, body).into_response()
 }
 
 fn bad(message: impl Into<String>) -> PromError {
     PromError::BadData(message.into())
 }
 
-/// Prometheus's `parseTime`: Unix seconds, possibly fractional, or RFC 3339.
+/// Prometheus's `parseTime`: Unix seconds, possibly fractional, or RFC 3339, in ms; only
+/// times the store can represent (1677 to 2262).
 fn parse_time(text: &str, name: &str) -> Result<i64, PromError> {
     let text = text.trim();
-    if let Ok(seconds) = text.parse::<f64>()
-        && seconds.is_finite()
-    {
+    let invalid = || bad(format!("invalid parameter \"{name}\": cannot parse {text:?} to a valid timestamp"));
+    if let Ok(seconds) = text.parse::<f64>() {
+        if !seconds.is_finite() || seconds.abs() >= MAX_SECONDS {
+            return Err(invalid());
+        }
+        #[allow(clippy::cast_possible_truncation)] // in range: checked just above
         return Ok((seconds * 1000.0).round() as i64);
     }
-    chrono::DateTime::parse_from_rfc3339(text)
-        .map(|t| t.timestamp_millis())
-        .map_err(|_| bad(format!("invalid parameter \"{name}\": cannot parse {text:?} to a valid timestamp")))
+    let ms = chrono::DateTime::parse_from_rfc3339(text).map(|t| t.timestamp_millis()).map_err(|_| invalid())?;
+    if !(STORE_MIN_MS..=STORE_MAX_MS).contains(&ms) {
+        return Err(invalid());
+    }
+    Ok(ms)
+}
+
+/// A time bounding a metadata call: clients send "all time" as far-away bounds
+/// (`end=9999999999`, `start=-62135596800`), which mean the store's range.
+fn bound_param(params: &Params, name: &str, default: i64) -> Result<i64, PromError> {
+    let Some(text) = first(params, name) else { return Ok(default) };
+    match text.trim().parse::<f64>() {
+        Ok(seconds) if seconds.is_finite() => {
+            let ms = (seconds * 1000.0).round().clamp(STORE_MIN_MS as f64, STORE_MAX_MS as f64);
+            #[allow(clippy::cast_possible_truncation)] // clamped to the store's range just above
+            Ok(ms as i64)
+        }
+        _ => parse_time(text, name),
+    }
 }
 
 fn time_param(params: &Params, name: &str, default: i64) -> Result<i64, PromError> {
@@ -123,14 +207,20 @@ fn now_ms() -> i64 {
     params::now_ns() / 1_000_000
 }
 
-fn deadline(params: &Params) -> Result<Option<Instant>, PromError> {
-    let timeout = duration_param(params, "timeout")?.unwrap_or(DEFAULT_TIMEOUT);
-    Ok(Some(Instant::now() + timeout))
+/// The evaluation's limits: its `timeout` parameter, if shorter than `query.timeout_secs`.
+fn eval_limits(engine: &QueryEngine, params: &Params) -> Result<EvalLimits, PromError> {
+    let configured = engine.config().timeout();
+    let timeout = duration_param(params, "timeout")?.map_or(configured, |t| t.min(configured));
+    Ok(EvalLimits {
+        deadline: Instant::now().checked_add(timeout),
+        max_samples: engine.config().max_samples,
+        max_series: engine.config().max_series,
+    })
 }
 
-fn parse_query(params: &Params) -> Result<Expr, PromError> {
+fn parse_query(engine: &QueryEngine, params: &Params) -> Result<Expr, PromError> {
     let text = first(params, "query").ok_or_else(|| bad("invalid parameter \"query\": query must not be empty"))?;
-    eval::parse(text)
+    eval::parse_limited(text, engine.config().max_query_depth)
 }
 
 fn labels_json(labels: &Labels) -> Json {
@@ -230,62 +320,68 @@ impl Serialize for QueryResult {
     }
 }
 
-async fn query(State(state): State<ApiState>, RawQuery(raw): RawQuery, body: Bytes) -> Response {
-    let params = all_params(raw, &body);
-    let run = async {
-        let expr = parse_query(&params)?;
+async fn query(State(state): State<ApiState>, RawQuery(raw): RawQuery, headers: HeaderMap, body: Body) -> Response {
+    run(&state, all_params(&state, raw, &headers, body).await, |state, params| async move {
+        let engine = state.source.engine();
+        let expr = parse_query(engine, &params)?;
         let time = time_param(&params, "time", now_ms())?;
-        let deadline = deadline(&params)?;
-        eval::instant_query(state.source.as_ref(), &expr, time, deadline).await
-    };
-    match run.await {
-        Ok(value) => success(QueryResult(value)),
-        Err(error) => error_response(error),
-    }
+        let limits = eval_limits(engine, &params)?;
+        eval::instant_query(state.source.as_ref(), &expr, time, limits).await.map(QueryResult)
+    })
+    .await
 }
 
-async fn query_range(State(state): State<ApiState>, RawQuery(raw): RawQuery, body: Bytes) -> Response {
-    let params = all_params(raw, &body);
-    let run = async {
-        let expr = parse_query(&params)?;
-        let start = first(&params, "start")
-            .ok_or_else(|| bad("invalid parameter \"start\": cannot parse \"\" to a valid timestamp"))
-            .and_then(|t| parse_time(t, "start"))?;
-        let end = first(&params, "end")
-            .ok_or_else(|| bad("invalid parameter \"end\": cannot parse \"\" to a valid timestamp"))
-            .and_then(|t| parse_time(t, "end"))?;
-        if end < start {
-            return Err(bad("invalid parameter \"end\": end timestamp must not be before start time"));
-        }
-        let step = duration_param(&params, "step")?
-            .ok_or_else(|| bad("invalid parameter \"step\": cannot parse \"\" to a valid duration"))?;
-        let step = step.as_millis() as i64;
-        if step <= 0 {
-            return Err(bad(
-                "invalid parameter \"step\": zero or negative query resolution step widths are not accepted. \
-                 Try a positive integer",
-            ));
-        }
-        if (end - start) / step > MAX_POINTS_PER_SERIES {
-            return Err(bad(
-                "exceeded maximum resolution of 11,000 points per timeseries. Try decreasing the query resolution \
-                 (?step=XX)",
-            ));
-        }
-        let deadline = deadline(&params)?;
-        eval::range_query(state.source.as_ref(), &expr, Steps { start, end, step }, deadline).await
-    };
-    match run.await {
-        Ok(value) => success(QueryResult(value)),
-        Err(error) => error_response(error),
+async fn query_range(
+    State(state): State<ApiState>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    run(&state, all_params(&state, raw, &headers, body).await, |state, params| async move {
+        let engine = state.source.engine();
+        let expr = parse_query(engine, &params)?;
+        let steps = range_steps(&params)?;
+        let limits = eval_limits(engine, &params)?;
+        eval::range_query(state.source.as_ref(), &expr, steps, limits).await.map(QueryResult)
+    })
+    .await
+}
+
+/// The `start`, `end` and `step` of a range query, checked as Prometheus checks them: times the
+/// store can represent, `end` not before `start`, a positive step, at most 11,000 points.
+pub fn range_steps(params: &Params) -> Result<Steps, PromError> {
+    let start = first(params, "start")
+        .ok_or_else(|| bad("invalid parameter \"start\": cannot parse \"\" to a valid timestamp"))
+        .and_then(|t| parse_time(t, "start"))?;
+    let end = first(params, "end")
+        .ok_or_else(|| bad("invalid parameter \"end\": cannot parse \"\" to a valid timestamp"))
+        .and_then(|t| parse_time(t, "end"))?;
+    if end < start {
+        return Err(bad("invalid parameter \"end\": end timestamp must not be before start time"));
     }
+    let step = duration_param(params, "step")?
+        .ok_or_else(|| bad("invalid parameter \"step\": cannot parse \"\" to a valid duration"))?;
+    let step = i64::try_from(step.as_millis()).unwrap_or(i64::MAX);
+    if step <= 0 {
+        return Err(bad(
+            "invalid parameter \"step\": zero or negative query resolution step widths are not accepted. \
+             Try a positive integer",
+        ));
+    }
+    if (i128::from(end) - i128::from(start)) / i128::from(step) > MAX_POINTS_PER_SERIES {
+        return Err(bad(
+            "exceeded maximum resolution of 11,000 points per timeseries. Try decreasing the query resolution \
+             (?step=XX)",
+        ));
+    }
+    Ok(Steps { start, end, step })
 }
 
 /// The `match[]` selectors of a request, each as its matcher groups.
-fn match_params(params: &Params) -> Result<Vec<Vec<Matcher>>, PromError> {
+fn match_params(engine: &QueryEngine, params: &Params) -> Result<Vec<Vec<Matcher>>, PromError> {
     let mut groups = Vec::new();
     for text in params.get("match[]").into_iter().flatten() {
-        let selector = match eval::parse(text)? {
+        let selector = match eval::parse_limited(text, engine.config().max_query_depth)? {
             Expr::VectorSelector(selector) => selector,
             _ => return Err(bad(format!("invalid parameter \"match[]\": {text:?} is not a series selector"))),
         };
@@ -295,7 +391,7 @@ fn match_params(params: &Params) -> Result<Vec<Vec<Matcher>>, PromError> {
 }
 
 fn range_params(params: &Params) -> Result<(i64, i64), PromError> {
-    Ok((time_param(params, "start", MIN_TIME_MS)?, time_param(params, "end", MAX_TIME_MS)?))
+    Ok((bound_param(params, "start", MIN_TIME_MS)?, bound_param(params, "end", MAX_TIME_MS)?))
 }
 
 /// The label sets of every series matching `groups` (all series when there are none).
@@ -307,34 +403,36 @@ async fn matching_series(
 ) -> Result<BTreeSet<Labels>, PromError> {
     let everything = [vec![Matcher::new(promql_parser::label::MatchOp::NotEqual, METRIC_NAME_LABEL, "")]];
     let groups = if groups.is_empty() { &everything[..] } else { groups };
+    let max_series = source.engine().config().max_series;
     let mut all = BTreeSet::new();
     for group in groups {
         for series in source.scan(group, start, end, false).await? {
             all.insert(series.labels);
         }
+        if all.len() > max_series {
+            return Err(PromError::Limit {
+                limit: "max_series",
+                message: format!("the selectors match more than {max_series} series (query.max_series)"),
+            });
+        }
     }
     Ok(all)
 }
 
-async fn labels(State(state): State<ApiState>, RawQuery(raw): RawQuery, body: Bytes) -> Response {
-    let params = all_params(raw, &body);
-    let run = async {
-        let groups = match_params(&params)?;
+async fn labels(State(state): State<ApiState>, RawQuery(raw): RawQuery, headers: HeaderMap, body: Body) -> Response {
+    run(&state, all_params(&state, raw, &headers, body).await, |state, params| async move {
+        let groups = match_params(state.source.engine(), &params)?;
         let (start, end) = range_params(&params)?;
         let series = matching_series(&state.source, &groups, start, end).await?;
-        let names: BTreeSet<&String> = series.iter().flat_map(|labels| labels.keys()).collect();
-        Ok::<_, PromError>(json!(names))
-    };
-    match run.await {
-        Ok(data) => success(data),
-        Err(error) => error_response(error),
-    }
+        let names: BTreeSet<String> = series.iter().flat_map(|labels| labels.keys().cloned()).collect();
+        Ok(names)
+    })
+    .await
 }
 
 async fn label_values(State(state): State<ApiState>, Path(name): Path<String>, RawQuery(raw): RawQuery) -> Response {
-    let params = all_params(raw, &Bytes::new());
-    let run = async {
-        let groups = match_params(&params)?;
+    run(&state, all_params(&state, raw, &HeaderMap::new(), Body::empty()).await, |state, params| async move {
+        let groups = match_params(state.source.engine(), &params)?;
         let (start, end) = range_params(&params)?;
         let values: BTreeSet<String> = if name == METRIC_NAME_LABEL && groups.is_empty() {
             // The metric browser's first request: names alone, without reading any series.
@@ -352,34 +450,26 @@ async fn label_values(State(state): State<ApiState>, Path(name): Path<String>, R
                 .filter_map(|mut labels| labels.remove(&name))
                 .collect()
         };
-        Ok::<_, PromError>(json!(values))
-    };
-    match run.await {
-        Ok(data) => success(data),
-        Err(error) => error_response(error),
-    }
+        Ok(values)
+    })
+    .await
 }
 
-async fn series(State(state): State<ApiState>, RawQuery(raw): RawQuery, body: Bytes) -> Response {
-    let params = all_params(raw, &body);
-    let run = async {
-        let groups = match_params(&params)?;
+async fn series(State(state): State<ApiState>, RawQuery(raw): RawQuery, headers: HeaderMap, body: Body) -> Response {
+    run(&state, all_params(&state, raw, &headers, body).await, |state, params| async move {
+        let groups = match_params(state.source.engine(), &params)?;
         if groups.is_empty() {
             return Err(bad("no match[] parameter provided"));
         }
         let (start, end) = range_params(&params)?;
         let series = matching_series(&state.source, &groups, start, end).await?;
         Ok(Json::Array(series.iter().map(labels_json).collect()))
-    };
-    match run.await {
-        Ok(data) => success(data),
-        Err(error) => error_response(error),
-    }
+    })
+    .await
 }
 
 async fn metadata(State(state): State<ApiState>, RawQuery(raw): RawQuery) -> Response {
-    let params = all_params(raw, &Bytes::new());
-    let run = async {
+    run(&state, all_params(&state, raw, &HeaderMap::new(), Body::empty()).await, |state, params| async move {
         let limit = match first(&params, "limit") {
             Some(text) => Some(text.parse::<i64>().map_err(|_| bad("limit must be a number"))?),
             None => None,
@@ -410,15 +500,12 @@ async fn metadata(State(state): State<ApiState>, RawQuery(raw): RawQuery) -> Res
                 }
             }
         }
-        if let Some(limit) = limit.filter(|l| *l >= 0) {
-            families = families.into_iter().take(limit as usize).collect();
+        if let Some(limit) = limit.and_then(|l| usize::try_from(l).ok()) {
+            families = families.into_iter().take(limit).collect();
         }
-        Ok::<_, PromError>(json!(families))
-    };
-    match run.await {
-        Ok(data) => success(data),
-        Err(error) => error_response(error),
-    }
+        Ok(families)
+    })
+    .await
 }
 
 /// Wake stores no exemplars yet; Grafana asks for them with every panel query when enabled.

@@ -33,9 +33,28 @@ pub type Sample = (i64, f64);
 pub const DEFAULT_LOOKBACK_MS: i64 = 5 * 60 * 1000;
 /// The step of a subquery that gives none (Prometheus's default evaluation interval).
 pub const DEFAULT_SUBQUERY_STEP_MS: i64 = 60 * 1000;
-/// Prometheus's `query.max-samples`: a query that would hold more points fails rather than
-/// exhausting memory.
-pub const MAX_POINTS: usize = 50_000_000;
+/// The limits of one evaluation (`query.timeout_secs`, `query.max_samples`,
+/// `query.max_series`).
+#[derive(Debug, Clone, Copy)]
+pub struct EvalLimits {
+    pub deadline: Option<Instant>,
+    /// Prometheus's `query.max-samples`: a query that would hold more points fails rather
+    /// than exhausting memory.
+    pub max_samples: usize,
+    /// Series one selector may select.
+    pub max_series: usize,
+}
+
+impl Default for EvalLimits {
+    fn default() -> Self {
+        EvalLimits { deadline: None, max_samples: 50_000_000, max_series: 500_000 }
+    }
+}
+
+/// The longest range, offset or subquery step accepted, in ms: what keeps every sum of a
+/// time and a duration in the evaluator far inside `i64` (times are at most ±9.2e12 ms, the
+/// store's range).
+pub const MAX_DURATION_MS: i64 = 10_000_000_000_000;
 
 /// Errors with Prometheus's error types.
 #[derive(Debug, thiserror::Error)]
@@ -43,18 +62,54 @@ pub enum PromError {
     /// The request or the expression is malformed: 400 `bad_data`.
     #[error("{0}")]
     BadData(String),
+    /// The request body is larger than the server accepts: 413 `bad_data`.
+    #[error("{0}")]
+    TooLarge(String),
     /// The expression is valid but cannot be evaluated on this data: 422 `execution`.
     #[error("{0}")]
     Execution(String),
+    /// A query limit (`query.<limit>`) stopped the query: 422 `execution`.
+    #[error("{message}")]
+    Limit { limit: &'static str, message: String },
     /// 503 `timeout`.
     #[error("query timed out in {0}")]
     Timeout(&'static str),
+    /// Too many queries run or wait: 429 with `Retry-After`.
+    #[error("{0}")]
+    Unavailable(String),
     /// Wake failed: 500 `internal`.
     #[error("{0}")]
     Internal(String),
 }
 
 pub type Result<T> = std::result::Result<T, PromError>;
+
+impl From<crate::Error> for PromError {
+    fn from(error: crate::Error) -> Self {
+        if let Some(limit) = error.limit_name() {
+            return match error {
+                crate::Error::Timeout(_) => PromError::Timeout("query evaluation"),
+                _ => PromError::Limit { limit, message: error.to_string() },
+            };
+        }
+        match error {
+            crate::Error::Overloaded { .. } => PromError::Unavailable(error.to_string()),
+            _ if error.status().is_client_error() => PromError::BadData(error.to_string()),
+            _ => PromError::Internal(error.to_string()),
+        }
+    }
+}
+
+impl PromError {
+    /// The limit this error reports, for `wake_query_limit_hits_total`.
+    pub fn limit_name(&self) -> Option<&'static str> {
+        match self {
+            PromError::Limit { limit, .. } => Some(limit),
+            PromError::Timeout(_) => Some("timeout"),
+            _ => None,
+        }
+    }
+}
 
 /// One stored series: its labels and samples, oldest first, one per millisecond.
 #[derive(Debug, Clone, PartialEq)]
@@ -142,7 +197,7 @@ pub struct Evaluator<'a> {
     /// The query's own start and end, which `@ start()` and `@ end()` refer to.
     query: Steps,
     lookback_ms: i64,
-    deadline: Option<Instant>,
+    limits: EvalLimits,
     points: usize,
 }
 
@@ -158,6 +213,80 @@ pub enum QueryValue {
 
 /// Parses an expression with Prometheus's grammar.
 pub fn parse(query: &str) -> Result<Expr> {
+    parse_limited(query, 256)
+}
+
+/// Parses an expression, refusing one nested deeper than `max_depth` (see [`crate::depth`])
+/// or with a duration beyond [`MAX_DURATION_MS`].
+pub fn parse_limited(query: &str, max_depth: usize) -> Result<Expr> {
+    register_extra_functions();
+    let expr = crate::depth::parse_promql(query, max_depth).map_err(|error| match error {
+        crate::depth::DepthError::TooDeep { .. } => {
+            PromError::Limit { limit: "max_query_depth", message: error.to_string() }
+        }
+        crate::depth::DepthError::Parse(e) => PromError::BadData(format!("invalid parameter \"query\": {e}")),
+    })?;
+    check_durations(&expr)?;
+    Ok(expr)
+}
+
+/// Refuses ranges, offsets, subquery steps and `@` times that the evaluator's arithmetic could
+/// not hold. The expression is at most `max_query_depth` deep, so this recursion is bounded.
+fn check_durations(expr: &Expr) -> Result<()> {
+    let too_long =
+        |what: &str| PromError::BadData(format!("invalid parameter \"query\": {what} is too long (at most 317 years)"));
+    let duration = |d: &std::time::Duration, what: &str| {
+        if i64::try_from(d.as_millis()).map_or(true, |ms| ms > MAX_DURATION_MS) { Err(too_long(what)) } else { Ok(()) }
+    };
+    let offset = |o: &Option<Offset>| match o {
+        Some(Offset::Pos(d) | Offset::Neg(d)) => duration(d, "an offset"),
+        None => Ok(()),
+    };
+    let at = |a: &Option<AtModifier>| match a {
+        Some(AtModifier::At(time)) => {
+            let ms = match time.duration_since(std::time::UNIX_EPOCH) {
+                Ok(after) => after,
+                Err(before) => before.duration(),
+            };
+            duration(&ms, "an @ time")
+        }
+        _ => Ok(()),
+    };
+    match expr {
+        Expr::Aggregate(a) => {
+            check_durations(&a.expr)?;
+            a.param.as_deref().map_or(Ok(()), check_durations)
+        }
+        Expr::Unary(u) => check_durations(&u.expr),
+        Expr::Binary(b) => {
+            check_durations(&b.lhs)?;
+            check_durations(&b.rhs)
+        }
+        Expr::Paren(p) => check_durations(&p.expr),
+        Expr::Subquery(sub) => {
+            duration(&sub.range, "a subquery range")?;
+            if let Some(step) = &sub.step {
+                duration(step, "a subquery step")?;
+            }
+            offset(&sub.offset)?;
+            at(&sub.at)?;
+            check_durations(&sub.expr)
+        }
+        Expr::Call(call) => call.args.args.iter().try_for_each(|arg| check_durations(arg)),
+        Expr::VectorSelector(vs) => {
+            offset(&vs.offset)?;
+            at(&vs.at)
+        }
+        Expr::MatrixSelector(ms) => {
+            duration(&ms.range, "a range")?;
+            offset(&ms.vs.offset)?;
+            at(&ms.vs.at)
+        }
+        Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::Extension(_) => Ok(()),
+    }
+}
+
+fn register_extra_functions() {
     // Prometheus 2.x's name for double_exponential_smoothing, which dashboards still use.
     static HOLT_WINTERS: std::sync::Once = std::sync::Once::new();
     HOLT_WINTERS.call_once(|| {
@@ -173,7 +302,6 @@ pub fn parse(query: &str) -> Result<Expr> {
             tracing::warn!(%error, "cannot register holt_winters");
         }
     });
-    promql_parser::parser::parse(query).map_err(|e| PromError::BadData(format!("invalid parameter \"query\": {e}")))
 }
 
 /// An instant query at `time` (ms).
@@ -181,10 +309,10 @@ pub async fn instant_query(
     source: &dyn SeriesSource,
     expr: &Expr,
     time: i64,
-    deadline: Option<Instant>,
+    limits: EvalLimits,
 ) -> Result<QueryValue> {
     let steps = Steps::instant(time);
-    let mut evaluator = Evaluator::new(source, steps, deadline);
+    let mut evaluator = Evaluator::new(source, steps, limits);
     Ok(match evaluator.eval(expr, steps).await? {
         Value::Scalar(values) => QueryValue::Scalar(time, values[0]),
         Value::String(text) => QueryValue::String(time, text),
@@ -202,9 +330,9 @@ pub async fn range_query(
     source: &dyn SeriesSource,
     expr: &Expr,
     steps: Steps,
-    deadline: Option<Instant>,
+    limits: EvalLimits,
 ) -> Result<QueryValue> {
-    let mut evaluator = Evaluator::new(source, steps, deadline);
+    let mut evaluator = Evaluator::new(source, steps, limits);
     let series = match evaluator.eval(expr, steps).await? {
         Value::Scalar(values) => {
             vec![StepSeries { labels: Labels::new(), values: values.into_iter().map(Some).collect() }]
@@ -228,8 +356,9 @@ pub async fn range_query(
     Ok(QueryValue::Matrix(matrix))
 }
 
+/// Every duration of a parsed expression is at most [`MAX_DURATION_MS`] ([`check_durations`]).
 fn duration_ms(duration: &std::time::Duration) -> i64 {
-    duration.as_millis() as i64
+    i64::try_from(duration.as_millis()).unwrap_or(MAX_DURATION_MS)
 }
 
 fn offset_ms(offset: &Option<Offset>) -> i64 {
@@ -265,23 +394,24 @@ pub fn selector_matchers(selector: &VectorSelector) -> Vec<Vec<Matcher>> {
 }
 
 impl<'a> Evaluator<'a> {
-    pub fn new(source: &'a dyn SeriesSource, query: Steps, deadline: Option<Instant>) -> Self {
-        Evaluator { source, query, lookback_ms: DEFAULT_LOOKBACK_MS, deadline, points: 0 }
+    pub fn new(source: &'a dyn SeriesSource, query: Steps, limits: EvalLimits) -> Self {
+        Evaluator { source, query, lookback_ms: DEFAULT_LOOKBACK_MS, limits, points: 0 }
     }
 
     fn check_deadline(&self, stage: &'static str) -> Result<()> {
-        match self.deadline {
+        match self.limits.deadline {
             Some(deadline) if Instant::now() > deadline => Err(PromError::Timeout(stage)),
             _ => Ok(()),
         }
     }
 
     fn account(&mut self, points: usize) -> Result<()> {
-        self.points += points;
-        if self.points > MAX_POINTS {
-            return Err(PromError::Execution(
-                "query processing would load too many samples into memory in query execution".into(),
-            ));
+        self.points = self.points.saturating_add(points);
+        if self.points > self.limits.max_samples {
+            return Err(PromError::Limit {
+                limit: "max_samples",
+                message: "query processing would load too many samples into memory in query execution".into(),
+            });
         }
         Ok(())
     }
@@ -291,8 +421,8 @@ impl<'a> Evaluator<'a> {
             AtModifier::Start => self.query.start,
             AtModifier::End => self.query.end,
             AtModifier::At(time) => match time.duration_since(std::time::UNIX_EPOCH) {
-                Ok(after) => after.as_millis() as i64,
-                Err(before) => -(before.duration().as_millis() as i64),
+                Ok(after) => duration_ms(&after),
+                Err(before) => -duration_ms(&before.duration()),
             },
         })
     }
@@ -309,17 +439,29 @@ impl<'a> Evaluator<'a> {
 
     async fn fetch(&self, selector: &VectorSelector, min_ms: i64, max_ms: i64) -> Result<Vec<SeriesData>> {
         let groups = selector_matchers(selector);
-        if groups.len() == 1 {
-            return self.source.select(&groups[0], min_ms, max_ms).await;
-        }
-        let mut seen = HashSet::new();
-        let mut all = Vec::new();
-        for group in &groups {
-            for series in self.source.select(group, min_ms, max_ms).await? {
-                if seen.insert(series.labels.clone()) {
-                    all.push(series);
+        let all = if groups.len() == 1 {
+            self.source.select(&groups[0], min_ms, max_ms).await?
+        } else {
+            let mut seen = HashSet::new();
+            let mut all = Vec::new();
+            for group in &groups {
+                for series in self.source.select(group, min_ms, max_ms).await? {
+                    if seen.insert(series.labels.clone()) {
+                        all.push(series);
+                    }
                 }
             }
+            all
+        };
+        if all.len() > self.limits.max_series {
+            return Err(PromError::Limit {
+                limit: "max_series",
+                message: format!(
+                    "the selector {selector} selects {} series, more than the limit of {} (query.max_series)",
+                    all.len(),
+                    self.limits.max_series
+                ),
+            });
         }
         Ok(all)
     }
@@ -1366,7 +1508,7 @@ mod tests {
     }
 
     async fn instant(query: &str, time: i64) -> Result<QueryValue> {
-        instant_query(&source(), &parse(query)?, time, None).await
+        instant_query(&source(), &parse(query)?, time, EvalLimits::default()).await
     }
 
     fn vector(value: QueryValue) -> Vec<(Labels, f64)> {
@@ -1413,11 +1555,14 @@ mod tests {
     #[tokio::test]
     async fn range_queries_and_subqueries_use_their_own_grids() {
         let steps = Steps { start: 300_000, end: 600_000, step: 60_000 };
-        let QueryValue::Matrix(matrix) =
-            range_query(&source(), &parse("max_over_time(rate(requests_total[1m])[5m:1m])").unwrap(), steps, None)
-                .await
-                .unwrap()
-        else {
+        let QueryValue::Matrix(matrix) = range_query(
+            &source(),
+            &parse("max_over_time(rate(requests_total[1m])[5m:1m])").unwrap(),
+            steps,
+            EvalLimits::default(),
+        )
+        .await
+        .unwrap() else {
             panic!("not a matrix");
         };
         assert_eq!(matrix.len(), 2);

@@ -253,7 +253,9 @@ pub fn batch_ids(batch: &RecordBatch) -> parquet::errors::Result<UInt64Array> {
 /// Files' series and every known series' identity.
 #[derive(Default)]
 pub struct SeriesIndex {
-    files: Mutex<HashMap<PathBuf, Arc<FileSeries>>>,
+    /// At most [`crate::cache::MAX_CACHED_FILES`]; an evicted file is indexed again when a
+    /// query reads it, which also re-adds its series.
+    files: Mutex<crate::cache::LruMap<PathBuf, Arc<FileSeries>>>,
     series: Mutex<KnownSeries>,
 }
 
@@ -302,10 +304,10 @@ impl SeriesIndex {
 
     fn forget_removed(&self, all_files: &[Arc<DataFile>]) {
         let mut files = self.files.lock();
-        if files.keys().all(|path| all_files.iter().any(|f| f.path == *path)) {
+        let current: HashSet<&PathBuf> = all_files.iter().map(|f| &f.path).collect();
+        if files.keys().all(|path| current.contains(path)) {
             return;
         }
-        let current: HashSet<&PathBuf> = all_files.iter().map(|f| &f.path).collect();
         files.retain(|path, _| current.contains(path));
         // Series of removed files that no remaining file holds are forgotten too; rows still
         // in memory re-add theirs on the next query.

@@ -29,10 +29,7 @@ pub struct StoreSource {
 }
 
 fn engine_error(error: crate::Error) -> PromError {
-    match error.status().as_u16() {
-        400..=499 => PromError::BadData(error.to_string()),
-        _ => PromError::Internal(error.to_string()),
-    }
+    PromError::from(error)
 }
 
 /// Nanosecond bounds of `[min_ms, max_ms]`, every nanosecond of `max_ms` included.
@@ -449,6 +446,10 @@ impl StoreSource {
         StoreSource { engine, index: Arc::new(SeriesIndex::default()) }
     }
 
+    pub fn engine(&self) -> &Arc<QueryEngine> {
+        &self.engine
+    }
+
     /// The distinct stored metrics with rows in the files and buffers of `[min_ms, max_ms]`.
     pub async fn descriptors(&self, min_ms: i64, max_ms: i64) -> Result<Vec<Descriptor>> {
         let (engine, index) = (self.engine.clone(), self.index.clone());
@@ -521,7 +522,7 @@ impl SeriesSource for StoreSource {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::QueryConfig;
+    use crate::QueryConfig;
     use promql_parser::label::MatchOp;
     use serde_json::json;
     use wake_storage::{OtlpRequest, Store, StoreConfig};
@@ -553,7 +554,12 @@ mod tests {
     #[tokio::test]
     async fn files_read_on_several_threads_give_what_one_thread_reads() {
         let dir = tempfile::tempdir().unwrap();
-        let config = StoreConfig { data_dir: dir.path().to_path_buf(), min_free_disk_bytes: 0, ..Default::default() };
+        let config = StoreConfig {
+            data_dir: dir.path().to_path_buf(),
+            min_free_disk_bytes: 0,
+            max_record_age_secs: 0,
+            ..Default::default()
+        };
         let registry = prometheus::Registry::new();
         let store = Store::open(config, &registry).unwrap();
         let hours = 5;

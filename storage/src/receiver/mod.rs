@@ -28,7 +28,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why [`read_limited`] returned no body.
 #[derive(Debug)]
-pub(crate) enum BodyError {
+pub enum BodyError {
     /// Reading from the connection failed; the transport's message.
     Read(String),
     /// The body is longer than the limit: `actual_bytes` is the declared `Content-Length`, or
@@ -43,7 +43,7 @@ pub(crate) enum BodyError {
 /// [`DRAIN_TIMEOUT`], before returning [`BodyError::TooLarge`]: a server that answers and closes
 /// while the client is still sending makes most clients see a reset connection instead of the
 /// 413, and retry.
-pub(crate) async fn read_limited(
+pub async fn read_limited(
     headers: &HeaderMap,
     mut body: Body,
     limit: usize,

@@ -29,7 +29,12 @@
 //! - 204 once [`Store::ingest`] returned, i.e. the samples are in the write-ahead log;
 //! - 400 for a body that is not snappy, not a `WriteRequest`, or holds an invalid series (no
 //!   `__name__`, an empty or duplicated label name, a timestamp at or before the Unix epoch or
-//!   after 2262). Validation is all-or-nothing: a 4xx means nothing of the request was stored;
+//!   after 2262). Validation is all-or-nothing: such a 400 means nothing of the request was
+//!   stored;
+//! - 400 also for samples outside the store's accepted time window (`max_record_age_secs`,
+//!   `max_record_future_secs`): as Prometheus does with out-of-bounds samples, the samples in
+//!   the window are stored and the answer names how many were dropped, so that the sender does
+//!   not retry what can never be stored;
 //! - 413 for a body above [`MAX_COMPRESSED_BYTES`] or one that decompresses to more than
 //!   [`MAX_DECOMPRESSED_BYTES`] (checked from snappy's length header before inflating);
 //! - 415 for another `Content-Encoding` than snappy, or another message than
@@ -186,6 +191,17 @@ impl RemoteWriteError {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
+    }
+}
+
+impl RemoteWriteError {
+    /// [`decode`] then [`to_otlp`], as [`receive`] runs them, returning the OTLP request and
+    /// its number of samples: the remote write fuzz target's entry point, through
+    /// `crate::fuzzing` (an associated function because this module is private to `receiver`).
+    #[doc(hidden)]
+    pub(crate) fn fuzz_decode(compressed: &[u8]) -> Result<(ExportMetricsServiceRequest, usize), RemoteWriteError> {
+        let (request, received) = decode(compressed).and_then(to_otlp)?;
+        Ok((request, received.samples))
     }
 }
 
@@ -660,7 +676,12 @@ mod tests {
     }
 
     fn open(dir: &Path) -> Arc<Store> {
-        let config = StoreConfig { data_dir: dir.to_path_buf(), min_free_disk_bytes: 0, ..StoreConfig::default() };
+        let config = StoreConfig {
+            data_dir: dir.to_path_buf(),
+            min_free_disk_bytes: 0,
+            max_record_age_secs: 0,
+            ..StoreConfig::default()
+        };
         Store::open(config, &prometheus::Registry::new()).unwrap()
     }
 

@@ -1,0 +1,163 @@
+//! [`QueryConfig`]: the query engine's resources and the limits every query API enforces, with
+//! one named default per field and a [`QueryConfig::validate`] that names the offending key.
+//!
+//! The defaults follow the systems Wake's APIs imitate: Prometheus's `query.timeout` (2 min) and
+//! `query.max-samples` (50,000,000), Loki's `max_entries_limit_per_query` (5,000) and
+//! `max_query_length` (721 h).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueryConfig {
+    /// Memory all running queries may use together; beyond it sorts, joins and aggregations
+    /// spill to `spill_dir` or the query fails, rather than the server running out of memory.
+    pub memory_limit_bytes: usize,
+    /// Where sorts and aggregations spill (default: `<data_dir>/spill`, on the data disk).
+    pub spill_dir: Option<PathBuf>,
+    /// Most disk that spill files of all queries may take together.
+    pub max_spill_bytes: u64,
+    /// Threads that execute queries, apart from those that receive data (0: one per core).
+    /// They run at a lower CPU priority than ingest, so that a heavy query cannot delay the
+    /// acknowledgement of incoming data even when it keeps every core busy.
+    pub threads: usize,
+    /// Nice value (0 to 19) of the query threads: higher runs at lower priority.
+    pub thread_nice: i32,
+    /// A query still running after this long is cancelled (Prometheus's `query.timeout`).
+    pub timeout_secs: u64,
+    /// Queries that run at once per API (SQL, Prometheus, Loki); more wait in a queue.
+    pub max_concurrent_queries: usize,
+    /// Queries that may wait per API; when the queue is full, requests get 429 with
+    /// `Retry-After`.
+    pub max_queued_queries: usize,
+    /// A query waits at most this long in the queue before it gets 429.
+    pub queue_timeout_secs: u64,
+    /// Longest query text (SQL, PromQL, LogQL) accepted.
+    pub max_query_bytes: usize,
+    /// Deepest nesting of parentheses, brackets and operators in a PromQL or LogQL expression.
+    pub max_query_depth: usize,
+    /// Samples a PromQL query may hold at once (Prometheus's `query.max-samples`).
+    pub max_samples: usize,
+    /// Series a PromQL selector or a metadata call may select.
+    pub max_series: usize,
+    /// Rows an SQL answer may hold; more is a 413, or a truncated answer when asked for.
+    pub max_result_rows: usize,
+    /// Bytes an SQL answer may take when rendered; more is a 413, or a truncated answer.
+    pub max_result_bytes: usize,
+    /// Lines a Loki log query may return (Loki's `max_entries_limit_per_query`).
+    pub max_entries_limit_per_query: usize,
+    /// Longest time range of a Loki query, range vectors included (Loki's `max_query_length`).
+    pub max_query_length_secs: u64,
+    /// Queries that run at least this long are logged with their text (the slow-query log).
+    pub slow_query_ms: u64,
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        QueryConfig {
+            memory_limit_bytes: 2 << 30,
+            spill_dir: None,
+            max_spill_bytes: 100 << 30,
+            threads: 0,
+            thread_nice: 10,
+            timeout_secs: 120,
+            max_concurrent_queries: 16,
+            max_queued_queries: 32,
+            queue_timeout_secs: 10,
+            max_query_bytes: 256 * 1024,
+            max_query_depth: 256,
+            max_samples: 50_000_000,
+            max_series: 500_000,
+            max_result_rows: 1_000_000,
+            max_result_bytes: 256 << 20,
+            max_entries_limit_per_query: 5_000,
+            max_query_length_secs: 721 * 3600,
+            slow_query_ms: 10_000,
+        }
+    }
+}
+
+/// A configuration value out of its range: the message names the key.
+#[derive(Debug, thiserror::Error)]
+#[error("query.{key}: {message}")]
+pub struct ConfigError {
+    pub key: &'static str,
+    pub message: String,
+}
+
+impl QueryConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let at_least = |key: &'static str, value: u64, min: u64| {
+            if value < min {
+                Err(ConfigError { key, message: format!("must be at least {min}, got {value}") })
+            } else {
+                Ok(())
+            }
+        };
+        let as_u64 = |value: usize| u64::try_from(value).unwrap_or(u64::MAX);
+        at_least("memory_limit_bytes", as_u64(self.memory_limit_bytes), 16 << 20)?;
+        at_least("timeout_secs", self.timeout_secs, 1)?;
+        at_least("max_concurrent_queries", as_u64(self.max_concurrent_queries), 1)?;
+        at_least("queue_timeout_secs", self.queue_timeout_secs, 1)?;
+        at_least("max_query_bytes", as_u64(self.max_query_bytes), 1024)?;
+        at_least("max_query_depth", as_u64(self.max_query_depth), 8)?;
+        at_least("max_samples", as_u64(self.max_samples), 1)?;
+        at_least("max_series", as_u64(self.max_series), 1)?;
+        at_least("max_result_rows", as_u64(self.max_result_rows), 1)?;
+        at_least("max_result_bytes", as_u64(self.max_result_bytes), 1024)?;
+        at_least("max_entries_limit_per_query", as_u64(self.max_entries_limit_per_query), 1)?;
+        at_least("max_query_length_secs", self.max_query_length_secs, 60)?;
+        if !(0..=19).contains(&self.thread_nice) {
+            return Err(ConfigError {
+                key: "thread_nice",
+                message: format!("must be between 0 and 19, got {}", self.thread_nice),
+            });
+        }
+        // A depth the evaluators' recursion can always afford on a thread's stack.
+        if self.max_query_depth > 2048 {
+            return Err(ConfigError {
+                key: "max_query_depth",
+                message: format!("must be at most 2048, got {}", self.max_query_depth),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_secs)
+    }
+
+    pub fn max_query_length(&self) -> Duration {
+        Duration::from_secs(self.max_query_length_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        QueryConfig::default().validate().expect("defaults");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let config = QueryConfig { max_concurrent_queries: 0, ..QueryConfig::default() };
+        assert_eq!(
+            config.validate().unwrap_err().to_string(),
+            "query.max_concurrent_queries: must be at least 1, got 0"
+        );
+        let config = QueryConfig { thread_nice: 25, ..QueryConfig::default() };
+        assert!(config.validate().unwrap_err().to_string().starts_with("query.thread_nice"));
+        let error = serde_yaml_like(r#"{"timeout_sec": 5}"#);
+        assert!(error.contains("unknown field"), "{error}");
+    }
+
+    fn serde_yaml_like(text: &str) -> String {
+        serde_json::from_str::<QueryConfig>(text).unwrap_err().to_string()
+    }
+}

@@ -1,0 +1,276 @@
+//! What keeps one client from starving the others: admission per API (a few queries at once
+//! and a short queue, then 429), the list of running queries, the slow-query log, and a counter
+//! per limit that was hit so that operators can tune them.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use parking_lot::Mutex;
+use prometheus::{IntCounterVec, Opts, Registry};
+use serde::Serialize;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::{info, warn};
+
+use crate::config::QueryConfig;
+use crate::error::{Error, Result};
+
+/// The query surfaces, each admitted on its own so that a flood of SQL cannot lock Grafana's
+/// dashboards out, nor the other way round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Api {
+    Sql,
+    Prometheus,
+    Loki,
+}
+
+impl Api {
+    pub const ALL: [Api; 3] = [Api::Sql, Api::Prometheus, Api::Loki];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Api::Sql => "sql",
+            Api::Prometheus => "prometheus",
+            Api::Loki => "loki",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Seconds a client is told to wait (`Retry-After`) when a queue is full.
+pub const RETRY_AFTER_SECS: u64 = 1;
+
+/// Queries running and waiting for one API.
+struct Gate {
+    running: Arc<Semaphore>,
+    waiting: AtomicUsize,
+}
+
+/// Decrements a counter when dropped, so that a waiter whose client went away leaves the queue.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A running query: listed while it runs, logged when slow, its limit hits counted.
+#[derive(Debug, Clone, Serialize)]
+pub struct ActiveQuery {
+    pub id: u64,
+    pub api: Api,
+    pub query: String,
+    /// Unix seconds.
+    pub started: f64,
+    #[serde(skip)]
+    started_at: Instant,
+}
+
+/// The text kept of a query in the active list and the slow-query log.
+const LOGGED_QUERY_BYTES: usize = 4096;
+
+pub struct Limits {
+    config: QueryConfig,
+    gates: [Gate; 3],
+    next_id: AtomicU64,
+    active: Mutex<BTreeMap<u64, ActiveQuery>>,
+    hits: IntCounterVec,
+}
+
+impl Limits {
+    pub fn new(config: QueryConfig, registry: &Registry) -> Result<Self> {
+        let gate =
+            || Gate { running: Arc::new(Semaphore::new(config.max_concurrent_queries)), waiting: AtomicUsize::new(0) };
+        let hits = IntCounterVec::new(
+            Opts::new("wake_query_limit_hits_total", "Queries refused or stopped by a query limit, by API and limit"),
+            &["api", "limit"],
+        )
+        .map_err(|e| Error::Task(format!("registering limit metrics: {e}")))?;
+        registry
+            .register(Box::new(hits.clone()))
+            .map_err(|e| Error::Task(format!("registering limit metrics: {e}")))?;
+        Ok(Limits {
+            gates: [gate(), gate(), gate()],
+            config,
+            next_id: AtomicU64::new(1),
+            active: Mutex::new(BTreeMap::new()),
+            hits,
+        })
+    }
+
+    pub fn config(&self) -> &QueryConfig {
+        &self.config
+    }
+
+    /// Counts a limit that stopped a query.
+    pub fn hit(&self, api: Api, limit: &str) {
+        self.hits.with_label_values(&[api.name(), limit]).inc();
+    }
+
+    /// Checks the query text, then waits for a turn to run: at once when fewer than
+    /// `max_concurrent_queries` run, in the queue while it has room and for at most
+    /// `queue_timeout_secs`, else [`Error::Overloaded`].
+    pub async fn admit(self: &Arc<Self>, api: Api, query: &str) -> Result<Admitted> {
+        if query.len() > self.config.max_query_bytes {
+            self.hit(api, "max_query_bytes");
+            return Err(Error::Limit {
+                limit: "max_query_bytes",
+                message: format!(
+                    "the query is {} bytes long, more than the limit of {} (query.max_query_bytes)",
+                    query.len(),
+                    self.config.max_query_bytes
+                ),
+            });
+        }
+        let gate = &self.gates[api.index()];
+        let permit = match gate.running.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                if gate.waiting.fetch_add(1, Ordering::AcqRel) >= self.config.max_queued_queries {
+                    gate.waiting.fetch_sub(1, Ordering::AcqRel);
+                    self.hit(api, "queue_full");
+                    return Err(Error::Overloaded { api: api.name() });
+                }
+                let _waiting = Waiting(&gate.waiting);
+                let wait = Duration::from_secs(self.config.queue_timeout_secs);
+                match tokio::time::timeout(wait, gate.running.clone().acquire_owned()).await {
+                    Ok(Ok(permit)) => permit,
+                    Ok(Err(_)) | Err(_) => {
+                        self.hit(api, "queue_timeout");
+                        return Err(Error::Overloaded { api: api.name() });
+                    }
+                }
+            }
+        };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let started = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+        let query = truncated(query, LOGGED_QUERY_BYTES).to_string();
+        self.active.lock().insert(id, ActiveQuery { id, api, query, started, started_at: Instant::now() });
+        Ok(Admitted { limits: self.clone(), id, api, _permit: permit, outcome: None })
+    }
+
+    /// The queries running now, oldest first, with how long each has run.
+    pub fn active(&self) -> Vec<(ActiveQuery, Duration)> {
+        self.active.lock().values().map(|query| (query.clone(), query.started_at.elapsed())).collect()
+    }
+}
+
+/// A query's turn: holds its place among the running queries and lists it until dropped,
+/// which happens also when its client goes away.
+pub struct Admitted {
+    limits: Arc<Limits>,
+    id: u64,
+    api: Api,
+    _permit: OwnedSemaphorePermit,
+    outcome: Option<&'static str>,
+}
+
+impl Admitted {
+    pub fn api(&self) -> Api {
+        self.api
+    }
+
+    /// Records how the query ended (for the slow-query log) and counts a limit it hit.
+    pub fn finish<T>(&mut self, result: &Result<T>) {
+        self.outcome = Some(match result {
+            Ok(_) => "ok",
+            Err(error) => {
+                if let Some(limit) = error.limit_name() {
+                    self.limits.hit(self.api, limit);
+                }
+                error.limit_name().unwrap_or("error")
+            }
+        });
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let Some(query) = self.limits.active.lock().remove(&self.id) else { return };
+        let elapsed = query.started_at.elapsed();
+        let outcome = self.outcome.unwrap_or("cancelled");
+        if outcome == "cancelled" {
+            self.limits.hit(self.api, "client_gone");
+        }
+        let elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+        if elapsed_ms >= self.limits.config.slow_query_ms {
+            warn!(target: "wake::slow_query", api = self.api.name(), elapsed_ms, outcome, query = %query.query, "slow query");
+        } else if outcome != "ok" {
+            info!(api = self.api.name(), elapsed_ms, outcome, query = %query.query, "query stopped");
+        }
+    }
+}
+
+/// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.
+pub fn truncated(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(config: QueryConfig) -> Arc<Limits> {
+        Arc::new(Limits::new(config, &Registry::new()).expect("limits"))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_queue_is_refused_and_a_waiter_runs_when_a_turn_frees() {
+        let limits = limits(QueryConfig { max_concurrent_queries: 1, max_queued_queries: 1, ..QueryConfig::default() });
+        let first = limits.admit(Api::Sql, "SELECT 1").await.expect("first runs");
+        let waiter = tokio::spawn({
+            let limits = limits.clone();
+            async move { limits.admit(Api::Sql, "SELECT 2").await.map(|_| ()) }
+        });
+        tokio::task::yield_now().await;
+        // One runs, one waits: a third is refused at once.
+        let refused = limits.admit(Api::Sql, "SELECT 3").await.err().expect("queue full");
+        assert!(matches!(refused, Error::Overloaded { api: "sql" }), "{refused}");
+        // Other APIs have their own turns.
+        let other = limits.admit(Api::Loki, "{a=\"b\"}").await.expect("loki is not queued behind sql");
+        assert_eq!(limits.active().len(), 2);
+        drop(first);
+        waiter.await.expect("join").expect("the waiter ran");
+        drop(other);
+        assert!(limits.active().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_gives_up_after_the_queue_timeout() {
+        let limits = limits(QueryConfig { max_concurrent_queries: 1, queue_timeout_secs: 3, ..QueryConfig::default() });
+        let _running = limits.admit(Api::Prometheus, "up").await.expect("runs");
+        let started = tokio::time::Instant::now();
+        let error = limits.admit(Api::Prometheus, "up").await.err().expect("times out");
+        assert!(matches!(error, Error::Overloaded { .. }));
+        assert_eq!(started.elapsed(), Duration::from_secs(3));
+        // It left the queue: the next one may wait again.
+        assert_eq!(limits.gates[Api::Prometheus.index()].waiting.load(Ordering::Acquire), 0);
+    }
+
+    #[tokio::test]
+    async fn long_queries_are_refused_before_they_are_parsed() {
+        let limits = limits(QueryConfig { max_query_bytes: 1024, ..QueryConfig::default() });
+        let error = limits.admit(Api::Loki, &"x".repeat(1025)).await.err().expect("too long");
+        assert!(error.to_string().contains("query.max_query_bytes"), "{error}");
+        assert_eq!(limits.hits.with_label_values(&["loki", "max_query_bytes"]).get(), 1);
+    }
+
+    #[test]
+    fn truncation_keeps_whole_characters() {
+        assert_eq!(truncated("héllo", 2), "h");
+        assert_eq!(truncated("abc", 10), "abc");
+    }
+}
