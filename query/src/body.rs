@@ -3,6 +3,9 @@
 //! store's reader, which drains an oversized body before the 413 is sent so that the client
 //! sees the 413 rather than a reset connection.
 
+// Client numbers are handled here: no silent truncation, sign loss or overflow.
+#![warn(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::arithmetic_side_effects)]
+
 use axum::body::Body;
 use axum::body::Bytes;
 use axum::http::HeaderMap;
@@ -17,7 +20,7 @@ const DRAIN_MAX_BYTES: usize = 128 * 1024 * 1024;
 
 /// Why a body was not read.
 #[derive(Debug)]
-pub enum BodyRefusal {
+pub(crate) enum BodyRefusal {
     /// Longer than the limit: 413.
     TooLarge(String),
     /// The connection failed while it was read: 400.
@@ -25,11 +28,11 @@ pub enum BodyRefusal {
 }
 
 /// The largest body a query request may have.
-pub fn limit(config: &QueryConfig) -> usize {
+pub(crate) fn limit(config: &QueryConfig) -> usize {
     config.max_query_bytes.saturating_add(PARAMETER_BYTES)
 }
 
-pub async fn read(config: &QueryConfig, headers: &HeaderMap, body: Body) -> Result<Bytes, BodyRefusal> {
+pub(crate) async fn read(config: &QueryConfig, headers: &HeaderMap, body: Body) -> Result<Bytes, BodyRefusal> {
     read_limited(headers, body, limit(config), DRAIN_MAX_BYTES).await.map_err(|error| match error {
         BodyError::Read(message) => BodyRefusal::Unreadable(format!("could not read the request body: {message}")),
         BodyError::TooLarge { limit_bytes, actual_bytes } => BodyRefusal::TooLarge(format!(

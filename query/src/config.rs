@@ -5,6 +5,9 @@
 //! `query.max-samples` (50,000,000), Loki's `max_entries_limit_per_query` (5,000) and
 //! `max_query_length` (721 h).
 
+// Client numbers are handled here: no silent truncation, sign loss or overflow.
+#![warn(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::arithmetic_side_effects)]
+
 use std::path::PathBuf;
 use std::time::Duration;
 

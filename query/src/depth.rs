@@ -13,6 +13,9 @@
 //! An accepted expression is at most `max_query_depth` deep, which the evaluators' recursion
 //! can always afford.
 
+// Client numbers are handled here: no silent truncation, sign loss or overflow.
+#![warn(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::arithmetic_side_effects)]
+
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 /// Stack that parsing, measuring and dropping an expression may use, always a fresh one: the
@@ -95,22 +98,21 @@ pub fn operator_run(text: &str) -> usize {
         let mut operator = false;
         match bytes[i] {
             b'(' | b'[' | b'{' => runs.push(0),
-            b')' | b']' | b'}' => {
-                if runs.len() > 1 {
-                    runs.pop();
-                }
+            b')' | b']' | b'}' if runs.len() > 1 => {
+                runs.pop();
             }
             b'+' | b'-' | b'*' | b'/' | b'%' | b'^' | b'<' | b'>' => operator = true,
-            b'=' | b'!' if bytes.get(i + 1) == Some(&b'=') => {
+            b'=' | b'!' if bytes.get(i.saturating_add(1)) == Some(&b'=') => {
                 operator = true;
-                i += 1;
+                i = i.saturating_add(1);
             }
             b'a'..=b'z' | b'A'..=b'Z' | b'_' => {
                 let start = i;
-                while i + 1 < bytes.len()
-                    && (bytes[i + 1].is_ascii_alphanumeric() || matches!(bytes[i + 1], b'_' | b':'))
+                while bytes
+                    .get(i.saturating_add(1))
+                    .is_some_and(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b':'))
                 {
-                    i += 1;
+                    i = i.saturating_add(1);
                 }
                 let word = &bytes[start..=i];
                 operator = [&b"and"[..], b"or", b"unless", b"atan2"].iter().any(|op| word.eq_ignore_ascii_case(op));
@@ -118,10 +120,10 @@ pub fn operator_run(text: &str) -> usize {
             _ => {}
         }
         if operator && let Some(run) = runs.last_mut() {
-            *run += 1;
+            *run = run.saturating_add(1);
             longest = longest.max(*run);
         }
-        i += 1;
+        i = i.saturating_add(1);
     }
     longest
 }
@@ -173,8 +175,8 @@ pub fn promql_depth(expr: &promql_parser::parser::Expr, limit: usize) -> usize {
     if limit == 0 {
         return 1;
     }
-    let below = |e: &Expr| promql_depth(e, limit - 1);
-    1 + match expr {
+    let below = |e: &Expr| promql_depth(e, limit.saturating_sub(1));
+    1usize.saturating_add(match expr {
         Expr::Aggregate(a) => below(&a.expr).max(a.param.as_deref().map_or(0, below)),
         Expr::Unary(u) => below(&u.expr),
         Expr::Binary(b) => below(&b.lhs).max(below(&b.rhs)),
@@ -186,7 +188,7 @@ pub fn promql_depth(expr: &promql_parser::parser::Expr, limit: usize) -> usize {
         | Expr::VectorSelector(_)
         | Expr::MatrixSelector(_)
         | Expr::Extension(_) => 0,
-    }
+    })
 }
 
 /// The depth of a LogQL query (metric expressions and label-filter expressions), counted up
@@ -204,15 +206,14 @@ fn metric_depth(query: &logql::MetricQuery, limit: usize) -> usize {
     if limit == 0 {
         return 1;
     }
-    1 + match query {
-        MetricQuery::Range(range) => log_query_depth(&range.log_query, limit - 1),
-        MetricQuery::Vector(aggregation) => metric_depth(&aggregation.inner, limit - 1),
-        MetricQuery::Binary(binary) => {
-            metric_depth(&binary.left, limit - 1).max(metric_depth(&binary.right, limit - 1))
-        }
-        MetricQuery::LabelReplace(replace) => metric_depth(&replace.inner, limit - 1),
+    let below = limit.saturating_sub(1);
+    1usize.saturating_add(match query {
+        MetricQuery::Range(range) => log_query_depth(&range.log_query, below),
+        MetricQuery::Vector(aggregation) => metric_depth(&aggregation.inner, below),
+        MetricQuery::Binary(binary) => metric_depth(&binary.left, below).max(metric_depth(&binary.right, below)),
+        MetricQuery::LabelReplace(replace) => metric_depth(&replace.inner, below),
         _ => 0,
-    }
+    })
 }
 
 fn log_query_depth(query: &logql::LogQuery, limit: usize) -> usize {
@@ -232,12 +233,11 @@ fn filter_depth(filter: &logql::LabelFilterExpr, limit: usize) -> usize {
     if limit == 0 {
         return 1;
     }
-    1 + match filter {
-        LabelFilterExpr::And(a, b) | LabelFilterExpr::Or(a, b) => {
-            filter_depth(a, limit - 1).max(filter_depth(b, limit - 1))
-        }
+    let below = limit.saturating_sub(1);
+    1usize.saturating_add(match filter {
+        LabelFilterExpr::And(a, b) | LabelFilterExpr::Or(a, b) => filter_depth(a, below).max(filter_depth(b, below)),
         _ => 0,
-    }
+    })
 }
 
 /// The depth of an SQL statement's expressions and queries, counted up to `limit + 1`: the
@@ -271,13 +271,13 @@ struct SqlDepth {
 
 impl SqlDepth {
     fn enter(&mut self) -> std::ops::ControlFlow<()> {
-        self.depth += 1;
+        self.depth = self.depth.saturating_add(1);
         self.deepest = self.deepest.max(self.depth);
         if self.depth > self.limit { std::ops::ControlFlow::Break(()) } else { std::ops::ControlFlow::Continue(()) }
     }
 
     fn leave(&mut self) -> std::ops::ControlFlow<()> {
-        self.depth -= 1;
+        self.depth = self.depth.saturating_sub(1);
         std::ops::ControlFlow::Continue(())
     }
 }

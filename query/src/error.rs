@@ -86,7 +86,7 @@ impl Error {
 
 /// The limits on a query's text (its length, its nesting), which every API reports as 400: the
 /// query is refused before it is evaluated.
-pub fn is_text_limit(limit: &str) -> bool {
+pub(crate) fn is_text_limit(limit: &str) -> bool {
     matches!(limit, "max_query_bytes" | "max_query_depth")
 }
 

@@ -2,6 +2,9 @@
 //! and a short queue, then 429), the list of running queries, the slow-query log, and a counter
 //! per limit that was hit so that operators can tune them.
 
+// Client numbers are handled here: no silent truncation, sign loss or overflow.
+#![warn(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::arithmetic_side_effects)]
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -214,7 +217,7 @@ pub fn truncated(text: &str, max: usize) -> &str {
     }
     let mut end = max;
     while !text.is_char_boundary(end) {
-        end -= 1;
+        end = end.saturating_sub(1);
     }
     &text[..end]
 }

@@ -144,7 +144,7 @@ fn slot(signal: Signal) -> usize {
 
 impl Catalog {
     /// Loads the manifest (an absent one means an empty store) and removes files it does not name.
-    pub fn open(data_dir: &Path) -> Result<Catalog> {
+    pub(crate) fn open(data_dir: &Path) -> Result<Catalog> {
         let manifest_path = data_dir.join(MANIFEST);
         let mut catalog = Catalog { data_dir: data_dir.to_path_buf(), files: Default::default(), flushed_seq: [0; 3] };
         match fs::read(&manifest_path) {
@@ -215,55 +215,102 @@ impl Catalog {
         Ok(())
     }
 
-    pub fn files(&self, signal: Signal) -> &[Arc<DataFile>] {
+    pub(crate) fn files(&self, signal: Signal) -> &[Arc<DataFile>] {
         &self.files[slot(signal)]
     }
 
-    pub fn flushed_seq(&self, signal: Signal) -> u64 {
+    pub(crate) fn flushed_seq(&self, signal: Signal) -> u64 {
         self.flushed_seq[slot(signal)]
     }
 
-    pub fn max_flushed_seq(&self) -> u64 {
+    pub(crate) fn max_flushed_seq(&self) -> u64 {
         self.flushed_seq.iter().copied().max().unwrap_or(0)
     }
 
     /// Adds a flush's files and records that the signal is in Parquet up to `flushed_seq`.
     /// On failure nothing changes, in memory or on disk.
-    pub fn add_flushed(&mut self, signal: Signal, files: Vec<Arc<DataFile>>, flushed_seq: u64) -> Result<()> {
-        let previous_len = self.files[slot(signal)].len();
-        let previous_seq = self.flushed_seq[slot(signal)];
-        self.files[slot(signal)].extend(files);
-        self.flushed_seq[slot(signal)] = previous_seq.max(flushed_seq);
-        let committed = self.commit();
-        if committed.is_err() {
-            self.files[slot(signal)].truncate(previous_len);
-            self.flushed_seq[slot(signal)] = previous_seq;
-        }
-        committed
+    #[cfg(test)]
+    pub(crate) fn add_flushed(&mut self, signal: Signal, files: Vec<Arc<DataFile>>, flushed_seq: u64) -> Result<()> {
+        self.with_flushed(signal, &files, flushed_seq).commit()?;
+        self.apply_flushed(signal, files, flushed_seq);
+        Ok(())
     }
 
     /// Swaps compacted inputs for their output.
     /// On failure nothing changes, in memory or on disk.
-    pub fn replace(&mut self, signal: Signal, inputs: &[Arc<DataFile>], outputs: Vec<Arc<DataFile>>) -> Result<()> {
-        let previous = self.files[slot(signal)].clone();
-        let files = &mut self.files[slot(signal)];
-        files.retain(|file| !inputs.iter().any(|input| Arc::ptr_eq(file, input)));
-        files.extend(outputs);
-        if let Err(error) = self.commit() {
-            self.files[slot(signal)] = previous;
-            return Err(error);
-        }
-        for input in inputs {
-            input.retire();
-        }
+    #[cfg(test)]
+    pub(crate) fn replace(
+        &mut self,
+        signal: Signal,
+        inputs: &[Arc<DataFile>],
+        outputs: Vec<Arc<DataFile>>,
+    ) -> Result<()> {
+        self.with_replaced(signal, inputs, &outputs).commit()?;
+        self.apply_replaced(signal, inputs, outputs);
         Ok(())
     }
 
+    /// The manifest as it will be once a flush's `files` are added: to be committed (written
+    /// and fsynced) before [`Catalog::apply_flushed`], and outside any lock that ingest or
+    /// queries take. Taking it copies pointers, nothing else.
+    pub(crate) fn with_flushed(&self, signal: Signal, files: &[Arc<DataFile>], flushed_seq: u64) -> ManifestImage {
+        let mut image = self.image();
+        image.files[slot(signal)].extend(files.iter().cloned());
+        image.flushed_seq[slot(signal)] = image.flushed_seq[slot(signal)].max(flushed_seq);
+        image
+    }
+
+    /// The manifest as it will be once compaction swapped `inputs` for `outputs`.
+    pub(crate) fn with_replaced(
+        &self,
+        signal: Signal,
+        inputs: &[Arc<DataFile>],
+        outputs: &[Arc<DataFile>],
+    ) -> ManifestImage {
+        let mut image = self.image();
+        let inputs: HashSet<*const DataFile> = inputs.iter().map(Arc::as_ptr).collect();
+        image.files[slot(signal)].retain(|file| !inputs.contains(&Arc::as_ptr(file)));
+        image.files[slot(signal)].extend(outputs.iter().cloned());
+        image
+    }
+
+    /// Makes a committed [`Catalog::with_flushed`] visible.
+    pub(crate) fn apply_flushed(&mut self, signal: Signal, files: Vec<Arc<DataFile>>, flushed_seq: u64) {
+        self.files[slot(signal)].extend(files);
+        self.flushed_seq[slot(signal)] = self.flushed_seq[slot(signal)].max(flushed_seq);
+    }
+
+    /// Makes a committed [`Catalog::with_replaced`] visible; the inputs are deleted once no
+    /// query holds them.
+    pub(crate) fn apply_replaced(&mut self, signal: Signal, inputs: &[Arc<DataFile>], outputs: Vec<Arc<DataFile>>) {
+        let replaced: HashSet<*const DataFile> = inputs.iter().map(Arc::as_ptr).collect();
+        self.files[slot(signal)].retain(|file| !replaced.contains(&Arc::as_ptr(file)));
+        self.files[slot(signal)].extend(outputs);
+        for input in inputs {
+            input.retire();
+        }
+    }
+
+    fn image(&self) -> ManifestImage {
+        ManifestImage { data_dir: self.data_dir.clone(), flushed_seq: self.flushed_seq, files: self.files.clone() }
+    }
+}
+
+/// The content of a manifest, taken from the catalog (pointers to its files) so that it can be
+/// serialized and written without holding the catalog.
+pub(crate) struct ManifestImage {
+    data_dir: PathBuf,
+    flushed_seq: [u64; 3],
+    files: [Vec<Arc<DataFile>>; 3],
+}
+
+impl ManifestImage {
     fn relative(&self, path: &Path) -> String {
         path.strip_prefix(&self.data_dir).unwrap_or(path).to_string_lossy().into_owned()
     }
 
-    fn commit(&self) -> Result<()> {
+    /// Replaces `manifest.json` with this image atomically: write, fsync, rename, fsync dir.
+    pub(crate) fn commit(self) -> Result<()> {
         let manifest = ManifestFile {
             version: MANIFEST_VERSION,
             flushed_seq: Signal::ALL
@@ -339,6 +386,33 @@ mod tests {
         assert_eq!(catalog.files(Signal::Logs)[0].path, kept);
         assert!(kept.exists());
         assert!(!orphan.exists() && !orphan_index.exists());
+    }
+
+    #[test]
+    fn an_image_is_durable_before_it_is_visible() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.parquet");
+        fs::write(&path, b"abc").unwrap();
+        let mut catalog = Catalog::open(dir.path()).unwrap();
+        let file = Arc::new(DataFile::new(Signal::Metrics, path.clone(), None, stats()));
+        let image = catalog.with_flushed(Signal::Metrics, std::slice::from_ref(&file), 7);
+        assert!(catalog.files(Signal::Metrics).is_empty(), "taking an image changes nothing");
+        image.commit().unwrap();
+        // On disk already, in memory not yet: a crash here loses nothing (the WAL still holds
+        // the rows up to 7) and a reopened catalog knows the file.
+        assert!(catalog.files(Signal::Metrics).is_empty());
+        let reopened = Catalog::open(dir.path()).unwrap();
+        assert_eq!((reopened.files(Signal::Metrics).len(), reopened.flushed_seq(Signal::Metrics)), (1, 7));
+        catalog.apply_flushed(Signal::Metrics, vec![file.clone()], 7);
+        assert_eq!(catalog.files(Signal::Metrics).len(), 1);
+
+        let image = catalog.with_replaced(Signal::Metrics, std::slice::from_ref(&file), &[]);
+        image.commit().unwrap();
+        assert_eq!(Catalog::open(dir.path()).unwrap().files(Signal::Metrics).len(), 0);
+        catalog.apply_replaced(Signal::Metrics, std::slice::from_ref(&file), vec![]);
+        assert!(catalog.files(Signal::Metrics).is_empty());
+        drop(file);
+        assert!(!path.exists(), "a replaced file goes when the last holder lets go");
     }
 
     #[test]

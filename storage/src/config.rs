@@ -87,7 +87,7 @@ impl Default for StoreConfig {
     }
 }
 
-pub fn default_data_dir() -> PathBuf {
+pub(crate) fn default_data_dir() -> PathBuf {
     PathBuf::from("./wake-data")
 }
 

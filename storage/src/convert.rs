@@ -89,7 +89,7 @@ impl TimeWindow {
 /// Drops the rows of `converted` whose time (the signal's partitioning column) lies outside
 /// `window` around `received_at_ns`, counting them as rejected. Deterministic given the receipt
 /// time, which the WAL keeps, so replay drops exactly the same rows.
-pub fn keep_within(
+pub(crate) fn keep_within(
     mut converted: Converted,
     signal: Signal,
     window: TimeWindow,
@@ -328,7 +328,7 @@ fn hex_id(bytes: &[u8]) -> Option<String> {
 // ---------------------------------------------------------------------------------------------
 // Logs
 
-pub fn logs_to_batch(request: &ExportLogsServiceRequest, received_at_ns: i64) -> Result<Converted> {
+pub(crate) fn logs_to_batch(request: &ExportLogsServiceRequest, received_at_ns: i64) -> Result<Converted> {
     let mut timestamp = TimestampNanosecondBuilder::new();
     let mut observed = TimestampNanosecondBuilder::new();
     let mut severity_number = Int32Builder::new();
@@ -430,7 +430,7 @@ fn status_code_name(code: i32) -> &'static str {
     }
 }
 
-pub fn spans_to_batch(request: &ExportTraceServiceRequest) -> Result<Converted> {
+pub(crate) fn spans_to_batch(request: &ExportTraceServiceRequest) -> Result<Converted> {
     let mut trace_id = StringBuilder::new();
     let mut span_id = StringBuilder::new();
     let mut parent_span_id = StringBuilder::new();
@@ -763,7 +763,7 @@ fn point_count(data: &metric::Data) -> u64 {
     }) as u64
 }
 
-pub fn metrics_to_batch(request: &ExportMetricsServiceRequest, received_at_ns: i64) -> Result<Converted> {
+pub(crate) fn metrics_to_batch(request: &ExportMetricsServiceRequest, received_at_ns: i64) -> Result<Converted> {
     let mut columns = MetricColumns::new();
     let mut rejections = Rejections::default();
 

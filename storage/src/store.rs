@@ -468,14 +468,22 @@ impl Store {
                 .await
                 .map_err(|e| Error::Internal(format!("flush task failed: {e}")))??;
         let file_count = files.len();
+        // The manifest is written and fsynced outside the state lock, which every ingest and
+        // query takes: only maintenance (held here) changes the catalog, so it cannot change
+        // between taking the image and applying it.
+        let image = self.state.lock().catalog.with_flushed(signal, &files, through_seq);
+        let committed = tokio::task::spawn_blocking(move || image.commit())
+            .await
+            .map_err(|e| Error::Internal(format!("manifest task failed: {e}")))?;
+        if let Err(error) = committed {
+            for file in &files {
+                file.retire();
+            }
+            return Err(error);
+        }
         {
             let mut state = self.state.lock();
-            if let Err(error) = state.catalog.add_flushed(signal, files.clone(), through_seq) {
-                for file in &files {
-                    file.retire();
-                }
-                return Err(error);
-            }
+            state.catalog.apply_flushed(signal, files, through_seq);
             state.buffers[slot(signal)].drop_through(through_seq);
             self.update_gauges(&state, signal);
         }
@@ -552,13 +560,19 @@ impl Store {
             .await
             .map_err(|e| Error::Internal(format!("compaction task failed: {e}")))??;
             let inputs = merge.inputs;
-            let mut state = self.state.lock();
-            if let Err(error) = state.catalog.replace(signal, &inputs, outputs.clone()) {
+            // As in `flush`: committed outside the state lock, applied under it.
+            let image = self.state.lock().catalog.with_replaced(signal, &inputs, &outputs);
+            let committed = tokio::task::spawn_blocking(move || image.commit())
+                .await
+                .map_err(|e| Error::Internal(format!("manifest task failed: {e}")))?;
+            if let Err(error) = committed {
                 for output in &outputs {
                     output.retire();
                 }
                 return Err(error);
             }
+            let mut state = self.state.lock();
+            state.catalog.apply_replaced(signal, &inputs, outputs);
             self.update_gauges(&state, signal);
             let elapsed = started.elapsed();
             self.metrics.compaction_duration.observe(elapsed.as_secs_f64());

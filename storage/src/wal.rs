@@ -35,7 +35,7 @@ const MAX_GROUP_BYTES: usize = 64 * 1024 * 1024;
 
 /// A record read back from the log at start-up.
 #[derive(Debug)]
-pub struct WalRecord {
+pub(crate) struct WalRecord {
     pub signal: Signal,
     pub seq: u64,
     pub received_at_ns: i64,
@@ -43,14 +43,14 @@ pub struct WalRecord {
 }
 
 /// A record made durable by a group commit, handed to the store before the client hears back.
-pub struct DurableRecord {
+pub(crate) struct DurableRecord {
     pub signal: Signal,
     pub seq: u64,
     pub batch: RecordBatch,
 }
 
 /// Called by the WAL thread with each group of records right after their fsync.
-pub type DurableSink = Box<dyn FnMut(Vec<DurableRecord>) + Send>;
+pub(crate) type DurableSink = Box<dyn FnMut(Vec<DurableRecord>) + Send>;
 
 struct AppendRequest {
     signal: Signal,
@@ -70,7 +70,7 @@ enum Command {
 
 /// Handle to the WAL thread. Dropping every handle stops the thread after it drains its queue.
 #[derive(Clone)]
-pub struct Wal {
+pub(crate) struct Wal {
     sender: mpsc::Sender<Command>,
 }
 
@@ -104,7 +104,7 @@ fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
 
 /// Reads every intact record of the log, truncating a torn tail of the last segment so new
 /// records never follow garbage.
-pub fn replay(dir: &Path) -> Result<Vec<WalRecord>> {
+pub(crate) fn replay(dir: &Path) -> Result<Vec<WalRecord>> {
     fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let segments = list_segments(dir)?;
     let mut records = Vec::new();
@@ -200,7 +200,7 @@ struct ActiveSegment {
 impl Wal {
     /// Starts the WAL thread. `records` are the ones `replay` returned; new sequence numbers
     /// continue after `next_seq`.
-    pub fn start(dir: &Path, next_seq: u64, metrics: WalMetrics, sink: DurableSink) -> Result<Wal> {
+    pub(crate) fn start(dir: &Path, next_seq: u64, metrics: WalMetrics, sink: DurableSink) -> Result<Wal> {
         fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let mut sealed = Vec::new();
         let mut total = 0;
@@ -227,7 +227,13 @@ impl Wal {
     }
 
     /// Appends a record and waits until it is durable and visible in the store's buffers.
-    pub async fn append(&self, signal: Signal, received_at_ns: i64, payload: Bytes, batch: RecordBatch) -> Result<u64> {
+    pub(crate) async fn append(
+        &self,
+        signal: Signal,
+        received_at_ns: i64,
+        payload: Bytes,
+        batch: RecordBatch,
+    ) -> Result<u64> {
         let (reply, response) = oneshot::channel();
         let request = AppendRequest { signal, received_at_ns, payload, batch, reply };
         self.sender.send(Command::Append(request)).map_err(|_| Error::ShuttingDown)?;
@@ -235,7 +241,7 @@ impl Wal {
     }
 
     /// Lets the WAL drop segments holding only records below `below_seq` (already in Parquet).
-    pub fn truncate(&self, below_seq: u64) {
+    pub(crate) fn truncate(&self, below_seq: u64) {
         let _ = self.sender.send(Command::Truncate { below_seq });
     }
 }

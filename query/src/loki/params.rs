@@ -11,6 +11,9 @@
 //! points. Loki's limits apply: `limit` at most `max_entries_limit_per_query`, the range at
 //! most `max_query_length`, at most 11,000 points per series.
 
+// Client numbers are handled here: no silent truncation, sign loss or overflow.
+#![warn(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::arithmetic_side_effects)]
+
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -119,7 +122,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, ParamError> {
     let mut rest = text;
     while !rest.is_empty() {
         let digits = rest.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(rest.len());
-        let unit_end = rest[digits..].find(|c: char| c.is_ascii_digit()).map_or(rest.len(), |i| digits + i);
+        let unit_end =
+            rest[digits..].find(|c: char| c.is_ascii_digit()).map_or(rest.len(), |i| digits.saturating_add(i));
         let (number, unit) = (&rest[..digits], &rest[digits..unit_end]);
         let value: f64 = number.parse().map_err(|_| invalid())?;
         let unit_secs = match unit {
@@ -219,7 +223,8 @@ pub fn range_params(params: &Params, limits: &ParamLimits) -> Result<RangeParams
     if end_ns < start_ns {
         return Err(ParamError::new("end timestamp must not be before start time".into()));
     }
-    let length_ns = i128::from(end_ns) - i128::from(start_ns);
+    // Both fit an i64, so their difference fits an i128.
+    let length_ns = i128::from(end_ns).saturating_sub(i128::from(start_ns));
     let step = match first(params, "step") {
         Some(step) => parse_duration(step)?,
         // Loki's default: about 250 points, at least a second.
@@ -230,7 +235,8 @@ pub fn range_params(params: &Params, limits: &ParamLimits) -> Result<RangeParams
             "zero or negative query resolution step widths are not accepted. Try a positive integer".into(),
         ));
     }
-    if length_ns / i128::try_from(step.as_nanos()).unwrap_or(i128::MAX) > i128::from(MAX_POINTS) {
+    let step_ns = i128::try_from(step.as_nanos()).unwrap_or(i128::MAX).max(1);
+    if length_ns.checked_div(step_ns).unwrap_or(i128::MAX) > i128::from(MAX_POINTS) {
         return Err(ParamError::limit(
             "max_points",
             "exceeded maximum resolution of 11,000 points per timeseries. Try decreasing the query resolution (?step=XX)"
@@ -270,6 +276,7 @@ pub fn direction(params: &Params) -> Result<Direction, ParamError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
@@ -374,7 +381,7 @@ mod tests {
             if let Ok(range) = range_params(&params, &ParamLimits::default()) {
                 prop_assert!(range.start_ns <= range.end_ns);
                 prop_assert!(!range.step.is_zero());
-                let points = (i128::from(range.end_ns) - i128::from(range.start_ns)) / range.step.as_nanos() as i128;
+                let points = (i128::from(range.end_ns) - i128::from(range.start_ns)) / i128::try_from(range.step.as_nanos()).unwrap();
                 prop_assert!(points <= i128::from(MAX_POINTS));
                 prop_assert!(range.limit <= 5_000);
             }
