@@ -194,6 +194,9 @@ pub fn start_server(data_dir: &Path) -> (Child, String, String) {
             // to the store being measured.
             "--self-metrics-interval",
             "0",
+            // The corpus has a fixed clock (START_NS), which ages out of the accepted window.
+            "--max-record-age-secs",
+            "0",
         ])
         .arg("--data-dir")
         .arg(data_dir)
@@ -223,6 +226,18 @@ pub fn start_server(data_dir: &Path) -> (Child, String, String) {
 /// Sends rows `0..rows` as OTLP/HTTP protobuf batches of `batch_rows` from `clients` threads,
 /// retrying "retry later" answers. Returns the raw text bytes sent.
 pub fn send(corpus: &Arc<Corpus>, otlp_addr: &str, rows: u64, clients: u64, batch_rows: u64) -> u64 {
+    send_from(corpus, otlp_addr, 0, rows, clients, batch_rows)
+}
+
+/// [`send`] of rows `first_row..first_row + rows`.
+pub fn send_from(
+    corpus: &Arc<Corpus>,
+    otlp_addr: &str,
+    first_row: u64,
+    rows: u64,
+    clients: u64,
+    batch_rows: u64,
+) -> u64 {
     let next_batch = Arc::new(AtomicU64::new(0));
     let raw_bytes = Arc::new(AtomicU64::new(0));
     let workers: Vec<_> = (0..clients)
@@ -232,11 +247,12 @@ pub fn send(corpus: &Arc<Corpus>, otlp_addr: &str, rows: u64, clients: u64, batc
             std::thread::spawn(move || {
                 let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(120)).build().unwrap();
                 loop {
-                    let first = next_batch.fetch_add(1, Ordering::SeqCst) * batch_rows;
-                    if first >= rows {
+                    let offset = next_batch.fetch_add(1, Ordering::SeqCst) * batch_rows;
+                    if offset >= rows {
                         break;
                     }
-                    let (request, raw) = corpus.request(first, batch_rows.min(rows - first));
+                    let first = first_row + offset;
+                    let (request, raw) = corpus.request(first, batch_rows.min(rows - offset));
                     let body = request.encode_to_vec();
                     loop {
                         let response = client
