@@ -14,7 +14,8 @@
 //! - `convert`: OTLP requests to Arrow record batches; invalid records are counted, not stored.
 //! - `series`: the `series_id` of metric rows, a stable hash of their series identity.
 //! - `wal`: the write-ahead log, its group-commit thread and replay.
-//! - `store`: ingest, buffers, flush, compaction, snapshots and shutdown.
+//! - `store`: ingest, buffers, flush, snapshots and shutdown; runs compaction passes.
+//! - `compaction`: which files to merge, and the merge (streaming when the inputs are sorted).
 //! - `writer`: hour-partitioned, sorted Parquet files and their full-text indexes.
 //! - `catalog`: the manifest of files, and when replaced files may be deleted.
 //! - `fulltext`: the tantivy index over log bodies, and the same matching in memory.
@@ -22,6 +23,7 @@
 //! - `metrics`: the store's Prometheus self-metrics.
 
 mod catalog;
+mod compaction;
 mod config;
 mod convert;
 mod error;
