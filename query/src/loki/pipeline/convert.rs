@@ -1,5 +1,6 @@
 //! Go's conversions of label values, as Loki's answers follow them: `strconv.ParseFloat`,
-//! `time.ParseDuration` and humanize's `ParseBytes` (for label filters and `unwrap`), and `strconv.Quote`.
+//! `time.ParseDuration` and humanize's `ParseBytes` (for label filters and `unwrap`), and
+//! `strconv.Quote` (for error details).
 
 use logql::Unwrap;
 
@@ -141,7 +142,7 @@ pub(super) fn parse_go_bytes(text: &str) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::loki::pipeline::tests::{labels};
+    use crate::loki::pipeline::tests::labels;
 
     #[test]
     fn unwrap_value_converts_numbers_durations_and_bytes() {

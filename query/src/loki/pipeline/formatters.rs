@@ -1,4 +1,5 @@
-//! The formatter stages `label_format` and `decolorize`; `line_format` is a [`Template`] rendered in place.
+//! The formatter stages `label_format` and `decolorize`; `line_format` is a [`Template`] that
+//! `Pipeline::process` renders in place.
 
 use logql::LabelFormatValue;
 
@@ -24,7 +25,9 @@ pub(super) enum LabelFormatOp {
     Template(Template),
 }
 
-pub(super) fn compile_label_format(formats: &[logql::LabelFormat]) -> Result<Vec<(String, LabelFormatOp)>, PipelineError> {
+pub(super) fn compile_label_format(
+    formats: &[logql::LabelFormat],
+) -> Result<Vec<(String, LabelFormatOp)>, PipelineError> {
     let invalid = |message: String| PipelineError::InvalidStage { stage: "label_format", message };
     let mut compiled: Vec<(String, LabelFormatOp)> = Vec::new();
     for format in formats {
@@ -81,7 +84,6 @@ pub(super) fn label_format(formats: &[(String, LabelFormatOp)], labels: &mut Lab
 mod tests {
     use super::*;
     use crate::loki::pipeline::tests::{compile, labels, run};
-    use crate::loki::pipeline::{Pipeline, PipelineError};
 
     #[test]
     fn decolorize_strips_ansi_sequences() {

@@ -313,8 +313,7 @@ pub(super) fn follow_path<'j, 'a>(mut value: &'j Json<'a>, path: &[PathStep]) ->
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::loki::pipeline::tests::{run};
+    use crate::loki::pipeline::tests::run;
     use crate::loki::pipeline::{ERROR_LABEL, JSON_ERROR};
 
     #[test]

@@ -73,7 +73,6 @@ impl NamedMatcher {
 mod tests {
     use super::*;
     use crate::loki::pipeline::tests::{labels, run};
-    use crate::loki::pipeline::{ERROR_DETAILS_LABEL, ERROR_LABEL};
 
     #[test]
     fn drop_and_keep_with_matchers() {

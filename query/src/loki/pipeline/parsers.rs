@@ -1,4 +1,5 @@
-//! The parser stages, which extract labels from the line: `json`, `logfmt`, `regexp`, `pattern` and `unpack`.
+//! The parser stages, which extract labels from the line: `json`, `logfmt`, `regexp`, `pattern`
+//! and `unpack`.
 
 use std::borrow::Cow;
 
