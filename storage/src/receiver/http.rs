@@ -67,13 +67,12 @@ fn request_encoding(headers: &HeaderMap) -> Result<Encoding, Error> {
 /// [`read_limited`]).
 const DRAIN_MAX_BYTES: usize = 64 * 1024 * 1024;
 
-/// Reads the body within `limit` bytes, then undoes its `Content-Encoding` within `limit` too.
+/// Reads the body within `limit` bytes, as it arrived (still compressed).
 async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, Error> {
-    let raw = read_limited(headers, body, limit, DRAIN_MAX_BYTES).await.map_err(|error| match error {
+    read_limited(headers, body, limit, DRAIN_MAX_BYTES).await.map_err(|error| match error {
         BodyError::Read(e) => Error::InvalidRequest(format!("could not read the request body: {e}")),
         BodyError::TooLarge { limit_bytes, actual_bytes } => Error::RequestTooLarge { limit_bytes, actual_bytes },
-    })?;
-    decode_body(headers, raw, limit)
+    })
 }
 
 /// Undoes the `Content-Encoding` of a body, within the size limit.
@@ -109,11 +108,20 @@ async fn export(State(store): State<Arc<Store>>, signal: Signal, headers: Header
     let encoding = request_encoding(&headers).unwrap_or(Encoding::Json);
     let result = async {
         let encoding = request_encoding(&headers)?;
-        let bytes = read_body(&headers, body, store.config().max_request_bytes).await?;
-        let (request, raw) = match encoding {
-            Encoding::Protobuf => (OtlpRequest::decode_protobuf(signal, &bytes)?, Some(bytes)),
-            Encoding::Json => (OtlpRequest::decode_json(signal, &bytes)?, None),
-        };
+        let limit = store.config().max_request_bytes;
+        let compressed = read_body(&headers, body, limit).await?;
+        // Inflating and decoding up to 20 MiB is CPU work: off the async workers, which
+        // acknowledge every other request.
+        let headers = headers.clone();
+        let (request, raw) = tokio::task::spawn_blocking(move || -> Result<_, Error> {
+            let bytes = decode_body(&headers, compressed, limit)?;
+            Ok(match encoding {
+                Encoding::Protobuf => (OtlpRequest::decode_protobuf(signal, &bytes)?, Some(bytes)),
+                Encoding::Json => (OtlpRequest::decode_json(signal, &bytes)?, None),
+            })
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("decoding task failed: {e}")))??;
         store.ingest(request, raw).await
     }
     .await;
@@ -218,7 +226,8 @@ mod tests {
         assert!(bomb.len() < 64 * 1024);
         let mut headers = HeaderMap::new();
         headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-        let error = read_body(&headers, Body::from(bomb), 1024 * 1024).await.unwrap_err();
+        let compressed = read_body(&headers, Body::from(bomb), 1024 * 1024).await.expect("small on the wire");
+        let error = decode_body(&headers, compressed, 1024 * 1024).unwrap_err();
         assert!(matches!(error, Error::RequestTooLarge { .. }), "{error}");
     }
 
@@ -230,7 +239,8 @@ mod tests {
 
         let mut headers = HeaderMap::new();
         headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-        let error = read_body(&headers, Body::from(&b"not gzip"[..]), 1024).await.unwrap_err();
+        let compressed = read_body(&headers, Body::from(&b"not gzip"[..]), 1024).await.expect("read");
+        let error = decode_body(&headers, compressed, 1024).unwrap_err();
         assert_eq!(error.class(), ErrorClass::BadRequest, "{error}");
     }
 }
