@@ -1,0 +1,1 @@
+EXPLAIN SELECT * FROM logs WHERE k8s_namespace_name IN (SELECT k8s_namespace_name FROM logs WHERE regexp_like(body, '^E') AND attributes['user'] IS NOT NULL) AND NOT (body IS NULL OR length(body) > 10)

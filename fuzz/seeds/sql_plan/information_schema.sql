@@ -1,0 +1,1 @@
+SELECT table_name, column_name, data_type FROM information_schema.columns WHERE table_schema = 'public' UNION ALL SELECT 'x', 'y', 'z'

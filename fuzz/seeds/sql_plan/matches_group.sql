@@ -1,0 +1,1 @@
+SELECT k8s_pod_name, count(*) FROM logs WHERE matches(body, 'error') GROUP BY 1

@@ -1,0 +1,1 @@
+SELECT metric_name, date_bin(INTERVAL '1 minute', timestamp) AS t, avg(value) OVER (PARTITION BY metric_name ORDER BY timestamp ROWS 3 PRECEDING) FROM metrics WHERE metric_name LIKE 'http_%'

@@ -1,0 +1,1 @@
+WITH slow AS (SELECT trace_id, max(duration_ns) AS d FROM spans GROUP BY trace_id HAVING max(duration_ns) > 1000000) SELECT s.service_name, count(DISTINCT s.trace_id) FROM spans s JOIN slow USING (trace_id) GROUP BY 1 ORDER BY 2 DESC

@@ -1,0 +1,1 @@
+SELECT timestamp, severity_text, body FROM logs WHERE timestamp > now() - INTERVAL '1 hour' AND contains_text(body, 'panic') ORDER BY timestamp DESC LIMIT 100
