@@ -113,38 +113,40 @@ const GUARDED_PARSERS: [&str; 3] = ["/logql-parser-", "/promql-parser-", "/sqlpa
 
 /// libFuzzer's panic hook aborts on every panic, even one that is caught. A query parser's panic
 /// is caught by design: `depth::parse_guarded` answers it as a bad query (400), so it is not a
-/// crash of Wake. This hook lets a panic unwind when it was raised in one of those parsers' own
-/// code and `parse_guarded` is on the stack; it prints a note (once per location) so that it is
-/// still reported. Every other panic aborts as before, and so does a tolerated one that nothing
-/// caught (libFuzzer aborts when a panic reaches it). Call it from `init:` (after libFuzzer set
-/// its hook).
+/// crash of Wake. This hook lets a panic unwind when the innermost frame outside the standard
+/// library that raised it is one of those parsers' code and `parse_guarded` is on the stack; it
+/// prints a note (once per location) so that it is still reported. Every other panic aborts as
+/// before, and so does a tolerated one that nothing caught (libFuzzer aborts when a panic reaches
+/// it). Call it from `init:` (after libFuzzer set its hook).
 pub fn tolerate_parser_panics() {
     let previous = std::panic::take_hook();
     let noted = std::sync::Mutex::new(std::collections::HashSet::<String>::new());
     std::panic::set_hook(Box::new(move |info| {
-        let location = info.location().map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
-        let in_parser = location.as_deref().is_some_and(|l| GUARDED_PARSERS.iter().any(|p| l.contains(p)));
-        if in_parser {
-            let backtrace = std::backtrace::Backtrace::force_capture().to_string();
-            if backtrace.contains("depth::parse_guarded") {
-                let location = location.unwrap_or_default();
-                if noted.lock().unwrap_or_else(|e| e.into_inner()).insert(location.clone()) {
-                    let message = info
-                        .payload()
-                        .downcast_ref::<&str>()
-                        .map(|s| (*s).to_string())
-                        .or_else(|| info.payload().downcast_ref::<String>().cloned())
-                        .unwrap_or_default();
-                    let input = CURRENT_INPUT.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                    eprintln!(
-                        "wake-fuzz: tolerated parser panic (caught by depth::parse_guarded) at {location}: \
-                         {message}; input: {:?}",
-                        String::from_utf8_lossy(&input)
-                    );
-                }
-                return;
+        let backtrace = std::backtrace::Backtrace::force_capture().to_string();
+        if let Some(raiser) = guarded_parser_frame(&backtrace) {
+            if noted.lock().unwrap_or_else(|e| e.into_inner()).insert(raiser.clone()) {
+                let input = CURRENT_INPUT.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                eprintln!(
+                    "wake-fuzz: tolerated parser panic (caught by depth::parse_guarded) in {raiser}: {info}; input: {:?}",
+                    String::from_utf8_lossy(&input)
+                );
             }
+            return;
         }
         previous(info)
     }));
+}
+
+/// The source location (`file:line:col`) of the innermost frame outside the standard library
+/// below the panic machinery, if it is a guarded parser's and `parse_guarded` is further up.
+fn guarded_parser_frame(backtrace: &str) -> Option<String> {
+    if !backtrace.contains("depth::parse_guarded") {
+        return None;
+    }
+    let lines: Vec<&str> = backtrace.lines().map(str::trim).collect();
+    let unwind = lines.iter().position(|l| l.contains("rust_begin_unwind") || l.contains("begin_panic"))?;
+    let raiser = lines[unwind..].iter().filter_map(|l| l.strip_prefix("at ")).find(|path| {
+        !path.starts_with("/rustc/") && !path.contains("/library/std/") && !path.contains("/library/core/")
+    })?;
+    GUARDED_PARSERS.iter().any(|p| raiser.contains(p)).then(|| raiser.to_string())
 }

@@ -20,7 +20,8 @@ struct Setup {
     _dir: tempfile::TempDir,
 }
 
-/// Flushed to Parquet, then buffered: the otlp_json target's seeds.
+/// Flushed to Parquet, then buffered: the otlp_json target's seeds (after their first byte, which
+/// picks the signal there).
 const FLUSHED: [(Signal, &[u8]); 3] = [
     (Signal::Logs, include_bytes!("../seeds/otlp_json/logs_plain.json")),
     (Signal::Metrics, include_bytes!("../seeds/otlp_json/metrics_gauge_sum.json")),
@@ -46,12 +47,12 @@ static SETUP: LazyLock<Setup> = LazyLock::new(|| {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
     runtime.block_on(async {
         for (signal, json) in FLUSHED {
-            let request = OtlpRequest::decode_json(signal, json).expect("a seed decodes");
+            let request = OtlpRequest::decode_json(signal, &json[1..]).expect("a seed decodes");
             store.ingest(request, None).await.expect("a seed is ingested");
         }
         store.flush_all().await.expect("the store flushes");
         for (signal, json) in BUFFERED {
-            let request = OtlpRequest::decode_json(signal, json).expect("a seed decodes");
+            let request = OtlpRequest::decode_json(signal, &json[1..]).expect("a seed decodes");
             store.ingest(request, None).await.expect("a seed is ingested");
         }
     });

@@ -110,7 +110,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, ParamError> {
         if seconds > MAX_DURATION.as_secs_f64() {
             return Err(out_of_range());
         }
-        Duration::try_from_secs_f64(seconds).map_err(|_| out_of_range())
+        // Compared again as a Duration: near the bound, the f64 comparison rounds.
+        Duration::try_from_secs_f64(seconds).ok().filter(|duration| *duration <= MAX_DURATION).ok_or_else(out_of_range)
     };
     if let Ok(seconds) = text.parse::<f64>() {
         return checked(seconds);
@@ -321,6 +322,9 @@ mod tests {
             assert!(parse_duration(text).is_err(), "{text}");
         }
         assert_eq!(parse_duration("292y").unwrap(), Duration::from_secs(292 * 365 * 86400));
+        // Found by fuzzing: rounds to the bound as an f64, lies past it as a Duration.
+        assert!(parse_duration("9223372036.854776").is_err());
+        assert!(parse_duration("9223372036.854775").is_ok_and(|d| d <= MAX_DURATION));
     }
 
     #[test]
