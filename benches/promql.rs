@@ -27,7 +27,11 @@
 //! `cargo bench --bench promql` (env: WAKE_BENCH_HOURS, default 24; WAKE_BENCH_RUNS, default
 //! 5; WAKE_BENCH_DATA_DIR to keep or reuse both servers' data: `<dir>/wake` and
 //! `<dir>/prometheus`, reused without loading again when `<dir>/promql-bench.json` exists;
-//! WAKE_BENCH_PROMETHEUS, default `prometheus`).
+//! WAKE_BENCH_PROMETHEUS, default `prometheus`; WAKE_BENCH_LOAD_ONLY=1 loads Wake alone, waits
+//! for its compactions and stops: the backfill measurement, `WAKE_BENCH_HOURS=168` for a week).
+//!
+//! Wake's peak RSS (`VmHWM`) is printed once its load is acknowledged, once flushed, and once
+//! compacted: a remote-write backfill must fit the server's memory bound.
 
 mod common;
 
@@ -379,6 +383,13 @@ fn wait_ready(child: &mut Child, addr: &str) {
     }
 }
 
+fn print_peak_rss(wake: &Child, after: &str) {
+    match common::peak_rss_bytes(wake) {
+        Some(bytes) => println!("Wake peak RSS once {after}: {:.0} MiB", bytes as f64 / (1024.0 * 1024.0)),
+        None => println!("Wake peak RSS once {after}: unknown"),
+    }
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -423,6 +434,7 @@ fn main() {
         return;
     }
     let hours = env_u64("WAKE_BENCH_HOURS", 24) as i64;
+    let load_only = env_u64("WAKE_BENCH_LOAD_ONLY", 0) == 1;
     let runs = env_u64("WAKE_BENCH_RUNS", 5) as usize;
     let temporary = tempfile::tempdir().expect("tempdir");
     let root = std::env::var_os("WAKE_BENCH_DATA_DIR").map(PathBuf::from).unwrap_or_else(|| temporary.path().into());
@@ -432,7 +444,7 @@ fn main() {
     let meta: Option<Value> = std::fs::read(&meta_path).ok().and_then(|b| serde_json::from_slice(&b).ok());
     let client = Client::builder().timeout(Duration::from_secs(1800)).build().expect("client");
 
-    let (mut prometheus, prometheus_addr) = start_prometheus(&prometheus_dir);
+    let mut prometheus = (!load_only).then(|| start_prometheus(&prometheus_dir));
     let (mut wake, _otlp, wake_addr) = common::start_server(&wake_dir);
 
     let (end_ms, hours) = if let Some(meta) = &meta {
@@ -466,21 +478,26 @@ fn main() {
             started.elapsed().as_secs_f64()
         );
 
-        let started = Instant::now();
-        let problems = load(&client, &format!("http://{prometheus_addr}/api/v1/write"), &shards);
-        let prometheus_load = started.elapsed().as_secs_f64();
-        println!(
-            "Prometheus: loaded in {prometheus_load:.1} s ({:.0} samples/s), {} refused requests",
-            samples as f64 / prometheus_load,
-            problems.len()
-        );
-        for problem in problems.iter().take(5) {
-            println!("  WARNING Prometheus refused {problem}");
+        let mut prometheus_load = None;
+        if let Some((_, prometheus_addr)) = &prometheus {
+            let started = Instant::now();
+            let problems = load(&client, &format!("http://{prometheus_addr}/api/v1/write"), &shards);
+            let seconds = started.elapsed().as_secs_f64();
+            println!(
+                "Prometheus: loaded in {seconds:.1} s ({:.0} samples/s), {} refused requests",
+                samples as f64 / seconds,
+                problems.len()
+            );
+            for problem in problems.iter().take(5) {
+                println!("  WARNING Prometheus refused {problem}");
+            }
+            prometheus_load = Some(seconds);
         }
 
         let started = Instant::now();
         let problems = load(&client, &format!("http://{wake_addr}/api/v1/write"), &shards);
         let acknowledged = started.elapsed().as_secs_f64();
+        print_peak_rss(&wake, "load acknowledged");
         let flush = client.post(format!("http://{wake_addr}/api/v1/admin/flush")).send().expect("flush");
         assert!(flush.status().is_success(), "flush: {:?}", flush.text());
         let wake_load = started.elapsed().as_secs_f64();
@@ -493,6 +510,7 @@ fn main() {
         for problem in problems.iter().take(5) {
             println!("  WARNING Wake refused {problem}");
         }
+        print_peak_rss(&wake, "flushed");
         drop(shards);
         let meta = serde_json::json!({
             "end_ms": end_ms,
@@ -505,6 +523,12 @@ fn main() {
         (end_ms, hours)
     };
     wait_for_compaction(&client, &wake_addr);
+    print_peak_rss(&wake, "compacted");
+    let Some((mut prometheus, prometheus_addr)) = prometheus.take() else {
+        println!("Wake on disk: {:.0} MB ({SERIES} series, {hours} h at 15 s)", dir_size(&wake_dir) as f64 / 1e6);
+        common::terminate(&mut wake);
+        return;
+    };
     println!(
         "on disk: Prometheus {:.0} MB, Wake {:.0} MB ({SERIES} series, {hours} h at 15 s)",
         dir_size(&prometheus_dir.join("data")) as f64 / 1e6,

@@ -5,6 +5,8 @@
 #   scripts/fuzz.sh                          # every target, 60 s each
 #   scripts/fuzz.sh remote_write otlp_json   # just these
 #   SECONDS_PER_TARGET=600 nice -n 19 scripts/fuzz.sh
+#   SECONDS_PER_TARGET=1800 RUNS_PER_TARGET=10000000 scripts/fuzz.sh   # the hardening campaign:
+#                                            # 10 million executions or 30 minutes, whichever first
 #
 # Needs the nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz`). CARGO_TARGET_DIR
 # defaults to /var/tmp/wake-fuzz-target (the targets build with sanitizers: keep them apart
@@ -18,6 +20,8 @@ repo="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$repo"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/wake-fuzz-target}"
 seconds="${SECONDS_PER_TARGET:-60}"
+# -1: no bound on executions, only on time (libFuzzer's -runs).
+runs="${RUNS_PER_TARGET:--1}"
 
 all_targets=$(cargo +nightly fuzz list --fuzz-dir fuzz)
 if [ $# -gt 0 ]; then
@@ -45,8 +49,9 @@ for target in "${targets[@]}"; do
     echo "== $target: ${seconds}s, log in $log"
     status=0
     cargo +nightly fuzz run --fuzz-dir fuzz "$target" "fuzz/corpus/$target" "fuzz/seeds/$target" -- \
-        -max_total_time="$seconds" -rss_limit_mb=4096 -print_final_stats=1 >"$log" 2>&1 || status=$?
+        -max_total_time="$seconds" -runs="$runs" -rss_limit_mb=4096 -print_final_stats=1 >"$log" 2>&1 || status=$?
     executions=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
+    elapsed=$(sed -n 's/.*Done [0-9]* runs in \([0-9]*\) second.*/\1/p' "$log" | tail -n 1)
     if [ "$status" -eq 0 ]; then
         result="ok"
     else
@@ -55,7 +60,7 @@ for target in "${targets[@]}"; do
         grep -E "^(thread '.*' panicked|==[0-9]+==ERROR|SUMMARY|artifact_prefix|Test unit written)" "$log" | head -n 8 >&2 || true
         grep -A3 "panicked at" "$log" | head -n 8 >&2 || true
     fi
-    summary+=("$(printf '%-24s %12s executions  %s' "$target" "${executions:-?}" "$result")")
+    summary+=("$(printf '%-24s %12s executions %6s s  %s' "$target" "${executions:-?}" "${elapsed:-?}" "$result")")
     echo "${summary[-1]}"
 done
 

@@ -2,10 +2,11 @@
 //! table, `wake logs` prints log lines through the Loki API (LogQL or a plain search string).
 
 use std::io::{IsTerminal, Write};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde_json::Value;
+use wake_collector::time::now_ns;
 
 /// Flags of `wake sql`.
 #[derive(clap::Args, Debug)]
@@ -37,7 +38,7 @@ pub struct LogsArgs {
     #[arg(long, env = "WAKE_URL", default_value = "http://127.0.0.1:4380")]
     pub url: String,
     /// How far back to look, e.g. 15m, 2h, 7d.
-    #[arg(long, default_value = "1h", value_parser = wake_collector::config::parse_duration)]
+    #[arg(long, default_value = "1h", value_parser = wake_collector::time::parse_duration_or_seconds)]
     pub since: Duration,
     /// Start of the range (RFC 3339, or Unix seconds/nanoseconds); overrides --since.
     #[arg(long)]
@@ -150,10 +151,6 @@ pub fn logql_for(text: &str) -> String {
         query.push_str(&format!(" |= \"{}\"", word.replace('\\', "\\\\").replace('"', "\\\"")));
     }
     query
-}
-
-fn now_ns() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
 }
 
 /// One printed log line: (time ns, labels, line).

@@ -58,7 +58,7 @@ pub struct ServerArgs {
     pub max_record_future_secs: Option<u64>,
     /// How often the server stores its own /metrics in itself (job="wake-server"), e.g. 15s;
     /// 0 disables [default: 15s].
-    #[arg(long, env = "WAKE_SELF_METRICS_INTERVAL", value_parser = wake_collector::config::parse_duration)]
+    #[arg(long, env = "WAKE_SELF_METRICS_INTERVAL", value_parser = wake_collector::time::parse_duration_or_seconds)]
     pub self_metrics_interval: Option<std::time::Duration>,
 }
 
@@ -70,7 +70,7 @@ pub struct ServerConfig {
     pub otlp_http_addr: SocketAddr,
     pub http_addr: SocketAddr,
     /// How often the server's own metrics are ingested into the store; 0 disables.
-    #[serde(deserialize_with = "wake_collector::config::deserialize_duration")]
+    #[serde(deserialize_with = "wake_collector::time::deserialize_duration")]
     pub self_metrics_interval: std::time::Duration,
     pub store: StoreConfig,
     /// The query engine's resources and the limits of every query API.
@@ -180,11 +180,11 @@ pub struct AgentArgs {
     #[arg(long, env = "WAKE_EXCLUDE_CONTAINERS", value_delimiter = ',')]
     pub exclude_containers: Option<Vec<String>>,
     /// How often cgroup metrics are read, e.g. 10s [default: 10s].
-    #[arg(long, env = "WAKE_METRICS_INTERVAL", value_parser = wake_collector::config::parse_duration)]
+    #[arg(long, env = "WAKE_METRICS_INTERVAL", value_parser = wake_collector::time::parse_duration_or_seconds)]
     pub metrics_interval: Option<std::time::Duration>,
     /// How often the agent sends its own /metrics to the store (job="wake-agent"), e.g. 15s;
     /// 0 disables [default: 15s].
-    #[arg(long, env = "WAKE_SELF_METRICS_INTERVAL", value_parser = wake_collector::config::parse_duration)]
+    #[arg(long, env = "WAKE_SELF_METRICS_INTERVAL", value_parser = wake_collector::time::parse_duration_or_seconds)]
     pub self_metrics_interval: Option<std::time::Duration>,
     /// The agent's /metrics and /healthz [default: 0.0.0.0:4390].
     #[arg(long, env = "WAKE_HTTP_ADDR")]
@@ -196,10 +196,10 @@ pub struct AgentArgs {
     #[arg(long, env = "WAKE_BATCH_MAX_BYTES")]
     pub batch_max_bytes: Option<usize>,
     /// ...or this long after its first record [default: 1s].
-    #[arg(long, env = "WAKE_BATCH_TIMEOUT", value_parser = wake_collector::config::parse_duration)]
+    #[arg(long, env = "WAKE_BATCH_TIMEOUT", value_parser = wake_collector::time::parse_duration_or_seconds)]
     pub batch_timeout: Option<std::time::Duration>,
     /// A renamed or deleted file is released this long after its last byte was read [default: 5s].
-    #[arg(long, env = "WAKE_RELEASE_AFTER", value_parser = wake_collector::config::parse_duration)]
+    #[arg(long, env = "WAKE_RELEASE_AFTER", value_parser = wake_collector::time::parse_duration_or_seconds)]
     pub release_after: Option<std::time::Duration>,
 }
 

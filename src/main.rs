@@ -12,6 +12,21 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+/// See the dependency's comment in Cargo.toml: freed memory goes back to the system.
+#[cfg(all(target_os = "linux", not(target_env = "musl")))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's options, read once at its start (`_RJEM_MALLOC_CONF` in the environment
+/// overrides them). Flushes and merges free hundreds of MB a second; jemalloc's default keeps
+/// freed pages for 10 s, which put the day-long remote-write backfill at 1,387 MiB of RSS,
+/// against 991 MiB when they go back after 1 s (and at once from the "muzzy" state).
+#[cfg(all(target_os = "linux", not(target_env = "musl")))]
+// The one exported symbol of the binary, a C string jemalloc looks up by name.
+#[allow(unsafe_code)]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static JEMALLOC_OPTIONS: &u8 = &b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0"[0];
+
 #[derive(Parser)]
 #[command(name = "wake", version, about = "Keeps container logs, metrics and traces after the containers are gone")]
 struct Cli {

@@ -15,6 +15,7 @@ use prometheus::{Encoder, Registry, TextEncoder};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
+use wake_collector::time::now_unix_nano;
 use wake_query::QueryEngine;
 use wake_storage::{OtlpRequest, Store};
 
@@ -64,10 +65,6 @@ fn admin_router(state: AdminState) -> Router {
         .with_state(state)
 }
 
-fn unix_nanos() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
-}
-
 /// Stores the server's own metrics (the registry behind `/metrics`) in the store every
 /// `interval`, under `service.name=wake-server` (`job="wake-server"` in PromQL), so that a
 /// dashboard of the pipeline needs no Prometheus. Ends when `stop` turns true.
@@ -92,7 +89,7 @@ async fn store_self_metrics(
             _ = ticker.tick() => {}
             _ = stop.wait_for(|stopped| *stopped) => return,
         }
-        let request = wake_collector::registry_to_otlp(&registry, resource.clone(), unix_nanos(), start_ns);
+        let request = wake_collector::registry_to_otlp(&registry, resource.clone(), now_unix_nano(), start_ns);
         if request.resource_metrics.is_empty() {
             continue;
         }
@@ -132,7 +129,7 @@ pub async fn shutdown_signal() {
 }
 
 pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
-    let start_ns = unix_nanos();
+    let start_ns = now_unix_nano();
     let registry = Registry::new();
     let store_config = config.store.clone();
     let store_registry = registry.clone();

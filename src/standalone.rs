@@ -42,7 +42,7 @@ pub struct StandaloneArgs {
     #[arg(long, env = "WAKE_NODE_NAME")]
     pub node_name: Option<String>,
     /// How often cgroup metrics are read, e.g. 10s [default: 10s].
-    #[arg(long, env = "WAKE_METRICS_INTERVAL", value_parser = wake_collector::config::parse_duration)]
+    #[arg(long, env = "WAKE_METRICS_INTERVAL", value_parser = wake_collector::time::parse_duration_or_seconds)]
     pub metrics_interval: Option<Duration>,
 }
 

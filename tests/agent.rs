@@ -259,7 +259,12 @@ fn docker_json_file_logs_keep_identity_and_join_their_cgroup_metrics() {
              FROM metrics WHERE metric_name = '{name}' ORDER BY timestamp DESC LIMIT 1"
         ))
     };
-    server.wait_for_count("SELECT count(*) FROM metrics WHERE metric_name = 'container.memory.working_set'", 1, WAIT);
+    // Scraped every second: by now there may be more than one.
+    server.wait_for_count_at_least(
+        "SELECT count(*) FROM metrics WHERE metric_name = 'container.memory.working_set'",
+        1,
+        WAIT,
+    );
     let joined = |value: Value| {
         vec![vec![
             value,

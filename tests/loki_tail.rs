@@ -1,13 +1,14 @@
 //! Loki's live tail, `GET /loki/api/v1/tail` over WebSocket, as Grafana's Explore "Live" mode and
 //! `logcli --tail` use it: the past lines first (`start`, `limit`), then new lines as they are
 //! sent, each exactly once and in order, with their stream labels; line filters apply; a metric
-//! query or a bad parameter is a 400 before the upgrade.
+//! query or a bad parameter is a 400 before the upgrade, and a tail beyond
+//! `query.max_concurrent_tail_requests` a 429 with `Retry-After`.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{WakeServer, attribute, now_ns, string_value};
+use common::{WakeServer, attribute, now_ns, string_value, wait_until};
 use futures::StreamExt;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
@@ -81,6 +82,14 @@ struct Line {
     line: String,
 }
 
+/// A tail refused before the upgrade: what the server answered instead.
+#[derive(Debug)]
+struct Refusal {
+    status: u16,
+    headers: tungstenite::http::HeaderMap,
+    body: String,
+}
+
 /// A tail connection, driven from blocking test code.
 struct Tail {
     runtime: tokio::runtime::Runtime,
@@ -93,22 +102,27 @@ fn tail_url(server: &WakeServer, params: &[(&str, &str)]) -> String {
 }
 
 impl Tail {
-    /// Connects, or returns the status and body of the refusal.
-    fn try_connect(server: &WakeServer, params: &[(&str, &str)]) -> Result<Tail, (u16, String)> {
+    /// Connects, or returns what the server answered instead of the upgrade.
+    fn try_connect(server: &WakeServer, params: &[(&str, &str)]) -> Result<Tail, Box<Refusal>> {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         let url = tail_url(server, params);
         match runtime.block_on(tokio_tungstenite::connect_async(url.as_str())) {
             Ok((socket, _)) => Ok(Tail { runtime, socket }),
             Err(tungstenite::Error::Http(response)) => {
                 let body = response.body().as_deref().map(|b| String::from_utf8_lossy(b).into_owned());
-                Err((response.status().as_u16(), body.unwrap_or_default()))
+                Err(Box::new(Refusal {
+                    status: response.status().as_u16(),
+                    headers: response.headers().clone(),
+                    body: body.unwrap_or_default(),
+                }))
             }
             Err(error) => panic!("connecting to {url}: {error}\nserver log tail:\n{}", server.log_tail()),
         }
     }
 
     fn connect(server: &WakeServer, params: &[(&str, &str)]) -> Tail {
-        Tail::try_connect(server, params).unwrap_or_else(|(status, body)| panic!("tail {params:?}: {status} {body}"))
+        Tail::try_connect(server, params)
+            .unwrap_or_else(|refusal| panic!("tail {params:?}: {refusal:?}\nserver log tail:\n{}", server.log_tail()))
     }
 
     /// The next message's lines, or `None` when nothing came within `timeout`.
@@ -280,8 +294,8 @@ fn tail_filters_lines_and_refuses_bad_requests_before_the_upgrade() {
         (vec![("query", r#"{service_name="filtered"}"#), ("limit", "x")], "limit"),
         (vec![], "query"),
     ] {
-        match Tail::try_connect(&server, &params) {
-            Err((status, body)) => {
+        match Tail::try_connect(&server, &params).map_err(|refusal| *refusal) {
+            Err(Refusal { status, body, .. }) => {
                 assert_eq!(status, 400, "{params:?}: {body}");
                 assert!(body.contains(message), "{params:?}: {body}");
             }
@@ -292,4 +306,71 @@ fn tail_filters_lines_and_refuses_bad_requests_before_the_upgrade() {
     let url = tail_url(&server, &[("query", r#"{service_name="filtered"}"#)]).replacen("ws://", "http://", 1);
     let status = server.client().get(url).send().expect("GET").status();
     assert!(status.is_client_error(), "{status}");
+}
+
+/// `wake_query_limit_hits_total{api, limit}` as the server's `/metrics` shows it.
+fn limit_hits(server: &WakeServer, api: &str, limit: &str) -> f64 {
+    let metrics = server.client().get(server.api_url("/metrics")).send().expect("/metrics").text().unwrap_or_default();
+    let wanted = format!("wake_query_limit_hits_total{{api=\"{api}\",limit=\"{limit}\"}} ");
+    metrics.lines().find_map(|line| line.strip_prefix(&wanted)).and_then(|v| v.trim().parse().ok()).unwrap_or(0.0)
+}
+
+/// Asserts that a tail was refused as Loki refuses one too many: a plain-text 429 that says so,
+/// with `Retry-After`.
+fn assert_too_many_tails(refused: Result<Tail, Box<Refusal>>, server: &WakeServer) {
+    let Err(refusal) = refused else { panic!("a tail beyond the limit was accepted\n{}", server.log_tail()) };
+    assert_eq!(refusal.status, 429, "{refusal:?}");
+    assert_eq!(refusal.headers.get("retry-after").and_then(|v| v.to_str().ok()), Some("1"), "{refusal:?}");
+    let content_type = refusal.headers.get("content-type").and_then(|v| v.to_str().ok());
+    assert_eq!(content_type, Some("text/plain; charset=utf-8"), "{refusal:?}");
+    assert_eq!(
+        refusal.body,
+        "max concurrent tail requests limit exceeded, count > limit (3 > 2) (query.max_concurrent_tail_requests)"
+    );
+}
+
+#[test]
+fn tails_beyond_max_concurrent_tail_requests_get_429_until_one_closes() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("wake.yaml");
+    std::fs::write(&config, "query:\n  max_concurrent_tail_requests: 2\n").expect("writing the config");
+    let server = WakeServer::start(&dir.path().join("data"), &["--config", config.to_str().expect("utf-8 path")]);
+    let params = [("query", r#"{service_name="busy"}"#)];
+
+    let first = Tail::connect(&server, &params);
+    let mut second = Tail::connect(&server, &params);
+    assert_too_many_tails(Tail::try_connect(&server, &params), &server);
+    assert_eq!(limit_hits(&server, "loki", "max_concurrent_tail_requests"), 1.0);
+    // A bad request is still answered for what it is, and takes no place.
+    let bad = Tail::try_connect(&server, &[("query", r#"{service_name="busy""#)]).err().expect("a parse error");
+    assert_eq!(bad.status, 400, "{bad:?}");
+    // The open tails go on tailing.
+    let t0 = now_ns();
+    send(&server, "busy", &[(t0, "while full")]);
+    assert_eq!(texts(&second.lines(1, ARRIVAL)), ["while full"]);
+
+    // A closed tail frees its place once the server has read the close frame, which it does
+    // between two polls: a second at most, so the retries are bounded.
+    first.close();
+    let mut third = None;
+    wait_until(ARRIVAL, "the closed tail's place", || match Tail::try_connect(&server, &params) {
+        Ok(tail) => {
+            third = Some(tail);
+            true
+        }
+        Err(refusal) if refusal.status == 429 => false,
+        Err(refusal) => panic!("{refusal:?}\n{}", server.log_tail()),
+    });
+    let mut third = third.expect("a third tail");
+    let t1 = now_ns();
+    send(&server, "busy", &[(t1, "after a close")]);
+    // The past hour first, as any tail: the line sent while the limit was reached.
+    assert_eq!(texts(&third.lines(2, ARRIVAL)), ["while full", "after a close"]);
+    assert_eq!(texts(&second.lines(1, ARRIVAL)), ["after a close"]);
+    // Two are open again: the limit still holds.
+    let hits_before = limit_hits(&server, "loki", "max_concurrent_tail_requests");
+    assert_too_many_tails(Tail::try_connect(&server, &params), &server);
+    assert_eq!(limit_hits(&server, "loki", "max_concurrent_tail_requests"), hits_before + 1.0);
+    second.close();
+    third.close();
 }

@@ -284,3 +284,11 @@ pub fn terminate(server: &mut Child) {
     let _ = Command::new("kill").arg("-TERM").arg(server.id().to_string()).status();
     let _ = server.wait();
 }
+
+/// The highest resident set size the process has had so far (`VmHWM`), in bytes; `None` once
+/// it has exited or where `/proc` does not say.
+pub fn peak_rss_bytes(process: &Child) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", process.id())).ok()?;
+    let kib = status.lines().find_map(|line| line.strip_prefix("VmHWM:"))?.trim().strip_suffix("kB")?.trim();
+    kib.parse::<u64>().ok().map(|kib| kib * 1024)
+}

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
@@ -39,6 +39,7 @@ use crate::export::{ExportError, ExportMetrics, Exporter};
 use crate::identity::{ContainerIdentity, bool_attribute, string_attribute};
 use crate::self_metrics::{host_name, registry_to_otlp};
 use crate::tail::{FileState, TailedRecord, Tailer};
+use crate::time::now_unix_nano;
 
 const SCOPE_NAME: &str = "wake.agent";
 /// Bytes a reader takes from one file before turning to the next, so one busy container does
@@ -153,10 +154,6 @@ impl LogBatch {
             .collect();
         ExportLogsServiceRequest { resource_logs }
     }
-}
-
-fn now_unix_nanos() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
 fn log_record(tailed: TailedRecord, path: &str, observed: u64) -> LogRecord {
@@ -376,7 +373,7 @@ impl Reader {
 
 fn add_records(batch: &mut LogBatch, tailer: &Tailer, records: Vec<TailedRecord>, metrics: &AgentMetrics) {
     let path = tailer.path().display().to_string();
-    let observed = now_unix_nanos();
+    let observed = now_unix_nano();
     if batch.records == 0 {
         // A batch's age is its oldest record's.
         batch.started_at = Instant::now();
@@ -463,7 +460,7 @@ async fn ship_metrics(
         }
     };
     let filters = discovery.filters.clone();
-    let start_time = now_unix_nanos();
+    let start_time = now_unix_nano();
     let mut ticker = tokio::time::interval(config.metrics_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -514,7 +511,7 @@ async fn ship_metrics(
         if samples.is_empty() {
             continue;
         }
-        let resource_metrics = to_resource_metrics(&samples, start_time, now_unix_nanos());
+        let resource_metrics = to_resource_metrics(&samples, start_time, now_unix_nano());
         let points: usize =
             resource_metrics.iter().flat_map(|r| &r.scope_metrics).flat_map(|s| &s.metrics).map(data_points).sum();
         match exporter.export_metrics(ExportMetricsServiceRequest { resource_metrics }, &shutdown).await {
@@ -580,7 +577,7 @@ async fn ship_self_metrics(
             _ = ticker.tick() => {}
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
-        let request = registry_to_otlp(&registry, resource.clone(), now_unix_nanos(), start_time);
+        let request = registry_to_otlp(&registry, resource.clone(), now_unix_nano(), start_time);
         if request.resource_metrics.is_empty() {
             continue;
         }
@@ -652,7 +649,7 @@ async fn serve_http(listener: tokio::net::TcpListener, registry: Registry, mut s
 /// not checkpointed, so the next start reads it again.
 pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result<()> {
     config.validate()?;
-    let start_time = now_unix_nanos();
+    let start_time = now_unix_nano();
     let registry = Registry::new();
     let metrics = AgentMetrics::new(&registry)?;
     let exporter = Arc::new(Exporter::new(config.export(), ExportMetrics::new(&registry)?)?);
@@ -758,19 +755,31 @@ mod tests {
         let exporter = Arc::new(Exporter::new(config.export(), ExportMetrics::new(&registry).unwrap()).unwrap());
         let (stop, shutdown) = watch::channel(false);
 
-        let task = tokio::spawn(ship_self_metrics(config, exporter, registry.clone(), shutdown, now_unix_nanos()));
-        tokio::time::sleep(Duration::from_millis(600)).await;
+        let task = tokio::spawn(ship_self_metrics(config, exporter, registry.clone(), shutdown, now_unix_nano()));
+        let total = |name: &str, outcome: Option<&str>| -> f64 {
+            registry
+                .gather()
+                .iter()
+                .filter(|family| family.name() == name)
+                .flat_map(|family| family.get_metric())
+                .filter(|metric| {
+                    outcome.is_none_or(|outcome| {
+                        metric.get_label().iter().any(|label| label.name() == "outcome" && label.value() == outcome)
+                    })
+                })
+                .map(|metric| metric.get_counter().get_value())
+                .sum()
+        };
+        let retries = || total("wake_agent_export_retries_total", None);
+        crate::export::eventually("two refused exports", Duration::from_secs(5), || retries() >= 2.0).await;
+        assert!(!task.is_finished(), "the loop ended with the store down");
         stop.send(true).unwrap();
         tokio::time::timeout(Duration::from_secs(1), task).await.expect("prompt shutdown").unwrap();
 
-        let retries: f64 = registry
-            .gather()
-            .iter()
-            .filter(|family| family.name() == "wake_agent_export_retries_total")
-            .flat_map(|family| family.get_metric())
-            .map(|metric| metric.get_counter().get_value())
-            .sum();
-        assert!(retries >= 2.0, "{retries} retries");
+        // Every attempt was refused and counted as such; none was taken for an answer.
+        let refused = total("wake_agent_export_requests_total", Some("retryable_error"));
+        assert_eq!(total("wake_agent_export_requests_total", Some("ok")), 0.0);
+        assert_eq!(refused, retries());
         // Nothing of it counts as records sent or dropped.
         assert!(
             registry

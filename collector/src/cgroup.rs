@@ -1236,19 +1236,49 @@ mod tests {
         assert_eq!(value(&cpu.data_points[0]), number_data_point::Value::AsDouble(2.0));
     }
 
-    /// The real hierarchy of whatever machine runs the tests: no assumptions about its
-    /// contents, only that walking and reading it neither panics nor errors out.
+    /// The real hierarchy of whatever machine runs the tests: nothing is assumed about its
+    /// contents, only what holds on any host. Without a hierarchy there are no containers; each
+    /// container is found once, by an id of 12 to 64 lowercase hex digits; each exported
+    /// resource is one of them, with its id, in the order found.
     #[test]
-    fn cgroup_real_sys_fs_cgroup_does_not_panic() {
+    fn cgroup_real_sys_fs_cgroup_gives_each_container_once() {
         let reader = CgroupReader::new("/sys/fs/cgroup");
-        let _ = reader.version();
         let samples = reader.read_all();
+        let ids: Vec<&str> = samples.iter().map(|(cgroup, _)| cgroup.container_id.as_str()).collect();
+        if reader.version().is_none() {
+            assert!(ids.is_empty(), "containers without a hierarchy: {ids:?}");
+        }
+        assert_eq!(ids.iter().collect::<HashSet<_>>().len(), ids.len(), "a container found twice: {ids:?}");
+        let is_id = |id: &str| {
+            (12..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        };
+        assert!(ids.iter().all(|id| is_id(id)), "{ids:?}");
         let with_identity: Vec<_> = samples
-            .into_iter()
+            .iter()
             .map(|(cgroup, stats)| {
-                (ContainerIdentity { container_id: Some(cgroup.container_id), ..Default::default() }, stats)
+                (
+                    ContainerIdentity { container_id: Some(cgroup.container_id.clone()), ..Default::default() },
+                    stats.clone(),
+                )
             })
             .collect();
-        let _ = to_resource_metrics(&with_identity, 0, 1);
+        let resources = to_resource_metrics(&with_identity, 0, 1);
+        let exported: Vec<String> = resources
+            .iter()
+            .map(|resource| {
+                let attributes = &resource.resource.as_ref().expect("a resource").attributes;
+                let id = attributes.iter().find(|kv| kv.key == "container.id").expect("container.id");
+                match id.value.as_ref().and_then(|v| v.value.as_ref()) {
+                    Some(any_value::Value::StringValue(id)) => id.clone(),
+                    other => panic!("container.id is not a string: {other:?}"),
+                }
+            })
+            .collect();
+        // A subsequence of the containers found: those without any statistic are left out.
+        let mut found = ids.iter();
+        for id in &exported {
+            assert!(found.any(|found| found == id), "{id} is not among {ids:?}, in order");
+        }
+        assert!(resources.iter().all(|r| !r.scope_metrics[0].metrics.is_empty()));
     }
 }

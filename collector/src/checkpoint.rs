@@ -153,7 +153,7 @@ impl Checkpoints {
     /// Forgets checkpoints not updated for `ttl` whose file is not `live`: the file is gone,
     /// and keeping its entry forever would let a reused inode match it by chance.
     pub fn expire(&mut self, ttl: Duration, live: impl Fn(FileId) -> bool) -> usize {
-        let cutoff = unix_secs(SystemTime::now()).saturating_sub(ttl.as_secs());
+        let cutoff = unix_secs(crate::time::now()).saturating_sub(ttl.as_secs());
         let before = self.by_id.len();
         self.by_id.retain(|_, c| live(c.id) || c.updated_unix_secs >= cutoff);
         before - self.by_id.len()
@@ -194,7 +194,7 @@ mod tests {
             fingerprint: Fingerprint::of(file, metadata.len()).unwrap(),
             offset,
             path: path.to_path_buf(),
-            updated_unix_secs: unix_secs(SystemTime::now()),
+            updated_unix_secs: unix_secs(crate::time::now()),
         }
     }
 

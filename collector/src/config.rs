@@ -1,15 +1,17 @@
 //! Configuration of `wake agent`: a serde struct with one default per field, validated before
 //! the agent starts. The binary layers the YAML file, environment variables and flags over it.
+//! Durations are [`crate::time`]'s (`10s`, `1h30m`) or a number of seconds.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
 use crate::discovery::{Discovery, Filters, RuntimeMetadata};
 use crate::error::{Error, Result};
 use crate::export::{ExportConfig, Protocol};
+use crate::time::deserialize_duration;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -108,30 +110,6 @@ impl Default for AgentConfig {
             max_backoff: Duration::from_secs(30),
         }
     }
-}
-
-/// `10s`, `500ms`, `1m` (humantime), or a bare number of seconds: serde's
-/// `deserialize_with` for durations in configuration files.
-pub fn deserialize_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Seconds(u64),
-        Text(String),
-    }
-    match Raw::deserialize(deserializer)? {
-        Raw::Seconds(seconds) => Ok(Duration::from_secs(seconds)),
-        Raw::Text(text) => parse_duration(&text).map_err(serde::de::Error::custom),
-    }
-}
-
-/// Parses `10s`, `500ms`, `1m` or a bare number of seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    if let Ok(seconds) = text.parse::<u64>() {
-        return Ok(Duration::from_secs(seconds));
-    }
-    humantime::parse_duration(text).map_err(|error| format!("invalid duration {text:?}: {error}"))
 }
 
 impl AgentConfig {
@@ -243,8 +221,10 @@ mod tests {
         assert!(config.validate().unwrap_err().to_string().contains("filter pattern"));
         let config = AgentConfig { endpoint: "127.0.0.1:4317".into(), ..AgentConfig::default() };
         assert!(config.validate().unwrap_err().to_string().contains("endpoint"));
-        assert!(parse_duration("ten").is_err());
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        let error = serde_json::from_str::<AgentConfig>("{\"batch_timeout\": \"ten\"}").unwrap_err().to_string();
+        assert!(error.starts_with("invalid duration \"ten\""), "{error}");
+        let config: AgentConfig = serde_yaml_ng_free_parse("{\"batch_timeout\": \"250ms\"}");
+        assert_eq!(config.batch_timeout, Duration::from_millis(250));
         // 0 turns self-metrics off rather than being refused.
         let config: AgentConfig = serde_yaml_ng_free_parse("{\"self_metrics_interval\": 0}");
         assert_eq!(config.self_metrics_interval, Duration::ZERO);

@@ -33,7 +33,7 @@
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use opentelemetry_proto::tonic::collector::logs::v1::{
     ExportLogsServiceRequest, ExportLogsServiceResponse, logs_service_client::LogsServiceClient,
@@ -664,7 +664,7 @@ fn parse_retry_after(value: &str) -> Option<Duration> {
     let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
     let at = UNIX_EPOCH + Duration::from_secs(u64::try_from(at.timestamp()).ok()?);
     // A date in the past means "now".
-    Some(at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
+    Some(at.duration_since(crate::time::now()).unwrap_or(Duration::ZERO))
 }
 
 /// An error with its causes: reqwest's and hyper's top-level messages alone rarely say what failed.
@@ -680,6 +680,18 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     text
+}
+
+/// Waits until `condition` holds, asking every few milliseconds, or panics naming `what` once
+/// `timeout` has passed: a test waits for the state it needs, not for a guess of how long that
+/// takes (too short on a loaded machine, needlessly long on an idle one).
+#[cfg(test)]
+pub(crate) async fn eventually(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !condition() {
+        assert!(tokio::time::Instant::now() < deadline, "still waiting for {what} after {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 #[cfg(test)]
@@ -885,8 +897,9 @@ mod tests {
         let (exporter, registry) = exporter(test_config(format!("http://{addr}"), Protocol::Grpc));
 
         let export = tokio::spawn(async move { exporter.export_logs(logs_request("late"), &not_cancelled()).await });
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        assert!(!export.is_finished());
+        let retries = || counter(&registry, "wake_agent_export_retries_total", &[("signal", "logs")]);
+        eventually("two refused attempts", Duration::from_secs(5), || retries() >= 2.0).await;
+        assert!(!export.is_finished(), "the export gave up while nothing listened");
         let service = scripted(vec![]);
         serve_grpc(TcpListener::bind(addr).await.unwrap(), service.clone());
 
@@ -894,26 +907,30 @@ mod tests {
 
         assert_eq!(ack, Acknowledged::default());
         assert_eq!(service.attempts.load(Ordering::SeqCst), 1);
-        assert!(counter(&registry, "wake_agent_export_retries_total", &[("signal", "logs")]) >= 2.0);
+        // Every attempt but the last was refused and retried; the last was acknowledged.
+        let outcome = |outcome| counter(&registry, "wake_agent_export_requests_total", &[("outcome", outcome)]);
+        assert_eq!((outcome("ok"), outcome("retryable_error")), (1.0, retries()));
     }
 
     #[tokio::test]
     async fn cancel_stops_the_retry_loop() {
         let replies = (0..1000).map(|_| Err(tonic::Status::unavailable("down"))).collect();
         let (addr, service) = grpc_server(replies).await;
-        let (exporter, _registry) = exporter(test_config(format!("http://{addr}"), Protocol::Grpc));
+        let (exporter, registry) = exporter(test_config(format!("http://{addr}"), Protocol::Grpc));
         let (shutdown, cancel) = watch::channel(false);
 
         let export = tokio::spawn(async move { exporter.export_logs(logs_request("x"), &cancel).await });
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        eventually("two failed attempts", Duration::from_secs(5), || service.attempts.load(Ordering::SeqCst) >= 2)
+            .await;
         shutdown.send(true).unwrap();
         let result = tokio::time::timeout(Duration::from_secs(1), export).await.unwrap().unwrap();
 
         assert!(matches!(result, Err(ExportError::Cancelled)), "{result:?}");
-        let attempts = service.attempts.load(Ordering::SeqCst);
-        assert!(attempts >= 2, "only {attempts} attempts");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(service.attempts.load(Ordering::SeqCst), attempts, "attempts went on after cancel");
+        // The export has returned, so nothing of it is left to send; and every attempt the server
+        // saw was answered, counted and retried, none left half-way at the cancel.
+        let attempts = service.attempts.load(Ordering::SeqCst) as f64;
+        let retryable = counter(&registry, "wake_agent_export_requests_total", &[("outcome", "retryable_error")]);
+        assert_eq!((retryable, counter(&registry, "wake_agent_export_retries_total", &[])), (attempts, attempts));
     }
 
     #[tokio::test]
@@ -950,14 +967,23 @@ mod tests {
         let (shutdown, cancel) = watch::channel(false);
 
         let export = tokio::spawn(async move { exporter.export_logs(logs_request("x"), &cancel).await });
-        tokio::time::sleep(Duration::from_millis(450)).await;
+        let retries = || counter(&registry, "wake_agent_export_retries_total", &[]);
+        eventually("two timed-out attempts", Duration::from_secs(5), || retries() >= 2.0).await;
         shutdown.send(true).unwrap();
         let result = tokio::time::timeout(Duration::from_secs(1), export).await.unwrap().unwrap();
 
         assert!(matches!(result, Err(ExportError::Cancelled)), "{result:?}");
-        assert!(counter(&registry, "wake_agent_export_retries_total", &[]) >= 2.0);
-        // Each timed-out attempt dropped the channel, so the next one dialled a new connection.
-        assert!(accepted.load(Ordering::SeqCst) >= 2, "{} connections", accepted.load(Ordering::SeqCst));
+        // None was answered: every attempt timed out.
+        let outcome = |outcome| counter(&registry, "wake_agent_export_requests_total", &[("outcome", outcome)]);
+        assert_eq!((outcome("ok"), outcome("retryable_error")), (0.0, retries()));
+        // Each timed-out attempt dropped the channel, so the next one dialled a new connection:
+        // one per attempt (the server may not have accepted the last dial yet).
+        let connections = accepted.load(Ordering::SeqCst) as f64;
+        assert!(
+            connections >= 2.0 && connections <= retries() + 1.0,
+            "{connections} connections, {} retries",
+            retries()
+        );
     }
 
     /// An OTLP/HTTP receiver answering from a script; once exhausted, 200 with an empty body.
@@ -1088,12 +1114,18 @@ mod tests {
         let (shutdown, cancel) = watch::channel(false);
 
         let export = tokio::spawn(async move { exporter.export_logs(logs_request("x"), &cancel).await });
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        let refused = || counter(&registry, "wake_agent_export_requests_total", &[("outcome", "retryable_error")]);
+        eventually("two refused attempts", Duration::from_secs(5), || refused() >= 2.0).await;
         shutdown.send(true).unwrap();
         let result = tokio::time::timeout(Duration::from_secs(1), export).await.unwrap().unwrap();
 
         assert!(matches!(result, Err(ExportError::Cancelled)), "{result:?}");
-        assert!(counter(&registry, "wake_agent_export_requests_total", &[("outcome", "retryable_error")]) >= 2.0);
+        // Each refused attempt was retried; none was taken for an answer.
+        let retries = counter(&registry, "wake_agent_export_retries_total", &[("signal", "logs")]);
+        assert_eq!(
+            (retries, counter(&registry, "wake_agent_export_requests_total", &[("outcome", "ok")])),
+            (refused(), 0.0)
+        );
     }
 
     #[test]
@@ -1139,7 +1171,7 @@ mod tests {
     fn retry_after_accepts_seconds_and_http_dates() {
         assert_eq!(parse_retry_after(" 7 "), Some(Duration::from_secs(7)));
         assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO));
-        let later = chrono::DateTime::<chrono::Utc>::from(SystemTime::now() + Duration::from_secs(120));
+        let later = chrono::DateTime::<chrono::Utc>::from(crate::time::now() + Duration::from_secs(120));
         let parsed = parse_retry_after(&later.format("%a, %d %b %Y %H:%M:%S GMT").to_string()).unwrap();
         assert!(parsed > Duration::from_secs(110) && parsed <= Duration::from_secs(120), "{parsed:?}");
         assert_eq!(parse_retry_after("soon"), None);

@@ -11,6 +11,8 @@
 //! - [`cgroup`] reads container resource metrics from cgroup v1 and v2;
 //! - [`export`] sends OTLP to the store with retries and back-off;
 //! - [`self_metrics`] turns the agent's (and the server's) own Prometheus metrics into OTLP;
+//! - [`time`] is the workspace's one clock and one duration grammar (here because this is the
+//!   lowest crate: storage, query and the binary use it too);
 //! - [`agent`] runs it all: a reader thread that batches records, a shipper that exports each
 //!   batch and only then checkpoints it, a metrics loop, and the agent's own HTTP endpoint.
 
@@ -25,6 +27,7 @@ pub mod identity;
 pub mod parse;
 pub mod self_metrics;
 pub mod tail;
+pub mod time;
 
 pub use agent::run;
 pub use config::AgentConfig;

@@ -15,7 +15,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
@@ -172,7 +172,7 @@ impl Tailer {
             fingerprint: self.fingerprint,
             offset: self.assembler.resume_offset(self.line_start),
             path: self.source.path.clone(),
-            updated_unix_secs: unix_secs(SystemTime::now()),
+            updated_unix_secs: unix_secs(crate::time::now()),
         }
     }
 
@@ -311,6 +311,7 @@ mod tests {
         let mut first = tailer(&path, &checkpoints, 1024);
         let mut out = Vec::new();
         first.read(usize::MAX, Instant::now(), &mut out).unwrap();
+        assert_eq!(bodies(&out), vec!["a", "b"]);
         checkpoints.update(first.checkpoint());
         drop(first);
 

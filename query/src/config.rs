@@ -3,7 +3,7 @@
 //!
 //! The defaults follow the systems Wake's APIs imitate: Prometheus's `query.timeout` (2 min) and
 //! `query.max-samples` (50,000,000), Loki's `max_entries_limit_per_query` (5,000) and
-//! `max_query_length` (721 h).
+//! `max_query_length` (721 h) and `max_concurrent_tail_requests` (10).
 
 // Client numbers are handled here: no silent truncation, sign loss or overflow.
 #![warn(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::arithmetic_side_effects)]
@@ -27,7 +27,12 @@ pub struct QueryConfig {
     /// They run at a lower CPU priority than ingest, so that a heavy query cannot delay the
     /// acknowledgement of incoming data even when it keeps every core busy.
     pub threads: usize,
-    /// Nice value (0 to 19) of the query threads: higher runs at lower priority.
+    /// How the query threads yield to ingest: `idle` (Linux `SCHED_IDLE`, the default) runs
+    /// them only on cores nothing else wants, and a waking ingest thread preempts them at once;
+    /// `normal` runs them as ordinary threads at `thread_nice`, sharing cores by weight.
+    pub thread_policy: ThreadPolicy,
+    /// Nice value (0 to 19) of the query threads under `thread_policy: normal`: higher runs at
+    /// lower priority.
     pub thread_nice: i32,
     /// A query still running after this long is cancelled (Prometheus's `query.timeout`).
     pub timeout_secs: u64,
@@ -56,6 +61,11 @@ pub struct QueryConfig {
     pub max_query_length_secs: u64,
     /// Queries that run at least this long are logged with their text (the slow-query log).
     pub slow_query_ms: u64,
+    /// Live tails (`/loki/api/v1/tail`) open at once; one more is refused with 429 before the
+    /// WebSocket upgrade (Loki's `max_concurrent_tail_requests`). A tail polls the store every
+    /// second for as long as its socket stays open, so it is admitted for its whole life rather
+    /// than per query.
+    pub max_concurrent_tail_requests: usize,
 }
 
 impl Default for QueryConfig {
@@ -65,6 +75,7 @@ impl Default for QueryConfig {
             spill_dir: None,
             max_spill_bytes: 100 << 30,
             threads: 0,
+            thread_policy: ThreadPolicy::Idle,
             thread_nice: 10,
             timeout_secs: 120,
             max_concurrent_queries: 16,
@@ -79,8 +90,17 @@ impl Default for QueryConfig {
             max_entries_limit_per_query: 5_000,
             max_query_length_secs: 721 * 3600,
             slow_query_ms: 10_000,
+            max_concurrent_tail_requests: 10,
         }
     }
+}
+
+/// The scheduling class of the query threads (see [`QueryConfig::thread_policy`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ThreadPolicy {
+    Idle,
+    Normal,
 }
 
 /// A configuration value out of its range: the message names the key.
@@ -113,6 +133,7 @@ impl QueryConfig {
         at_least("max_result_bytes", as_u64(self.max_result_bytes), 1024)?;
         at_least("max_entries_limit_per_query", as_u64(self.max_entries_limit_per_query), 1)?;
         at_least("max_query_length_secs", self.max_query_length_secs, 60)?;
+        at_least("max_concurrent_tail_requests", as_u64(self.max_concurrent_tail_requests), 1)?;
         if !(0..=19).contains(&self.thread_nice) {
             return Err(ConfigError {
                 key: "thread_nice",
@@ -154,10 +175,27 @@ mod tests {
             config.validate().unwrap_err().to_string(),
             "query.max_concurrent_queries: must be at least 1, got 0"
         );
+        let config = QueryConfig { max_concurrent_tail_requests: 0, ..QueryConfig::default() };
+        assert_eq!(
+            config.validate().unwrap_err().to_string(),
+            "query.max_concurrent_tail_requests: must be at least 1, got 0"
+        );
+        let config: QueryConfig =
+            serde_json::from_str(r#"{"max_concurrent_tail_requests": 3}"#).expect("the key is known");
+        assert_eq!(config.max_concurrent_tail_requests, 3);
         let config = QueryConfig { thread_nice: 25, ..QueryConfig::default() };
         assert!(config.validate().unwrap_err().to_string().starts_with("query.thread_nice"));
         let error = serde_yaml_like(r#"{"timeout_sec": 5}"#);
         assert!(error.contains("unknown field"), "{error}");
+    }
+
+    #[test]
+    fn thread_policy_is_idle_unless_set_to_normal() {
+        assert_eq!(QueryConfig::default().thread_policy, ThreadPolicy::Idle);
+        let config: QueryConfig = serde_json::from_str(r#"{"thread_policy": "normal", "thread_nice": 19}"#).unwrap();
+        assert_eq!((config.thread_policy, config.thread_nice), (ThreadPolicy::Normal, 19));
+        let error = serde_yaml_like(r#"{"thread_policy": "realtime"}"#);
+        assert!(error.contains("unknown variant `realtime`"), "{error}");
     }
 
     fn serde_yaml_like(text: &str) -> String {

@@ -39,6 +39,14 @@ pub enum Error {
     /// Too many queries run and wait for this API: retry later.
     #[error("too many queries are running or waiting for the {api} API; retry later")]
     Overloaded { api: &'static str },
+
+    /// As many live tails are open as `query.max_concurrent_tail_requests` allows: retry later.
+    /// The text is Loki's, which `logcli` and Grafana show as is.
+    #[error(
+        "max concurrent tail requests limit exceeded, count > limit ({} > {max}) (query.max_concurrent_tail_requests)",
+        max.saturating_add(1)
+    )]
+    TooManyTails { max: usize },
 }
 
 impl Error {
@@ -55,7 +63,7 @@ impl Error {
             Error::Limit { limit, .. } if is_text_limit(limit) => StatusCode::BAD_REQUEST,
             Error::Limit { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Error::Timeout(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Error::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Error::Overloaded { .. } | Error::TooManyTails { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -78,7 +86,7 @@ impl Error {
     /// Whether the client should retry later (429/503 with `Retry-After`).
     pub fn retry_after_secs(&self) -> Option<u64> {
         match self {
-            Error::Overloaded { .. } => Some(crate::limits::RETRY_AFTER_SECS),
+            Error::Overloaded { .. } | Error::TooManyTails { .. } => Some(crate::limits::RETRY_AFTER_SECS),
             _ => None,
         }
     }
@@ -138,6 +146,8 @@ mod tests {
         let cap = Error::Limit { limit: "max_result_rows", message: "too many".into() };
         assert_eq!(cap.status(), StatusCode::PAYLOAD_TOO_LARGE);
         assert_eq!(Error::Overloaded { api: "sql" }.status(), StatusCode::TOO_MANY_REQUESTS);
+        let tails = Error::TooManyTails { max: 10 };
+        assert_eq!((tails.status(), tails.retry_after_secs()), (StatusCode::TOO_MANY_REQUESTS, Some(1)));
         let memory = DataFusionError::ResourcesExhausted("pool".into()).context("sorting");
         assert_eq!(Error::DataFusion(memory).limit_name(), Some("memory_limit_bytes"));
     }

@@ -6,6 +6,11 @@
 //! it is correct anywhere in a query. When it is a conjunct of a `WHERE` clause over `body`,
 //! the scan instead searches each file's index ([`search_files`]): files without a hit are
 //! skipped and only the hit rows are decoded. [`FullTextSearchExec`] shows that in `EXPLAIN`.
+//!
+//! That search runs while the scan is planned, on a blocking thread. A query whose client went
+//! away (or that timed out) is dropped with its planning future; the blocking thread cannot be,
+//! so the scan hands the search a [`Cancel`] that the dropped future sets, which it asks before
+//! each file and tantivy's loop asks before each segment and every few thousand documents.
 
 use std::fmt;
 use std::ops::Range;
@@ -27,7 +32,7 @@ use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Pla
 use parking_lot::Mutex;
 use parquet::arrow::arrow_reader::RowSelection;
 use wake_storage::DataFile;
-use wake_storage::fulltext::{FullTextIndex, matches_bodies};
+use wake_storage::fulltext::{Cancel, FullTextIndex, matches_bodies};
 use wake_storage::schema::BODY;
 
 pub const MATCHES_FUNCTION: &str = "matches";
@@ -200,11 +205,13 @@ pub struct SearchStats {
 }
 
 /// Searches each file's index for all `queries` (AND), turning hits into Parquet row
-/// selections. Blocking: call it from a blocking thread.
+/// selections, until `cancel` says to stop ([`wake_storage::Error::Cancelled`]). Blocking: call
+/// it from a blocking thread.
 pub fn search_files(
     cache: &IndexCache,
     files: Vec<Arc<DataFile>>,
     queries: &[TextFilter],
+    cancel: &dyn Cancel,
 ) -> wake_storage::Result<FileHits> {
     cache.retain_live(&files);
     let mut hits = FileHits {
@@ -217,12 +224,16 @@ pub fn search_files(
             hits.unindexed.push(file);
             continue;
         };
+        // Before the index is opened, which reads its meta file and maps its segments.
+        if cancel.is_cancelled() {
+            return Err(wake_storage::Error::Cancelled);
+        }
         let index = cache.get(dir)?;
         let mut rows: Option<Vec<u64>> = None;
         for query in queries {
             let found = match query {
-                TextFilter::Matches(query) => index.candidates(query)?,
-                TextFilter::Contains(needle) => index.substring_candidates(needle)?,
+                TextFilter::Matches(query) => index.candidates_cancellable(query, cancel)?,
+                TextFilter::Contains(needle) => index.substring_candidates_cancellable(needle, cancel)?,
             };
             rows = Some(match rows {
                 None => found,
@@ -404,6 +415,81 @@ mod tests {
         assert_eq!(indexable_query(&on_other), None);
         assert!(calls_matches(&on_other.or(col("flags").eq(lit(1)))));
         assert!(!calls_matches(&col("flags").eq(lit(1))));
+    }
+
+    /// A store with `files` indexed log files of `rows` bodies "error <n>" each.
+    async fn indexed_files(dir: &std::path::Path, files: usize, rows: usize) -> Vec<Arc<DataFile>> {
+        use wake_storage::{OtlpRequest, Signal, Store, StoreConfig};
+        let config = StoreConfig {
+            data_dir: dir.to_path_buf(),
+            min_free_disk_bytes: 0,
+            max_record_age_secs: 0,
+            ..StoreConfig::default()
+        };
+        let store = Store::open(config, &prometheus::Registry::new()).expect("store");
+        let now = wake_storage::now_ns();
+        for file in 0..files {
+            let records: Vec<serde_json::Value> = (0..rows)
+                .map(|row| {
+                    serde_json::json!({
+                        "timeUnixNano": (now + (file * rows + row) as i64).to_string(),
+                        "body": { "stringValue": format!("error {file} {row}") },
+                    })
+                })
+                .collect();
+            let body = serde_json::json!({ "resourceLogs": [{ "scopeLogs": [{ "logRecords": records }] }] });
+            let request = OtlpRequest::decode_json(Signal::Logs, body.to_string().as_bytes()).expect("OTLP/JSON");
+            store.ingest(request, None).await.expect("ingest");
+            store.flush(Signal::Logs).await.expect("flush");
+        }
+        let files = store.snapshot(Signal::Logs).files;
+        assert!(files.iter().all(|file| file.index_dir.is_some()), "every file has an index");
+        files
+    }
+
+    /// Indexes opened by a search: one per file it searched.
+    fn opened(cache: &IndexCache) -> usize {
+        cache.indexes.lock().len()
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_search_opens_no_further_index() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = indexed_files(dir.path(), 4, 50).await;
+        assert_eq!(files.len(), 4);
+        let queries = [TextFilter::Matches("error".into()), TextFilter::Contains("rror".into())];
+
+        let cache = IndexCache::default();
+        let hits = search_files(&cache, files.clone(), &queries, &|| false).expect("not cancelled");
+        assert_eq!((hits.stats.files_searched, hits.stats.rows_selected, opened(&cache)), (4, 200, 4));
+
+        let cache = IndexCache::default();
+        let cancelled = wake_storage::fulltext::CancelFlag::new();
+        cancelled.cancel();
+        let error = search_files(&cache, files.clone(), &queries, &cancelled).err().expect("cancelled before");
+        assert!(matches!(error, wake_storage::Error::Cancelled), "{error}");
+        assert_eq!(opened(&cache), 0);
+
+        // Cancelled while the second file is searched: the third and fourth are never opened.
+        let cache = IndexCache::default();
+        let error =
+            search_files(&cache, files.clone(), &queries, &|| opened(&cache) >= 2).err().expect("cancelled during");
+        assert!(matches!(error, wake_storage::Error::Cancelled), "{error}");
+        assert_eq!(opened(&cache), 2);
+
+        // Dropping the guard, as a dropped scan does, stops the search within the file it is in.
+        let cache = IndexCache::default();
+        let flag = wake_storage::fulltext::CancelFlag::new();
+        let guard = Mutex::new(Some(flag.cancel_on_drop()));
+        let drop_in_first_file = || {
+            if opened(&cache) == 1 {
+                drop(guard.lock().take());
+            }
+            flag.is_cancelled()
+        };
+        let error = search_files(&cache, files, &queries, &drop_in_first_file).err().expect("guard dropped");
+        assert!(matches!(error, wake_storage::Error::Cancelled), "{error}");
+        assert_eq!(opened(&cache), 1);
     }
 
     #[test]

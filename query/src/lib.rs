@@ -33,7 +33,7 @@ pub mod loki;
 pub mod prom;
 mod table;
 
-pub use config::{ConfigError, QueryConfig};
+pub use config::{ConfigError, QueryConfig, ThreadPolicy};
 pub use engine::{QueryEngine, QueryOutput};
 pub use error::{Error, Result};
 pub use http::router;

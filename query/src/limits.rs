@@ -1,6 +1,7 @@
 //! What keeps one client from starving the others: admission per API (a few queries at once
-//! and a short queue, then 429), the list of running queries, the slow-query log, and a counter
-//! per limit that was hit so that operators can tune them.
+//! and a short queue, then 429), a bound on open live tails (then 429, no queue), the list of
+//! running queries, the slow-query log, and a counter per limit that was hit so that operators
+//! can tune them.
 
 // Client numbers are handled here: no silent truncation, sign loss or overflow.
 #![warn(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::arithmetic_side_effects)]
@@ -8,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 use prometheus::{IntCounterVec, Opts, Registry};
@@ -81,6 +82,8 @@ const LOGGED_QUERY_BYTES: usize = 4096;
 pub struct Limits {
     config: QueryConfig,
     gates: [Gate; 3],
+    /// Open live tails, `query.max_concurrent_tail_requests` at most.
+    tails: Arc<Semaphore>,
     next_id: AtomicU64,
     active: Mutex<BTreeMap<u64, ActiveQuery>>,
     hits: IntCounterVec,
@@ -100,6 +103,7 @@ impl Limits {
             .map_err(|e| Error::Task(format!("registering limit metrics: {e}")))?;
         Ok(Limits {
             gates: [gate(), gate(), gate()],
+            tails: Arc::new(Semaphore::new(config.max_concurrent_tail_requests)),
             config,
             next_id: AtomicU64::new(1),
             active: Mutex::new(BTreeMap::new()),
@@ -152,10 +156,23 @@ impl Limits {
             }
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let started = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+        let started = wake_collector::time::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
         let query = truncated(query, LOGGED_QUERY_BYTES).to_string();
         self.active.lock().insert(id, ActiveQuery { id, api, query, started, started_at: Instant::now() });
         Ok(Admitted { limits: self.clone(), id, api, _permit: permit, outcome: None })
+    }
+
+    /// A place for one live tail, at once or [`Error::TooManyTails`]. There is no queue, as in
+    /// Loki: a tail waits for lines, not for its turn, and a client that is refused retries after
+    /// `Retry-After`.
+    pub fn admit_tail(&self) -> Result<TailPermit> {
+        match self.tails.clone().try_acquire_owned() {
+            Ok(permit) => Ok(TailPermit { _permit: permit }),
+            Err(_) => {
+                self.hit(Api::Loki, "max_concurrent_tail_requests");
+                Err(Error::TooManyTails { max: self.config.max_concurrent_tail_requests })
+            }
+        }
     }
 
     /// The queries running now, oldest first, with how long each has run.
@@ -208,6 +225,11 @@ impl Drop for Admitted {
             info!(api = self.api.name(), elapsed_ms, outcome, query = %query.query, "query stopped");
         }
     }
+}
+
+/// A live tail's place among the open tails, held until its socket closes.
+pub struct TailPermit {
+    _permit: OwnedSemaphorePermit,
 }
 
 /// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.
@@ -269,6 +291,23 @@ mod tests {
         let error = limits.admit(Api::Loki, &"x".repeat(1025)).await.err().expect("too long");
         assert!(error.to_string().contains("query.max_query_bytes"), "{error}");
         assert_eq!(limits.hits.with_label_values(&["loki", "max_query_bytes"]).get(), 1);
+    }
+
+    #[test]
+    fn tails_beyond_the_limit_are_refused_and_counted_until_one_closes() {
+        let limits = limits(QueryConfig { max_concurrent_tail_requests: 2, ..QueryConfig::default() });
+        let first = limits.admit_tail().expect("first tail");
+        let _second = limits.admit_tail().expect("second tail");
+        let refused = limits.admit_tail().err().expect("a third is one too many");
+        assert!(matches!(refused, Error::TooManyTails { max: 2 }), "{refused}");
+        assert!(refused.to_string().contains("(3 > 2)"), "{refused}");
+        assert!(limits.admit_tail().is_err(), "still full");
+        assert_eq!(limits.hits.with_label_values(&["loki", "max_concurrent_tail_requests"]).get(), 2);
+        // Tails are not queries: a full tail limit leaves the Loki API's turns alone.
+        assert_eq!(limits.gates[Api::Loki.index()].running.available_permits(), 16);
+        drop(first);
+        let _third = limits.admit_tail().expect("a closed tail frees its place");
+        assert_eq!(limits.hits.with_label_values(&["loki", "max_concurrent_tail_requests"]).get(), 2);
     }
 
     #[test]

@@ -36,6 +36,7 @@ use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::union::UnionExec;
 use tracing::debug;
+use wake_storage::fulltext::CancelFlag;
 use wake_storage::schema::BODY;
 use wake_storage::{DataFile, Signal, Store};
 
@@ -123,7 +124,11 @@ impl TableProvider for WakeTable {
 
         let indexes = self.indexes.clone();
         let queries = text_queries.clone();
-        let hits = tokio::task::spawn_blocking(move || search_files(&indexes, files, &queries))
+        let cancel = CancelFlag::new();
+        // Dropping this future (the query's client went away, or it timed out) drops the guard,
+        // which stops the blocking search: dropping its JoinHandle alone would not.
+        let _cancel_on_drop = cancel.cancel_on_drop();
+        let hits = tokio::task::spawn_blocking(move || search_files(&indexes, files, &queries, &cancel))
             .await
             .map_err(|e| DataFusionError::External(Box::new(e)))?
             .map_err(|e| DataFusionError::External(Box::new(e)))?;

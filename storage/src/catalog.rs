@@ -1,12 +1,13 @@
 //! The catalog: which Parquet files (and indexes) make up each table, and up to which WAL
 //! sequence number each signal is in them.
 //!
-//! It is persisted as `manifest.json`, replaced atomically (write, fsync, rename, fsync dir).
-//! A file is part of the store exactly when the manifest names it: files a crash left behind
-//! before their manifest commit are deleted at start-up, and a file replaced by compaction is
-//! deleted only when the last query holding it lets go (see [`DataFile`]'s `Drop`).
+//! It is persisted by [`crate::manifest`]: a checkpoint plus a log of changes, each change
+//! durable before it is visible. A file is part of the store exactly when the manifest names it:
+//! files a crash left behind before their manifest commit are deleted at start-up, and a file
+//! replaced by compaction is deleted only when the last query holding it lets go (see
+//! [`DataFile`]'s `Drop`).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,12 +17,10 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::manifest::{self, ManifestChange, ManifestLog};
 use crate::schema::Signal;
-use crate::wal::sync_dir;
 
-const MANIFEST: &str = "manifest.json";
-const MANIFEST_VERSION: u32 = 1;
 pub(crate) const PARQUET_EXTENSION: &str = "parquet";
 pub(crate) const INDEX_EXTENSION: &str = "index";
 
@@ -107,34 +106,16 @@ pub(crate) struct FileStats {
     pub row_group_row_counts: Vec<u64>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ManifestFile {
-    version: u32,
-    /// Per signal, the highest WAL sequence number whose rows are in the files below.
-    flushed_seq: BTreeMap<String, u64>,
-    files: Vec<ManifestEntry>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ManifestEntry {
-    signal: String,
-    /// Relative to the data dir.
-    path: String,
-    index: Option<String>,
-    #[serde(flatten)]
-    stats: FileStats,
-}
-
-/// The in-memory catalog; every change is followed by [`Catalog::commit`].
+/// The in-memory catalog. A change is taken as a [`ManifestChange`] (`with_*`), committed, then
+/// applied (`apply_*`).
 pub(crate) struct Catalog {
     data_dir: PathBuf,
     files: [Vec<Arc<DataFile>>; 3],
     flushed_seq: [u64; 3],
+    manifest: Arc<ManifestLog>,
 }
 
-fn slot(signal: Signal) -> usize {
+pub(crate) fn slot(signal: Signal) -> usize {
     match signal {
         Signal::Logs => 0,
         Signal::Metrics => 1,
@@ -145,41 +126,26 @@ fn slot(signal: Signal) -> usize {
 impl Catalog {
     /// Loads the manifest (an absent one means an empty store) and removes files it does not name.
     pub(crate) fn open(data_dir: &Path) -> Result<Catalog> {
-        let manifest_path = data_dir.join(MANIFEST);
-        let mut catalog = Catalog { data_dir: data_dir.to_path_buf(), files: Default::default(), flushed_seq: [0; 3] };
-        match fs::read(&manifest_path) {
-            Ok(bytes) => {
-                let manifest: ManifestFile = serde_json::from_slice(&bytes)
-                    .map_err(|e| Error::Manifest { path: manifest_path.clone(), reason: e.to_string() })?;
-                if manifest.version != MANIFEST_VERSION {
-                    return Err(Error::Manifest {
-                        path: manifest_path,
-                        reason: format!("version {} is not supported (expected {MANIFEST_VERSION})", manifest.version),
-                    });
-                }
-                for (name, seq) in manifest.flushed_seq {
-                    let signal = name
-                        .parse::<Signal>()
-                        .map_err(|reason| Error::Manifest { path: manifest_path.clone(), reason })?;
-                    catalog.flushed_seq[slot(signal)] = seq;
-                }
-                for entry in manifest.files {
-                    let signal = entry
-                        .signal
-                        .parse::<Signal>()
-                        .map_err(|reason| Error::Manifest { path: manifest_path.clone(), reason })?;
-                    let path = data_dir.join(&entry.path);
-                    if !path.exists() {
-                        // Never silently: a missing file is lost data, and the operator must know.
-                        warn!(path = %path.display(), "file named by the manifest is missing; dropped from the catalog");
-                        continue;
-                    }
-                    let index_dir = entry.index.map(|index| data_dir.join(index)).filter(|dir| dir.exists());
-                    catalog.files[slot(signal)].push(Arc::new(DataFile::new(signal, path, index_dir, entry.stats)));
-                }
+        let (manifest, stored) = manifest::open(data_dir)?;
+        let mut catalog = Catalog {
+            data_dir: data_dir.to_path_buf(),
+            files: Default::default(),
+            flushed_seq: stored.flushed_seq,
+            manifest,
+        };
+        for file in stored.files {
+            if !file.path.exists() {
+                // Never silently: a missing file is lost data, and the operator must know.
+                warn!(path = %file.path.display(), "file named by the manifest is missing; dropped from the catalog");
+                continue;
             }
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-            Err(error) => return Err(Error::io(manifest_path, error)),
+            let index_dir = file.index_dir.filter(|dir| dir.exists());
+            catalog.files[slot(file.signal)].push(Arc::new(DataFile::new(
+                file.signal,
+                file.path,
+                index_dir,
+                file.stats,
+            )));
         }
         catalog.remove_orphans()?;
         Ok(catalog)
@@ -227,11 +193,16 @@ impl Catalog {
         self.flushed_seq.iter().copied().max().unwrap_or(0)
     }
 
+    #[cfg(test)]
+    pub(crate) fn manifest(&self) -> &ManifestLog {
+        &self.manifest
+    }
+
     /// Adds a flush's files and records that the signal is in Parquet up to `flushed_seq`.
     /// On failure nothing changes, in memory or on disk.
     #[cfg(test)]
     pub(crate) fn add_flushed(&mut self, signal: Signal, files: Vec<Arc<DataFile>>, flushed_seq: u64) -> Result<()> {
-        self.with_flushed(signal, &files, flushed_seq).commit()?;
+        self.with_flushed(signal, &files, flushed_seq).commit(&manifest::ManifestMetrics::unregistered())?;
         self.apply_flushed(signal, files, flushed_seq);
         Ok(())
     }
@@ -245,33 +216,41 @@ impl Catalog {
         inputs: &[Arc<DataFile>],
         outputs: Vec<Arc<DataFile>>,
     ) -> Result<()> {
-        self.with_replaced(signal, inputs, &outputs).commit()?;
+        self.with_replaced(signal, inputs, &outputs).commit(&manifest::ManifestMetrics::unregistered())?;
         self.apply_replaced(signal, inputs, outputs);
         Ok(())
     }
 
-    /// The manifest as it will be once a flush's `files` are added: to be committed (written
-    /// and fsynced) before [`Catalog::apply_flushed`], and outside any lock that ingest or
-    /// queries take. Taking it copies pointers, nothing else.
-    pub(crate) fn with_flushed(&self, signal: Signal, files: &[Arc<DataFile>], flushed_seq: u64) -> ManifestImage {
-        let mut image = self.image();
-        image.files[slot(signal)].extend(files.iter().cloned());
-        image.flushed_seq[slot(signal)] = image.flushed_seq[slot(signal)].max(flushed_seq);
-        image
+    /// The manifest change that adds a flush's `files`: to be committed (written and fsynced)
+    /// before [`Catalog::apply_flushed`], and outside any lock that ingest or queries take.
+    /// Taking it copies the new files' pointers, or, when the manifest is due a checkpoint
+    /// (once per O(files) commits), every file's pointer.
+    pub(crate) fn with_flushed(&self, signal: Signal, files: &[Arc<DataFile>], flushed_seq: u64) -> ManifestChange {
+        if !self.manifest.wants_checkpoint() {
+            return ManifestChange::flushed(self.manifest.clone(), signal, files.to_vec(), flushed_seq);
+        }
+        let mut after = self.files.clone();
+        after[slot(signal)].extend(files.iter().cloned());
+        let mut after_seq = self.flushed_seq;
+        after_seq[slot(signal)] = after_seq[slot(signal)].max(flushed_seq);
+        ManifestChange::checkpoint(self.manifest.clone(), after_seq, after.into_iter().flatten().collect())
     }
 
-    /// The manifest as it will be once compaction swapped `inputs` for `outputs`.
+    /// The manifest change that swaps compacted `inputs` for their `outputs`.
     pub(crate) fn with_replaced(
         &self,
         signal: Signal,
         inputs: &[Arc<DataFile>],
         outputs: &[Arc<DataFile>],
-    ) -> ManifestImage {
-        let mut image = self.image();
+    ) -> ManifestChange {
+        if !self.manifest.wants_checkpoint() {
+            return ManifestChange::replaced(self.manifest.clone(), signal, inputs.to_vec(), outputs.to_vec());
+        }
+        let mut after = self.files.clone();
         let inputs: HashSet<*const DataFile> = inputs.iter().map(Arc::as_ptr).collect();
-        image.files[slot(signal)].retain(|file| !inputs.contains(&Arc::as_ptr(file)));
-        image.files[slot(signal)].extend(outputs.iter().cloned());
-        image
+        after[slot(signal)].retain(|file| !inputs.contains(&Arc::as_ptr(file)));
+        after[slot(signal)].extend(outputs.iter().cloned());
+        ManifestChange::checkpoint(self.manifest.clone(), self.flushed_seq, after.into_iter().flatten().collect())
     }
 
     /// Makes a committed [`Catalog::with_flushed`] visible.
@@ -289,62 +268,6 @@ impl Catalog {
         for input in inputs {
             input.retire();
         }
-    }
-
-    fn image(&self) -> ManifestImage {
-        ManifestImage { data_dir: self.data_dir.clone(), flushed_seq: self.flushed_seq, files: self.files.clone() }
-    }
-}
-
-/// The content of a manifest, taken from the catalog (pointers to its files) so that it can be
-/// serialized and written without holding the catalog.
-pub(crate) struct ManifestImage {
-    data_dir: PathBuf,
-    flushed_seq: [u64; 3],
-    files: [Vec<Arc<DataFile>>; 3],
-}
-
-impl ManifestImage {
-    fn relative(&self, path: &Path) -> String {
-        path.strip_prefix(&self.data_dir).unwrap_or(path).to_string_lossy().into_owned()
-    }
-
-    /// Replaces `manifest.json` with this image atomically: write, fsync, rename, fsync dir.
-    pub(crate) fn commit(self) -> Result<()> {
-        let manifest = ManifestFile {
-            version: MANIFEST_VERSION,
-            flushed_seq: Signal::ALL
-                .into_iter()
-                .map(|signal| (signal.table_name().to_string(), self.flushed_seq[slot(signal)]))
-                .collect(),
-            files: self
-                .files
-                .iter()
-                .flatten()
-                .map(|file| ManifestEntry {
-                    signal: file.signal.table_name().to_string(),
-                    path: self.relative(&file.path),
-                    index: file.index_dir.as_deref().map(|dir| self.relative(dir)),
-                    stats: FileStats {
-                        size_bytes: file.size_bytes,
-                        index_bytes: file.index_bytes,
-                        num_rows: file.num_rows,
-                        min_time_ns: file.min_time_ns,
-                        max_time_ns: file.max_time_ns,
-                        row_group_row_counts: file.row_group_row_counts.clone(),
-                    },
-                })
-                .collect(),
-        };
-        let path = self.data_dir.join(MANIFEST);
-        let temporary = self.data_dir.join(format!("{MANIFEST}.tmp"));
-        let bytes =
-            serde_json::to_vec(&manifest).map_err(|e| Error::Manifest { path: path.clone(), reason: e.to_string() })?;
-        fs::write(&temporary, &bytes)
-            .and_then(|()| fs::File::open(&temporary)?.sync_all())
-            .map_err(|e| Error::io(&temporary, e))?;
-        fs::rename(&temporary, &path).map_err(|e| Error::io(&path, e))?;
-        sync_dir(&self.data_dir)
     }
 }
 
@@ -389,15 +312,16 @@ mod tests {
     }
 
     #[test]
-    fn an_image_is_durable_before_it_is_visible() {
+    fn a_change_is_durable_before_it_is_visible() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.parquet");
         fs::write(&path, b"abc").unwrap();
         let mut catalog = Catalog::open(dir.path()).unwrap();
         let file = Arc::new(DataFile::new(Signal::Metrics, path.clone(), None, stats()));
-        let image = catalog.with_flushed(Signal::Metrics, std::slice::from_ref(&file), 7);
-        assert!(catalog.files(Signal::Metrics).is_empty(), "taking an image changes nothing");
-        image.commit().unwrap();
+        let metrics = manifest::ManifestMetrics::unregistered();
+        let change = catalog.with_flushed(Signal::Metrics, std::slice::from_ref(&file), 7);
+        assert!(catalog.files(Signal::Metrics).is_empty(), "taking a change changes nothing");
+        change.commit(&metrics).unwrap();
         // On disk already, in memory not yet: a crash here loses nothing (the WAL still holds
         // the rows up to 7) and a reopened catalog knows the file.
         assert!(catalog.files(Signal::Metrics).is_empty());
@@ -406,8 +330,8 @@ mod tests {
         catalog.apply_flushed(Signal::Metrics, vec![file.clone()], 7);
         assert_eq!(catalog.files(Signal::Metrics).len(), 1);
 
-        let image = catalog.with_replaced(Signal::Metrics, std::slice::from_ref(&file), &[]);
-        image.commit().unwrap();
+        let change = catalog.with_replaced(Signal::Metrics, std::slice::from_ref(&file), &[]);
+        change.commit(&metrics).unwrap();
         assert_eq!(Catalog::open(dir.path()).unwrap().files(Signal::Metrics).len(), 0);
         catalog.apply_replaced(Signal::Metrics, std::slice::from_ref(&file), vec![]);
         assert!(catalog.files(Signal::Metrics).is_empty());

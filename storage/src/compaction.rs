@@ -1,6 +1,6 @@
 //! Compaction: which files to merge ([`plan`]) and the merge itself ([`merge_files`]). The
-//! store runs it one pass at a time under its maintenance lock and swaps the outputs in
-//! atomically with the manifest (`Store::compact`).
+//! store runs one pass at a time, beside its flushes, and swaps the outputs in atomically with
+//! the manifest (`Store::compact`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,6 +14,11 @@ use crate::writer;
 
 /// One compaction: `inputs` rewritten as one file per hour partition, or as one file of the
 /// UTC day `into_day` (days since 1970-01-01).
+/// Most files one merge reads. A streaming merge holds a decoded batch and the current row
+/// group's column chunks of every input at once, so its memory grows with their number, and
+/// small flushes make many small files: the size bound alone let one merge take hundreds.
+pub(crate) const MAX_MERGE_INPUTS: usize = 16;
+
 #[derive(Debug)]
 pub(crate) struct Merge {
     pub(crate) inputs: Vec<Arc<DataFile>>,
@@ -61,7 +66,7 @@ pub(crate) fn plan(
             let mut group: Vec<Arc<DataFile>> = Vec::new();
             let mut total = 0;
             for file in candidates {
-                if total + file.size_bytes > config.compaction_target_bytes {
+                if total + file.size_bytes > config.compaction_target_bytes || group.len() == MAX_MERGE_INPUTS {
                     if group.len() >= 2 {
                         merges.push(Merge { inputs: std::mem::take(&mut group), into_day: Some(day) });
                     }
@@ -111,6 +116,7 @@ fn small_file_groups(files: &[Arc<DataFile>], config: &StoreConfig, now: Instant
                     total += file.size_bytes;
                     total <= config.compaction_target_bytes
                 })
+                .take(MAX_MERGE_INPUTS)
                 .collect();
             let enough = if settled { 2 } else { config.compaction_min_files };
             (group.len() >= enough).then_some(group)
@@ -246,5 +252,20 @@ mod tests {
         files.push(Arc::new(late));
         let groups = small_file_groups(&files, &config, settled + Duration::from_secs(159));
         assert_eq!(groups.iter().map(|g| names(g)).collect::<Vec<_>>(), vec![vec!["s1", "s2", "s3"]]);
+    }
+
+    #[test]
+    fn a_merge_reads_at_most_max_merge_inputs_files() {
+        let config = StoreConfig { compaction_target_bytes: 1 << 30, ..StoreConfig::default() };
+        let hour_files: Vec<_> = (0..40).map(|n| file("a", &format!("s{n}"), 10)).collect();
+        // Forty settled metrics hours of day 1, old enough for day files: groups of 16, 16, 8.
+        let day_files: Vec<_> = (0..40).map(|n| hour_file(Signal::Metrics, 24 + n % 24, 10 + n as u64)).collect();
+        let settled = Instant::now() + Duration::from_secs(config.compaction_settle_secs);
+        let groups = small_file_groups(&hour_files, &config, settled);
+        assert_eq!(groups.iter().map(Vec::len).collect::<Vec<_>>(), vec![MAX_MERGE_INPUTS]);
+
+        let merges = plan(Signal::Metrics, &day_files, &config, settled, 10 * writer::NANOS_PER_DAY);
+        let sizes: Vec<usize> = merges.iter().map(|merge| merge.inputs.len()).collect();
+        assert_eq!(sizes, vec![MAX_MERGE_INPUTS, MAX_MERGE_INPUTS, 8]);
     }
 }

@@ -61,6 +61,10 @@ pub enum Error {
 
     #[error("internal error: {0}")]
     Internal(String),
+
+    /// A search stopped because its query was dropped: nobody waits for the answer.
+    #[error("the full-text search was cancelled")]
+    Cancelled,
 }
 
 /// How a failure looks to a client: this decides the HTTP status, the gRPC code and whether the

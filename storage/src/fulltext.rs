@@ -22,10 +22,17 @@
 //! words, phrases, `*` and boolean operators are decided on each body's tokens directly
 //! (`BodyMatcher`), as that index would; other queries (ranges, sets, slop, phrase prefixes)
 //! still build it. Each query string is parsed once and cached.
+//!
+//! A search runs on a blocking thread, which nothing outside it can stop. The `_cancellable`
+//! searches take a [`Cancel`], asked before each segment and every [`CANCEL_CHECK_DOCS`]
+//! documents within one, so that a search whose query was dropped (its client went away, it timed
+//! out) ends within a few thousand documents instead of running to the end ([`CancelFlag`],
+//! [`CancelOnDrop`]).
 
 use std::collections::HashMap;
 use std::ops::Bound;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
 
 use arrow::array::{Array, BooleanArray, BooleanBufferBuilder, StringArray};
@@ -34,11 +41,14 @@ use tantivy::Term;
 use tantivy::collector::{Collector, SegmentCollector};
 use tantivy::columnar::Column;
 use tantivy::indexer::UserOperation;
-use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, QueryParser, RangeQuery, TermQuery};
+use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, QueryParser, RangeQuery, TermQuery, Weight};
 use tantivy::query_grammar::{UserInputAst, UserInputLeaf};
 use tantivy::schema::{FAST, Field, IndexRecordOption, Schema, TEXT, TextFieldIndexing, TextOptions};
 use tantivy::tokenizer::{TextAnalyzer, TokenStream};
-use tantivy::{DocId, Index, IndexWriter, Score, SegmentOrdinal, SegmentReader, TantivyDocument};
+use tantivy::{
+    COLLECT_BLOCK_BUFFER_LEN, DocId, DocSet, Index, IndexWriter, Score, SegmentOrdinal, SegmentReader, TantivyDocument,
+    TantivyError,
+};
 
 use crate::error::{Error, Result};
 
@@ -52,6 +62,60 @@ const WRITER_MEMORY_BYTES: usize = 96 * 1024 * 1024;
 /// Documents handed to the indexing thread at a time.
 const INDEX_BATCH_DOCS: usize = 4096;
 const IN_MEMORY_WRITER_BYTES: usize = 16 * 1024 * 1024;
+/// Documents a search goes through between two questions to its [`Cancel`]: a segment of a large
+/// file holds millions, and one atomic load per few thousand costs nothing measurable.
+pub const CANCEL_CHECK_DOCS: usize = 64 * COLLECT_BLOCK_BUFFER_LEN;
+
+/// Whether a running index search should stop: asked before each segment and every
+/// [`CANCEL_CHECK_DOCS`] documents within one. `true` ends the search with [`Error::Cancelled`].
+pub trait Cancel: Sync {
+    fn is_cancelled(&self) -> bool;
+}
+
+impl<F: Fn() -> bool + Sync> Cancel for F {
+    fn is_cancelled(&self) -> bool {
+        self()
+    }
+}
+
+/// A search that is never cancelled.
+const NEVER: fn() -> bool = || false;
+
+/// A cancellation shared by the blocking thread that searches and the future that waits for it.
+#[derive(Debug, Clone, Default)]
+pub struct CancelFlag(Arc<AtomicBool>);
+
+impl CancelFlag {
+    pub fn new() -> CancelFlag {
+        CancelFlag::default()
+    }
+
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    /// Cancels when dropped. The future that waits for a blocking search holds it, so that the
+    /// search stops when that future is dropped, as a query's is when its client goes away.
+    pub fn cancel_on_drop(&self) -> CancelOnDrop {
+        CancelOnDrop(self.clone())
+    }
+}
+
+impl Cancel for CancelFlag {
+    fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// Cancels its [`CancelFlag`] when dropped (also after the search ended, which is harmless).
+#[derive(Debug)]
+pub struct CancelOnDrop(CancelFlag);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
 
 struct IndexSchema {
     schema: Schema,
@@ -453,10 +517,15 @@ impl FullTextIndex {
     /// Row numbers (positions in the Parquet file), ascending, that may match `query`: every
     /// matching row is among them; [`matches_bodies`] decides.
     pub fn candidates(&self, query: &str) -> Result<Vec<u64>> {
+        self.candidates_cancellable(query, &NEVER)
+    }
+
+    /// [`FullTextIndex::candidates`], or [`Error::Cancelled`] once `cancel` says so.
+    pub fn candidates_cancellable(&self, query: &str, cancel: &dyn Cancel) -> Result<Vec<u64>> {
         // Syntax and field errors are reported as the exact parser sees them.
         let compiled = compiled_query(query)?;
         let superset = self.superset(&compiled.ast);
-        Ok(self.reader.searcher().search(superset.as_ref(), &RowCollector)?)
+        search_rows(&self.reader.searcher(), superset.as_ref(), cancel)
     }
 
     /// Row numbers, ascending, whose body may contain `needle` as a substring (case-sensitive
@@ -466,6 +535,11 @@ impl FullTextIndex {
     /// digits only, and runs longer than the tokenizer keeps, are not in the index and narrow
     /// nothing.
     pub fn substring_candidates(&self, needle: &str) -> Result<Vec<u64>> {
+        self.substring_candidates_cancellable(needle, &NEVER)
+    }
+
+    /// [`FullTextIndex::substring_candidates`], or [`Error::Cancelled`] once `cancel` says so.
+    pub fn substring_candidates_cancellable(&self, needle: &str, cancel: &dyn Cancel) -> Result<Vec<u64>> {
         let lower = needle.to_lowercase();
         let mut runs: Vec<(usize, usize)> = Vec::new();
         let mut start = None;
@@ -511,7 +585,7 @@ impl FullTextIndex {
         }
         let query: Box<dyn Query> =
             if required.is_empty() { Box::new(AllQuery) } else { Box::new(BooleanQuery::new(required)) };
-        Ok(self.reader.searcher().search(query.as_ref(), &RowCollector)?)
+        search_rows(&self.reader.searcher(), query.as_ref(), cancel)
     }
 
     /// Rows holding a term that starts with `prefix`: a range of the term dictionary, which
@@ -623,7 +697,7 @@ fn matches_bodies_by_index(bodies: &StringArray, query: &str) -> Result<BooleanA
     )?;
     let reader = index.reader_builder().reload_policy(tantivy::ReloadPolicy::Manual).try_into()?;
     let searcher: tantivy::Searcher = tantivy::IndexReader::searcher(&reader);
-    for row in searcher.search(&parsed, &RowCollector)? {
+    for row in search_rows(&searcher, &parsed, &NEVER)? {
         // A null body is a document without text, which `*` would match.
         if bodies.is_valid(row as usize) {
             matched.set_bit(row as usize, true);
@@ -639,8 +713,33 @@ pub fn index_size_bytes(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// Collects the rows of the documents hit, ascending.
-struct RowCollector;
+/// The rows of the documents `query` hits, ascending, unless `cancel` stops the search.
+fn search_rows(searcher: &tantivy::Searcher, query: &dyn Query, cancel: &dyn Cancel) -> Result<Vec<u64>> {
+    let collector = RowCollector { cancel, cancelled: AtomicBool::new(false) };
+    let rows = searcher.search(query, &collector);
+    // The collector stops the search with an error of tantivy's; this is what it meant.
+    if collector.cancelled.load(Ordering::Relaxed) {
+        return Err(Error::Cancelled);
+    }
+    Ok(rows?)
+}
+
+/// Collects the rows of the documents hit, ascending, asking `cancel` as it goes.
+struct RowCollector<'a> {
+    cancel: &'a dyn Cancel,
+    /// Set when `cancel` stopped the search.
+    cancelled: AtomicBool,
+}
+
+impl RowCollector<'_> {
+    fn check(&self) -> tantivy::Result<()> {
+        if self.cancel.is_cancelled() {
+            self.cancelled.store(true, Ordering::Relaxed);
+            return Err(TantivyError::InternalError("the search was cancelled".into()));
+        }
+        Ok(())
+    }
+}
 
 struct RowSegmentCollector {
     first_rows: Column<u64>,
@@ -649,9 +748,42 @@ struct RowSegmentCollector {
     hits: Vec<u64>,
 }
 
-impl Collector for RowCollector {
+impl Collector for RowCollector<'_> {
     type Fruit = Vec<u64>;
     type Child = RowSegmentCollector;
+
+    /// tantivy's own loop over a segment's documents, which cannot be stopped, with a question to
+    /// `cancel` before it and every [`CANCEL_CHECK_DOCS`] documents.
+    fn collect_segment(
+        &self,
+        weight: &dyn Weight,
+        segment: SegmentOrdinal,
+        reader: &SegmentReader,
+    ) -> tantivy::Result<Vec<u64>> {
+        self.check()?;
+        let mut collector = self.for_segment(segment, reader)?;
+        let mut docs = weight.scorer(reader, 1.0)?;
+        let alive = reader.alive_bitset();
+        let mut buffer = [0; COLLECT_BLOCK_BUFFER_LEN];
+        let mut unchecked = 0;
+        loop {
+            let filled = docs.fill_buffer(&mut buffer);
+            for &doc in &buffer[..filled] {
+                if alive.is_none_or(|alive| alive.is_alive(doc)) {
+                    collector.collect(doc, 0.0);
+                }
+            }
+            if filled < buffer.len() {
+                break;
+            }
+            unchecked += filled;
+            if unchecked >= CANCEL_CHECK_DOCS {
+                unchecked = 0;
+                self.check()?;
+            }
+        }
+        Ok(collector.harvest())
+    }
 
     fn for_segment(&self, _segment: SegmentOrdinal, reader: &SegmentReader) -> tantivy::Result<RowSegmentCollector> {
         let fast_fields = reader.fast_fields();
@@ -796,6 +928,88 @@ mod tests {
         let index = FullTextIndex::open(dir.path()).unwrap();
         assert_eq!(index.candidates("connection").unwrap(), vec![0, 5]);
         assert_eq!(index.substring_candidates("disk full").unwrap(), vec![4]);
+    }
+
+    /// An index of `segments` segments (one commit each) of `docs` documents each, every body
+    /// "error <n>", a row per document.
+    fn index_of_segments(dir: &Path, segments: usize, docs: usize) -> FullTextIndex {
+        let fields = filter_schema(true);
+        let index = Index::create_in_dir(dir, fields.schema.clone()).unwrap();
+        register_tokenizer(&index);
+        let rows = index.schema().get_field(ROWS_FIELD).unwrap();
+        let mut writer: IndexWriter<TantivyDocument> = index.writer_with_num_threads(1, WRITER_MEMORY_BYTES).unwrap();
+        // A few segments stay below the merge policy's threshold: each commit stays a segment.
+        writer.set_merge_policy(Box::new(tantivy::indexer::NoMergePolicy));
+        for segment in 0..segments {
+            for doc in 0..docs {
+                let row = (segment * docs + doc) as u64;
+                let mut document = TantivyDocument::new();
+                document.add_text(fields.body, format!("error {row}"));
+                document.add_u64(fields.row, row);
+                document.add_u64(rows, 1);
+                writer.add_document(document).unwrap();
+            }
+            writer.commit().unwrap();
+        }
+        writer.wait_merging_threads().unwrap();
+        let index = FullTextIndex::open(dir).unwrap();
+        assert_eq!(index.reader.searcher().segment_readers().len(), segments);
+        index
+    }
+
+    #[test]
+    fn a_cancelled_search_stops_before_the_next_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = index_of_segments(dir.path(), 4, 10);
+        let asked = std::sync::atomic::AtomicUsize::new(0);
+        let count = || asked.fetch_add(1, Ordering::Relaxed);
+
+        // Not cancelled: asked once per segment (each is far below CANCEL_CHECK_DOCS), all rows.
+        let rows = index.candidates_cancellable("error", &|| count() == usize::MAX).unwrap();
+        assert_eq!(rows, (0..40).collect::<Vec<u64>>());
+        assert_eq!(asked.swap(0, Ordering::Relaxed), 4);
+
+        // Cancelled before: no segment is searched.
+        let cancelled = CancelFlag::new();
+        cancelled.cancel();
+        assert!(matches!(index.candidates_cancellable("error", &cancelled), Err(Error::Cancelled)));
+        assert!(matches!(index.substring_candidates_cancellable("rror", &cancelled), Err(Error::Cancelled)));
+
+        // Cancelled during: two segments searched, the third one is where it stops, the fourth
+        // is never asked about.
+        let error = index.candidates_cancellable("error", &|| count() >= 2).unwrap_err();
+        assert!(matches!(error, Error::Cancelled), "{error}");
+        assert_eq!(asked.swap(0, Ordering::Relaxed), 3);
+
+        // Dropping the guard (as a dropped query does) stops it the same way.
+        let flag = CancelFlag::new();
+        let guard = Mutex::new(Some(flag.cancel_on_drop()));
+        let drop_after_one = || {
+            if count() == 1 {
+                drop(guard.lock().take());
+            }
+            flag.is_cancelled()
+        };
+        let error = index.substring_candidates_cancellable("error", &drop_after_one).unwrap_err();
+        assert!(matches!(error, Error::Cancelled), "{error}");
+        assert_eq!(asked.swap(0, Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn a_cancelled_search_stops_within_a_large_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let docs = 5 * CANCEL_CHECK_DOCS + 100;
+        let index = index_of_segments(dir.path(), 1, docs);
+        let asked = std::sync::atomic::AtomicUsize::new(0);
+        let count = || asked.fetch_add(1, Ordering::Relaxed);
+        let rows = index.candidates_cancellable("error", &|| count() == usize::MAX).unwrap();
+        assert_eq!(rows.len(), docs);
+        // Before the segment, then after each CANCEL_CHECK_DOCS documents.
+        assert_eq!(asked.swap(0, Ordering::Relaxed), 1 + 5);
+        // Cancelled at the first question within the segment: the rest is not read.
+        let error = index.candidates_cancellable("error", &|| count() >= 1).unwrap_err();
+        assert!(matches!(error, Error::Cancelled), "{error}");
+        assert_eq!(asked.load(Ordering::Relaxed), 2);
     }
 
     #[test]

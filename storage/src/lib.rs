@@ -4,8 +4,8 @@
 //! Data moves through the modules in this order: a receiver decodes a request, [`convert`]
 //! turns it into Arrow rows, the [`Store`] appends it to the write-ahead log (group commit) and
 //! buffers the rows, and a background flush writes them as Parquet (+ index) files that the
-//! catalog records in an atomically replaced manifest. Queries take a [`TableSnapshot`]: the
-//! files and the buffered rows, consistent with each other.
+//! catalog records in its manifest (a checkpoint plus a log of changes). Queries take a
+//! [`TableSnapshot`]: the files and the buffered rows, consistent with each other.
 //!
 //! # Layout
 //! - `config`: [`StoreConfig`], defaults and validation.
@@ -17,7 +17,8 @@
 //! - `store`: ingest, buffers, flush, snapshots and shutdown; runs compaction passes.
 //! - `compaction`: which files to merge, and the merge (streaming when the inputs are sorted).
 //! - `writer`: hour-partitioned, sorted Parquet files and their full-text indexes.
-//! - `catalog`: the manifest of files, and when replaced files may be deleted.
+//! - `catalog`: the files of each table, and when replaced files may be deleted.
+//! - `manifest`: the catalog on disk: a checkpoint, an append-only log of changes, replay.
 //! - `fulltext`: the tantivy index over log bodies, and the same matching in memory.
 //! - `receiver`: OTLP/gRPC services and OTLP/HTTP routes.
 //! - `metrics`: the store's Prometheus self-metrics.
@@ -28,6 +29,7 @@ mod config;
 mod convert;
 mod error;
 pub mod fulltext;
+mod manifest;
 mod metrics;
 pub mod prompb;
 pub mod receiver;

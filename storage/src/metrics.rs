@@ -5,6 +5,7 @@ use prometheus::{
 };
 
 use crate::error::{Error, Result};
+use crate::manifest::ManifestMetrics;
 use crate::wal::WalMetrics;
 
 #[derive(Clone)]
@@ -19,6 +20,7 @@ pub struct StorageMetrics {
     pub flush_duration: HistogramVec,
     pub compaction_duration: Histogram,
     pub wal: WalMetrics,
+    pub manifest: ManifestMetrics,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, collector: T) -> Result<T> {
@@ -108,6 +110,24 @@ impl StorageMetrics {
                     registry,
                     IntGauge::new("wake_server_wal_size_bytes", "Bytes of write-ahead log segments on disk")
                         .map_err(metric_error)?,
+                )?,
+            },
+            manifest: ManifestMetrics {
+                bytes_written: register(
+                    registry,
+                    IntCounter::new(
+                        "wake_server_manifest_written_bytes_total",
+                        "Bytes written to the manifest: log records and checkpoints",
+                    )
+                    .map_err(metric_error)?,
+                )?,
+                checkpoints: register(
+                    registry,
+                    IntCounter::new(
+                        "wake_server_manifest_checkpoints_total",
+                        "Manifest checkpoints written (each replaces the log of changes before it)",
+                    )
+                    .map_err(metric_error)?,
                 )?,
             },
         })

@@ -313,10 +313,20 @@ impl WakeServer {
 
     /// Polls `sql` (a single count) until it answers `expected`; panics with the last answer.
     pub fn wait_for_count(&self, sql: &str, expected: u64, timeout: Duration) {
+        self.wait_for_count_where(sql, &format!("{expected}"), |actual| actual == expected, timeout);
+    }
+
+    /// Waits until `sql`'s count is at least `minimum`: for rows that keep coming (metrics
+    /// scraped every second), where an exact count would race the next scrape.
+    pub fn wait_for_count_at_least(&self, sql: &str, minimum: u64, timeout: Duration) {
+        self.wait_for_count_where(sql, &format!("at least {minimum}"), |actual| actual >= minimum, timeout);
+    }
+
+    fn wait_for_count_where(&self, sql: &str, expected: &str, done: impl Fn(u64) -> bool, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
             let actual = self.count(sql);
-            if actual == expected {
+            if done(actual) {
                 return;
             }
             if Instant::now() >= deadline {

@@ -97,14 +97,15 @@ where
 }
 
 /// Loki's error shape and codes: plain text; bad parameters and exceeded limits 400, a body
-/// too large 413, a full queue 429 with `Retry-After`, timeouts 503, Wake's faults 500.
+/// too large 413, a full queue or too many live tails 429 with `Retry-After`, timeouts 503,
+/// Wake's faults 500.
 pub(super) fn error_response(error: LokiError) -> Response {
     let status = match &error {
         LokiError::BadQuery(_) | LokiError::Limit { .. } => StatusCode::BAD_REQUEST,
         LokiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         LokiError::Engine(engine_error) => match engine_error {
             Error::Timeout(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Error::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Error::Overloaded { .. } | Error::TooManyTails { .. } => StatusCode::TOO_MANY_REQUESTS,
             _ if engine_error.limit_name().is_some() => StatusCode::BAD_REQUEST,
             _ => engine_error.status(),
         },

@@ -5,8 +5,9 @@
 //!
 //! Times (Loki's `parseTimestamp`): a number with a fraction is Unix seconds; an integer of at
 //! most 10 characters is Unix seconds (`start=$(date +%s)`), a longer one Unix nanoseconds;
-//! anything else RFC 3339. Durations (`step`, `since`): Prometheus syntax (`5m`, `1h30m`,
-//! `250ms`) or a number of seconds. Defaults as Loki's: `end` now, `start` one hour before
+//! anything else RFC 3339. Durations (`step`, `since`): the workspace's grammar
+//! ([`wake_collector::time`]: Prometheus' `5m`, `1h30m`, `1d`, Go's `1.5h`, `250ms`) or a
+//! number of seconds. Defaults as Loki's: `end` now, `start` one hour before
 //! `end` (or `end - since`), `limit` 100, `direction` backward, and a step that gives about 250
 //! points. Loki's limits apply: `limit` at most `max_entries_limit_per_query`, the range at
 //! most `max_query_length`, at most 11,000 points per series.
@@ -15,7 +16,10 @@
 #![warn(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::arithmetic_side_effects)]
 
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use wake_collector::time;
+pub use wake_collector::time::{MAX_DURATION, duration_ns, now_ns};
 
 /// A bad parameter, or one beyond a limit (`limit` names it): answered with 400 and Loki's
 /// error text.
@@ -49,10 +53,6 @@ pub fn parse_form(text: &str) -> Params {
 
 pub fn first<'a>(params: &'a Params, key: &str) -> Option<&'a str> {
     params.get(key).and_then(|values| values.first()).map(String::as_str).filter(|v| !v.is_empty())
-}
-
-pub fn now_ns() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
 /// The largest number of seconds whose nanoseconds fit an `i64` (the store's timestamps):
@@ -94,60 +94,10 @@ pub fn parse_time(text: &str) -> Result<i64, ParamError> {
     })
 }
 
-/// The longest duration accepted anywhere: what fits an `i64` of nanoseconds (about 292
-/// years), so that every sum of a time and a duration can be checked in `i64`.
-pub const MAX_DURATION: Duration = Duration::from_nanos(i64::MAX as u64);
-
-/// A Prometheus duration (`1h30m`, `250ms`) or a number of seconds, at most [`MAX_DURATION`].
+/// A duration (`1h30m`, `250ms`, `1d`) or a number of seconds, at most [`MAX_DURATION`]: the
+/// workspace's one grammar ([`wake_collector::time`]), a superset of Prometheus'.
 pub fn parse_duration(text: &str) -> Result<Duration, ParamError> {
-    let text = text.trim();
-    let invalid = || ParamError::new(format!("invalid duration {text:?}"));
-    let out_of_range = || ParamError::new(format!("invalid duration {text:?}: out of range (at most 292 years)"));
-    let checked = |seconds: f64| -> Result<Duration, ParamError> {
-        if !seconds.is_finite() || seconds < 0.0 {
-            return Err(invalid());
-        }
-        if seconds > MAX_DURATION.as_secs_f64() {
-            return Err(out_of_range());
-        }
-        // Compared again as a Duration: near the bound, the f64 comparison rounds.
-        Duration::try_from_secs_f64(seconds).ok().filter(|duration| *duration <= MAX_DURATION).ok_or_else(out_of_range)
-    };
-    if let Ok(seconds) = text.parse::<f64>() {
-        return checked(seconds);
-    }
-    if text.is_empty() {
-        return Err(ParamError::new("empty duration".into()));
-    }
-    let mut total_seconds = 0.0f64;
-    let mut rest = text;
-    while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(rest.len());
-        let unit_end =
-            rest[digits..].find(|c: char| c.is_ascii_digit()).map_or(rest.len(), |i| digits.saturating_add(i));
-        let (number, unit) = (&rest[..digits], &rest[digits..unit_end]);
-        let value: f64 = number.parse().map_err(|_| invalid())?;
-        let unit_secs = match unit {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            "d" => 86400.0,
-            "w" => 7.0 * 86400.0,
-            "y" => 365.0 * 86400.0,
-            _ => return Err(ParamError::new(format!("invalid duration {text:?}: unknown unit {unit:?}"))),
-        };
-        total_seconds += value * unit_secs;
-        rest = &rest[unit_end..];
-    }
-    checked(total_seconds)
-}
-
-/// A duration as `i64` nanoseconds; every [`parse_duration`] result fits.
-pub fn duration_ns(duration: Duration) -> i64 {
-    i64::try_from(duration.as_nanos()).unwrap_or(i64::MAX)
+    time::parse_duration_or_seconds(text).map_err(|error| ParamError::new(error.to_string()))
 }
 
 /// Loki's limits on a query's parameters (`query.max_entries_limit_per_query` and
@@ -314,6 +264,13 @@ mod tests {
         assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
         assert!(parse_duration("5 minutes").is_err());
         assert!(parse_duration("-1").is_err());
+        assert_eq!(parse_duration("1d").unwrap(), Duration::from_secs(86_400));
+        assert_eq!(parse_duration("1.5h").unwrap(), Duration::from_secs(5400));
+        // Loki's 400 says what was wrong.
+        let message = |text: &str| parse_duration(text).unwrap_err().to_string();
+        assert_eq!(message("5 minutes"), r#"invalid duration "5 minutes": unknown unit " minutes""#);
+        assert_eq!(message("300y"), r#"invalid duration "300y": out of range (at most 292 years)"#);
+        assert_eq!(message("-1"), r#"invalid duration "-1": negative"#);
     }
 
     #[test]

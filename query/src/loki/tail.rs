@@ -2,11 +2,17 @@
 //! `logcli query --tail` use it.
 //!
 //! Parameters, as Loki's: `query`, a LogQL *log* query (a metric query is refused); `start`
-//! (default one hour ago, or `now - since`); `limit`, the number of past lines sent first
-//! (default 100, at most `query.max_entries_limit_per_query`); `delay_for`, whole seconds (0 to [`MAX_DELAY_FOR_S`]) to
+//! (default one hour ago, or `now - since`; at most `query.max_query_length_secs` ago, as Loki
+//! checks the history query); `limit`, the number of past lines sent first (default 100, at most
+//! `query.max_entries_limit_per_query`); `delay_for`, whole seconds (0 to [`MAX_DELAY_FOR_S`]) to
 //! hold lines back so that slow senders can catch up. A bad parameter or query is answered with a
 //! plain-text 400 before the upgrade; a failure once the socket is open closes it with code 1011
 //! and the error as the reason.
+//!
+//! At most `query.max_concurrent_tail_requests` tails are open at once (Loki's limit of that
+//! name); one more is answered with a plain-text 429 and `Retry-After` before the upgrade, and
+//! counted in `wake_query_limit_hits_total{api="loki",limit="max_concurrent_tail_requests"}`. A
+//! tail holds its place until its socket closes.
 //!
 //! Every server message is a text frame in the shape of Loki's `TailResponse`:
 //! `{"streams":[{"stream":{<labels>},"values":[["<unix ns>","<line>"], …]}, …]}`, at most
@@ -31,11 +37,13 @@
 //! runs. A line that arrives more than `LATE_WINDOW` behind `now - delay_for` is not tailed
 //! (queries still find it).
 //!
-//! A poll sends at most [`MAX_ENTRIES_PER_POLL`] lines; when there were more, the next poll starts
-//! at once, where that one stopped. The socket is read between polls: a close frame, an error or
-//! the end of the stream ends the tail (tungstenite answers the client's pings itself). While
-//! nothing is sent, a ping goes out every [`PING_INTERVAL`], which finds dead peers and keeps
-//! proxies from closing an idle connection.
+//! A poll sends at most [`MAX_ENTRIES_PER_POLL`] lines and reads at most [`MAX_POLL_SPAN`] of
+//! time; when there were more lines, or more time to read, the next poll starts at once, where
+//! that one stopped. So a tail that fell behind (a burst larger than it can send) catches up a
+//! span at a time: no poll sorts everything since it fell behind. The socket is read between
+//! polls: a close frame, an error or the end of the stream ends the tail (tungstenite answers the
+//! client's pings itself). While nothing is sent, a ping goes out every [`PING_INTERVAL`], which
+//! finds dead peers and keeps proxies from closing an idle connection.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap};
@@ -58,6 +66,7 @@ use super::params::{self, Direction, Params, first, now_ns};
 use super::pipeline::{Labels, Pipeline};
 use crate::QueryConfig;
 use crate::engine::QueryEngine;
+use crate::limits::{Api, TailPermit};
 
 /// How often the store is asked for new lines.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -65,6 +74,10 @@ pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 pub const LATE_WINDOW: Duration = Duration::from_secs(10);
 /// The most lines one poll sends; more wait for the next poll, which then follows at once.
 pub const MAX_ENTRIES_PER_POLL: usize = 1000;
+/// The longest time one poll reads, so that its query sorts a bounded span of rows however far
+/// behind the tail is; twice [`LATE_WINDOW`], so that a tail that is not behind reads its whole
+/// window in one poll.
+pub const MAX_POLL_SPAN: Duration = Duration::from_secs(2 * LATE_WINDOW.as_secs());
 /// The most lines in one message (Loki's `maxEntriesPerTailResponse`).
 pub const MAX_ENTRIES_PER_MESSAGE: usize = 100;
 /// The largest `delay_for`, in seconds (Loki's `maxDelayForInTailing`).
@@ -124,7 +137,11 @@ pub fn parse_request(config: &QueryConfig, params: &Params, now: i64) -> Result<
         (None, Some(since)) => now.saturating_sub(params::duration_ns(params::parse_duration(since)?)),
         (None, None) => now - 3600 * 1_000_000_000,
     };
-    let limit = params::limit(params, &params::ParamLimits::of(config))?;
+    let param_limits = params::ParamLimits::of(config);
+    // Loki runs the history as a query over `[start, now)`, within `max_query_length`: a `start`
+    // years back would otherwise sort every line of the store before the first is sent.
+    param_limits.check_length(i128::from(now) - i128::from(start_ns))?;
+    let limit = params::limit(params, &param_limits)?;
     let delay_s = match first(params, "delay_for") {
         None => 0,
         Some(text) => text.trim().parse::<u64>().map_err(|_| {
@@ -144,7 +161,8 @@ pub fn parse_request(config: &QueryConfig, params: &Params, now: i64) -> Result<
     })
 }
 
-/// `GET /loki/api/v1/tail`: checks the request, then upgrades to a WebSocket and tails.
+/// `GET /loki/api/v1/tail`: checks the request and takes a place among the open tails, then
+/// upgrades to a WebSocket and tails.
 pub async fn handler(
     State(engine): State<Arc<QueryEngine>>,
     RawQuery(query): RawQuery,
@@ -152,12 +170,26 @@ pub async fn handler(
 ) -> Response {
     let request = match parse_request(engine.config(), &params::parse_form(query.as_deref().unwrap_or("")), now_ns()) {
         Ok(request) => request,
-        Err(error) => return super::api::error_response(error),
+        Err(error) => {
+            if let Some(limit) = error.limit_name() {
+                engine.limits().hit(Api::Loki, limit);
+            }
+            return super::api::error_response(error);
+        }
     };
-    match upgrade {
-        Ok(upgrade) => upgrade.on_upgrade(move |socket| run(socket, engine, request)),
-        Err(rejection) => rejection.into_response(),
-    }
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => return rejection.into_response(),
+    };
+    // Before the upgrade, so that the client gets a status it can act on (after it, all it could
+    // get is a close frame), and after the checks above, so that a bad request takes no place.
+    let permit = match engine.limits().admit_tail() {
+        Ok(permit) => permit,
+        Err(error) => return super::api::error_response(error.into()),
+    };
+    // The permit moves into the socket's task and is dropped when the tail ends; if the upgrade
+    // never completes, the callback is dropped unrun, and the permit with it.
+    upgrade.on_upgrade(move |socket| run(socket, engine, request, permit))
 }
 
 /// One log line as sent: final labels and line after the pipeline.
@@ -304,16 +336,15 @@ impl Tailer {
 
     /// New entries up to `end_ns` (exclusive), oldest first, and whether more are waiting.
     async fn poll(&mut self, end_ns: i64) -> Result<(Vec<Entry>, bool), LokiError> {
-        let late_ns = LATE_WINDOW.as_nanos() as i64;
-        let low = (end_ns - late_ns).min(self.backlog_ns.unwrap_or(i64::MAX)).max(self.floor_ns);
+        let (low, high) = poll_window(end_ns, self.backlog_ns, self.floor_ns);
         self.sent.forget_before(low);
-        if end_ns <= low {
+        if high <= low {
             return Ok((Vec::new(), false));
         }
         let labels = STREAM_LABELS.iter().map(|(_, column)| *column).collect::<Vec<_>>().join(", ");
         let sql = format!(
             "SELECT CAST(timestamp AS BIGINT) AS ts, {labels}, body FROM logs WHERE {} AND {} ORDER BY timestamp ASC",
-            time_condition(low, end_ns),
+            time_condition(low, high),
             self.request.condition
         );
         let pipeline = self.request.pipeline.clone();
@@ -343,12 +374,30 @@ impl Tailer {
             })
             .await?;
         self.sent = scan.sent;
-        self.backlog_ns = scan.stopped_at;
+        self.backlog_ns = next_backlog(scan.stopped_at, high, end_ns);
         if let Some(remembered_from) = self.sent.shrink_to(MAX_REMEMBERED) {
             self.floor_ns = self.floor_ns.max(remembered_from);
         }
-        Ok((scan.new, scan.stopped_at.is_some()))
+        Ok((scan.new, self.backlog_ns.is_some()))
     }
+}
+
+/// The window `[low, high)` a poll up to `end_ns` reads: from [`LATE_WINDOW`] behind `end_ns`,
+/// or from where the last poll stopped (`backlog_ns`) if that is earlier, never before
+/// `floor_ns`; and at most [`MAX_POLL_SPAN`] long.
+fn poll_window(end_ns: i64, backlog_ns: Option<i64>, floor_ns: i64) -> (i64, i64) {
+    let span_ns = |span: Duration| i64::try_from(span.as_nanos()).unwrap_or(i64::MAX);
+    let low = end_ns.saturating_sub(span_ns(LATE_WINDOW)).min(backlog_ns.unwrap_or(i64::MAX)).max(floor_ns);
+    let high = end_ns.min(low.saturating_add(span_ns(MAX_POLL_SPAN)));
+    (low, high)
+}
+
+/// Where the next poll must start reading: where this one stopped at its line cap, else the end
+/// of its window when the span cut it short of `end_ns`, else nowhere in particular (`None`).
+/// Everything sent before that point is still remembered, so reading again from there sends
+/// nothing twice.
+fn next_backlog(stopped_at: Option<i64>, high: i64, end_ns: i64) -> Option<i64> {
+    stopped_at.or((high < end_ns).then_some(high))
 }
 
 /// A `TailResponse` of `entries` (in time order): consecutive entries of the same labels share
@@ -408,7 +457,9 @@ async fn send(socket: &mut WebSocket, entries: &[Entry]) -> Result<(), End> {
     Ok(())
 }
 
-async fn run(mut socket: WebSocket, engine: Arc<QueryEngine>, request: TailRequest) {
+/// Tails until the client goes or the tail fails; `_permit`, the tail's place among the open
+/// tails, is released when this returns.
+async fn run(mut socket: WebSocket, engine: Arc<QueryEngine>, request: TailRequest, _permit: TailPermit) {
     if let End::Failed(error) = tail(&mut socket, Tailer::new(engine, request)).await {
         tracing::warn!(%error, "loki tail failed");
         let frame = CloseFrame { code: close_code::ERROR, reason: close_reason(&error.to_string()).into() };
@@ -458,6 +509,7 @@ async fn tail(socket: &mut WebSocket, mut tailer: Tailer) -> End {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Error;
 
     fn request(query: &str) -> Result<TailRequest, LokiError> {
         parse_request(&QueryConfig::default(), &params::parse_form(query), 10_000 * 1_000_000_000)
@@ -500,6 +552,66 @@ mod tests {
                 other => panic!("{query}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn history_reaches_back_at_most_the_longest_query() {
+        let config = QueryConfig { max_query_length_secs: 3600, ..QueryConfig::default() };
+        let now = 10_000 * 1_000_000_000;
+        let tail = |query: &str| parse_request(&config, &params::parse_form(query), now);
+        assert_eq!(tail("query={service_name=\"api\"}&since=1h").unwrap().start_ns, 6_400 * 1_000_000_000);
+        for query in ["query={service_name=\"api\"}&since=61m", "query={service_name=\"api\"}&start=0"] {
+            match tail(query) {
+                Err(error @ LokiError::Limit { limit: "max_query_length_secs", .. }) => {
+                    assert!(error.to_string().contains("query time range exceeds the limit"), "{query}: {error}");
+                }
+                other => panic!("{query}: {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn one_tail_too_many_is_a_plain_text_429_with_retry_after() {
+        let response = super::super::api::error_response(Error::TooManyTails { max: 10 }.into());
+        assert_eq!(response.status(), axum::http::StatusCode::TOO_MANY_REQUESTS);
+        let headers = response.headers();
+        assert_eq!(headers[axum::http::header::RETRY_AFTER], crate::limits::RETRY_AFTER_SECS.to_string().as_str());
+        assert_eq!(headers[axum::http::header::CONTENT_TYPE], "text/plain; charset=utf-8");
+        let body = axum::body::to_bytes(response.into_body(), 4096).await.expect("body");
+        assert_eq!(
+            std::str::from_utf8(&body).expect("utf-8"),
+            "max concurrent tail requests limit exceeded, count > limit (11 > 10) (query.max_concurrent_tail_requests)"
+        );
+    }
+
+    #[test]
+    fn polls_read_a_bounded_span_and_a_tail_behind_catches_up_without_gaps() {
+        const S: i64 = 1_000_000_000;
+        let span = i64::try_from(MAX_POLL_SPAN.as_nanos()).unwrap();
+        let now = 100_000 * S;
+        // Not behind: the late window, in one poll.
+        assert_eq!(poll_window(now, None, 0), (now - 10 * S, now));
+        assert_eq!(next_backlog(None, now, now), None);
+        assert_eq!(poll_window(now, None, now - 3 * S), (now - 3 * S, now), "never before the floor");
+        // An hour behind (a burst stopped the last poll there): each poll reads one span from
+        // where the last one ended, until it reaches the late window.
+        let mut backlog = Some(now - 3600 * S);
+        let mut read_up_to = now - 3600 * S;
+        let mut polls = 0;
+        loop {
+            let (low, high) = poll_window(now, backlog, 0);
+            assert!(low <= read_up_to && high > read_up_to, "poll {polls}: [{low}, {high}) leaves a gap");
+            assert!(high - low <= span, "poll {polls} reads {} s", (high - low) / S);
+            read_up_to = high;
+            polls += 1;
+            backlog = next_backlog(None, high, now);
+            if backlog.is_none() {
+                break;
+            }
+        }
+        assert_eq!((read_up_to, polls), (now, 3600 / 20));
+        // A poll stopped at its line cap resumes there, even within its window.
+        assert_eq!(next_backlog(Some(now - 5 * S), now, now), Some(now - 5 * S));
     }
 
     #[test]

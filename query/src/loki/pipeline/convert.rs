@@ -3,6 +3,7 @@
 //! `strconv.Quote` (for error details).
 
 use logql::Unwrap;
+use wake_collector::time::{self, DurationError, Units};
 
 use super::Labels;
 
@@ -47,65 +48,17 @@ pub(super) fn parse_go_float(text: &str) -> Result<f64, String> {
     text.parse::<f64>().map_err(|_| format!("strconv.ParseFloat: parsing {}: invalid syntax", go_quote(text)))
 }
 
-/// Go's `time.ParseDuration`, in nanoseconds: `[-+]?([0-9]*(\.[0-9]*)?[a-z]+)+` with units
-/// `ns us µs ms s m h`, or a bare `0`.
+/// Go's `time.ParseDuration`, in nanoseconds: the workspace's grammar with Go's units (`ns` to
+/// `h`, so `1d` fails as in Loki), answering Go's error texts (they reach `__error_details__`).
 pub(super) fn parse_go_duration(text: &str) -> Result<i128, String> {
-    let invalid = || format!("time: invalid duration {}", go_quote(text));
-    let (negative, mut rest) = match text.as_bytes().first() {
-        Some(b'-') => (true, &text[1..]),
-        Some(b'+') => (false, &text[1..]),
-        _ => (false, text),
-    };
-    if rest == "0" {
-        return Ok(0);
-    }
-    if rest.is_empty() {
-        return Err(invalid());
-    }
-    let mut total: i128 = 0;
-    while !rest.is_empty() {
-        let whole_len = rest.bytes().take_while(u8::is_ascii_digit).count();
-        let whole = &rest[..whole_len];
-        rest = &rest[whole_len..];
-        let mut fraction = "";
-        if let Some(after_dot) = rest.strip_prefix('.') {
-            let fraction_len = after_dot.bytes().take_while(u8::is_ascii_digit).count();
-            fraction = &after_dot[..fraction_len];
-            rest = &after_dot[fraction_len..];
-            if whole.is_empty() && fraction.is_empty() {
-                return Err(invalid());
-            }
-        } else if whole.is_empty() {
-            return Err(invalid());
+    time::parse_signed_duration(text, Units::Go).map(i128::from).map_err(|error| match error {
+        DurationError::MissingUnit { .. } => format!("time: missing unit in duration {}", go_quote(text)),
+        DurationError::UnknownUnit { unit, .. } => {
+            format!("time: unknown unit {} in duration {}", go_quote(&unit), go_quote(text))
         }
-        let unit_len = rest.find(|c: char| c == '.' || c.is_ascii_digit()).unwrap_or(rest.len());
-        if unit_len == 0 {
-            return Err(format!("time: missing unit in duration {}", go_quote(text)));
-        }
-        let unit = &rest[..unit_len];
-        rest = &rest[unit_len..];
-        let unit_nanos: i128 = match unit {
-            "ns" => 1,
-            "us" | "µs" | "μs" => 1_000,
-            "ms" => 1_000_000,
-            "s" => 1_000_000_000,
-            "m" => 60_000_000_000,
-            "h" => 3_600_000_000_000,
-            _ => return Err(format!("time: unknown unit {} in duration {}", go_quote(unit), go_quote(text))),
-        };
-        // Longer digit runs overflow Go's int64 nanoseconds anyway.
-        if whole.len() > 20 {
-            return Err(invalid());
-        }
-        let whole: i128 = if whole.is_empty() { 0 } else { whole.parse().map_err(|_| invalid())? };
-        let mut value = whole.checked_mul(unit_nanos).ok_or_else(invalid)?;
-        if !fraction.is_empty() {
-            let fraction: f64 = format!("0.{fraction}").parse().unwrap_or(0.0);
-            value += (fraction * unit_nanos as f64) as i128;
-        }
-        total = total.checked_add(value).filter(|total| *total <= i128::from(i64::MAX)).ok_or_else(invalid)?;
-    }
-    Ok(if negative { -total } else { total })
+        // Go says "invalid duration" for bad syntax and for overflow alike.
+        _ => format!("time: invalid duration {}", go_quote(text)),
+    })
 }
 
 /// go-humanize's `ParseBytes`: a number (commas allowed) and an optional, case-insensitive unit,
@@ -174,6 +127,11 @@ mod tests {
         assert_eq!(parse_go_duration("-1m30s"), Ok(-90_000_000_000));
         assert_eq!(parse_go_duration("+.5h"), Ok(1_800_000_000_000));
         assert_eq!(parse_go_duration("1µs1us1μs1ns"), Ok(3_001));
+        assert_eq!(parse_go_duration("-2h45m"), Ok(-9_900_000_000_000));
+        assert_eq!(parse_go_duration("1d"), Err(r#"time: unknown unit "d" in duration "1d""#.to_string()));
+        assert_eq!(parse_go_duration("5"), Err(r#"time: missing unit in duration "5""#.to_string()));
+        assert_eq!(parse_go_duration(".s"), Err(r#"time: invalid duration ".s""#.to_string()));
+        assert_eq!(parse_go_duration("3000000h"), Err(r#"time: invalid duration "3000000h""#.to_string()));
         for bad in ["", "s", "1", "1d", ".s", "1.2.3s", "-", "9999999999999999999999h"] {
             assert!(parse_go_duration(bad).is_err(), "{bad:?}");
         }
