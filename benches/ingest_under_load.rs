@@ -54,8 +54,10 @@ fn ack_latencies(otlp_addr: &str, count: u64) -> Vec<Duration> {
             let started = Instant::now();
             let response =
                 client.post(&url).header("content-type", "application/x-protobuf").body(body).send().expect("ack");
-            assert_eq!(response.status(), 200);
-            started.elapsed()
+            let elapsed = started.elapsed();
+            let status = response.status();
+            assert_eq!(status, 200, "{}", response.text().unwrap_or_default());
+            elapsed
         })
         .collect();
     latencies.sort();

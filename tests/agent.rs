@@ -116,8 +116,11 @@ fn every_line_exactly_once_through_rotation_truncation_restarts_and_an_outage() 
     let grpc_addr = server.grpc_addr.to_string();
     server.kill();
     append(&log, &lines(100, 120));
-    std::thread::sleep(Duration::from_secs(2));
-    assert!(agent.metric("wake_agent_export_retries_total") >= 1.0, "{}", agent.process.log_tail());
+    let deadline = std::time::Instant::now() + WAIT;
+    while agent.metric("wake_agent_export_retries_total") < 1.0 {
+        assert!(std::time::Instant::now() < deadline, "no retry while the store is down\n{}", agent.process.log_tail());
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let server = WakeServer::start_on(&data, &grpc_addr, &[]);
     assert_exactly_once(&server, expected().chain(60..120), "after the store came back");
 

@@ -97,12 +97,10 @@ const QUERY_THREAD_STACK_BYTES: usize = 8 << 20;
 
 /// Lowers the calling thread's CPU priority (Linux schedules each thread on its own).
 ///
-/// `SCHED_IDLE` rather than only a high nice value: under Linux's EEVDF scheduler a waking
-/// nice-0 thread can still wait for a nice-19 thread's slice to end, and an acknowledgement
-/// passes through several wake-ups (WAL thread after its fsync, then the HTTP or gRPC worker),
-/// each of which waited behind a query thread (session 8: ack p99 2.2–5.3× idle at nice 10 and
-/// 19 alike). A waking normal thread always preempts an idle-class one at once. Threads the
-/// query threads start (the PromQL file readers) inherit the class.
+/// `SCHED_IDLE` (`thread_policy: idle`) rather than only a high nice value: under Linux's EEVDF
+/// scheduler a waking nice-0 thread can still wait for a nice-19 thread's slice to end, while it
+/// always preempts an idle-class one at once. Threads the query threads start (the PromQL file
+/// readers) inherit the class.
 // The one FFI call of the crate: neither rustix nor std wraps sched_setscheduler.
 #[allow(unsafe_code)]
 fn lower_thread_priority(policy: ThreadPolicy, nice: i32) {
@@ -443,13 +441,20 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn queries_run_on_idle_class_threads_and_ingest_does_not() {
-        let (_dir, engine) = engine();
-        assert_eq!(thread_policy(), 0, "the caller (as ingest) stays SCHED_OTHER");
-        let on_runtime = engine.run_request(Api::Sql, "policy", async { Ok(thread_policy()) }).await.expect("run");
-        let on_blocking = engine.run_blocking("policy", || Ok(thread_policy())).await.expect("run");
-        let libc_idle = u32::try_from(libc::SCHED_IDLE).expect("small");
-        assert_eq!((on_runtime, on_blocking), (libc_idle, libc_idle));
+    async fn query_threads_run_in_the_configured_class_and_ingest_does_not() {
+        for (policy, expected) in [(ThreadPolicy::Idle, libc::SCHED_IDLE), (ThreadPolicy::Normal, libc::SCHED_OTHER)] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let config = StoreConfig { data_dir: dir.path().to_path_buf(), ..StoreConfig::default() };
+            let registry = Registry::new();
+            let store = Store::open(config, &registry).expect("store");
+            let query = QueryConfig { thread_policy: policy, ..QueryConfig::default() };
+            let engine = QueryEngine::with_config(store, query, &registry).expect("engine");
+            assert_eq!(thread_policy(), 0, "the caller (as ingest) stays SCHED_OTHER");
+            let on_runtime = engine.run_request(Api::Sql, "policy", async { Ok(thread_policy()) }).await.expect("run");
+            let on_blocking = engine.run_blocking("policy", || Ok(thread_policy())).await.expect("run");
+            let expected = u32::try_from(expected).expect("small");
+            assert_eq!((on_runtime, on_blocking), (expected, expected), "{policy:?}");
+        }
     }
 
     #[tokio::test]

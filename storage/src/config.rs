@@ -67,8 +67,8 @@ impl Default for StoreConfig {
             flush_interval_secs: 10,
             // A flush holds about three copies of the piece it writes beside the buffers, so
             // these two bound the store's memory. The remote-write backfill of benches/promql.rs
-            // peaked at 3.9 GB of RSS over a day with 128 MiB and 1 GiB (jemalloc; 11.7 GB with
-            // glibc's allocator), at 1.09 GB over a week with 64 MiB and 256 MiB (BENCHMARKS.md).
+            // peaked at 3,855 MiB of RSS over a day with 128 MiB and 1 GiB, at over 1,405 MiB
+            // over a week with 64 MiB and 256 MiB, and at 739 MiB with these (BENCHMARKS.md).
             flush_max_bytes: 32 * 1024 * 1024,
             max_buffered_bytes: 128 * 1024 * 1024,
             min_free_disk_bytes: 64 * 1024 * 1024,

@@ -141,7 +141,9 @@ impl OtlpRequest {
             OtlpRequest::Metrics(request) => convert::metrics_to_batch(request, received_at_ns),
             OtlpRequest::Traces(request) => convert::spans_to_batch(request),
         }?;
-        convert::keep_within(converted, self.signal(), window, received_at_ns)
+        let mut converted = convert::keep_within(converted, self.signal(), window, received_at_ns)?;
+        converted.batch = convert::shrink_to_fit(converted.batch)?;
+        Ok(converted)
     }
 }
 
