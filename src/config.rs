@@ -192,7 +192,7 @@ pub struct AgentArgs {
     /// Longer lines are cut and marked log.truncated=true [default: 1048576].
     #[arg(long, env = "WAKE_MAX_LINE_BYTES")]
     pub max_line_bytes: Option<usize>,
-    /// A batch is sent at this many bytes [default: 1048576]...
+    /// A request's protobuf, before compression, holds at most this many bytes [default: 1048576]...
     #[arg(long, env = "WAKE_BATCH_MAX_BYTES")]
     pub batch_max_bytes: Option<usize>,
     /// ...or this long after its first record [default: 1s].

@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use crate::discovery::{Discovery, Filters, RuntimeMetadata};
 use crate::error::{Error, Result};
-use crate::export::{ExportConfig, Protocol};
+use crate::export::{DEFAULT_GZIP_LEVEL, ExportConfig, Protocol};
 use crate::time::deserialize_duration;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -50,20 +50,32 @@ pub struct AgentConfig {
     pub http_addr: SocketAddr,
     /// A line longer than this is cut, and its record marked `log.truncated=true`.
     pub max_line_bytes: usize,
-    /// A batch is sent once it holds this many bytes of log text...
+    /// A request's protobuf, before compression, holds at most this many bytes, however many
+    /// files contributed (a single record larger than that is sent on its own)...
     pub batch_max_bytes: usize,
-    /// ...or once its oldest record waited this long.
+    /// ...and is sent once its oldest record waited this long.
     #[serde(deserialize_with = "deserialize_duration")]
     pub batch_timeout: Duration,
+    /// Encoded requests queued for the store or being sent to it, at most: while the queue is
+    /// full the agent stops reading, and the log files are the buffer.
+    pub queue_max_bytes: usize,
+    /// gzip level of request bodies, 1 (fastest) to 9; 0 sends them uncompressed.
+    pub gzip_level: u32,
     /// A line whose last chunk is partial (no newline yet) is sent as it is after this long.
     #[serde(deserialize_with = "deserialize_duration")]
     pub partial_line_timeout: Duration,
     /// A renamed or deleted file is released this long after it was read to its end.
     #[serde(deserialize_with = "deserialize_duration")]
     pub release_after: Duration,
-    /// Directory scans when no file-system event arrived (and when inotify is unavailable).
+    /// Without inotify (or a directory it cannot watch): how often the directories are scanned
+    /// and every file is looked at. Also how often a log directory that does not exist yet is
+    /// looked for.
     #[serde(deserialize_with = "deserialize_duration")]
     pub scan_interval: Duration,
+    /// With inotify: how often the directories are scanned and every file is looked at anyway,
+    /// in case an event was lost. Events alone otherwise tell which files to read.
+    #[serde(deserialize_with = "deserialize_duration")]
+    pub rescan_interval: Duration,
     /// Checkpoints of files that are gone expire after this long.
     #[serde(deserialize_with = "deserialize_duration")]
     pub checkpoint_ttl: Duration,
@@ -101,9 +113,12 @@ impl Default for AgentConfig {
             max_line_bytes: 1024 * 1024,
             batch_max_bytes: 1024 * 1024,
             batch_timeout: Duration::from_secs(1),
+            queue_max_bytes: 8 * 1024 * 1024,
+            gzip_level: DEFAULT_GZIP_LEVEL,
             partial_line_timeout: Duration::from_secs(2),
             release_after: Duration::from_secs(5),
             scan_interval: Duration::from_secs(1),
+            rescan_interval: Duration::from_secs(60),
             checkpoint_ttl: Duration::from_secs(24 * 3600),
             export_timeout: Duration::from_secs(10),
             initial_backoff: Duration::from_millis(500),
@@ -124,10 +139,21 @@ impl AgentConfig {
         if self.batch_max_bytes < 1024 {
             return fail(format!("batch_max_bytes must be at least 1024, got {}", self.batch_max_bytes));
         }
+        // The queue must take a full batch; its size is counted in u32 (far above any sane bound).
+        if self.queue_max_bytes < self.batch_max_bytes || u32::try_from(self.queue_max_bytes).is_err() {
+            return fail(format!(
+                "queue_max_bytes must be at least batch_max_bytes ({}) and below 4 GiB, got {}",
+                self.batch_max_bytes, self.queue_max_bytes
+            ));
+        }
+        if self.gzip_level > 9 {
+            return fail(format!("gzip_level must be 0 (no compression) to 9, got {}", self.gzip_level));
+        }
         for (name, value) in [
             ("metrics_interval", self.metrics_interval),
             ("batch_timeout", self.batch_timeout),
             ("scan_interval", self.scan_interval),
+            ("rescan_interval", self.rescan_interval),
             ("export_timeout", self.export_timeout),
             ("initial_backoff", self.initial_backoff),
         ] {
@@ -188,7 +214,8 @@ impl AgentConfig {
             timeout: self.export_timeout,
             initial_backoff: self.initial_backoff,
             max_backoff: self.max_backoff,
-            gzip: true,
+            gzip: self.gzip_level > 0,
+            gzip_level: self.gzip_level,
         }
     }
 }
@@ -229,5 +256,12 @@ mod tests {
         let config: AgentConfig = serde_yaml_ng_free_parse("{\"self_metrics_interval\": 0}");
         assert_eq!(config.self_metrics_interval, Duration::ZERO);
         config.validate().unwrap();
+        let config = AgentConfig { queue_max_bytes: 512 * 1024, ..AgentConfig::default() };
+        assert!(config.validate().unwrap_err().to_string().contains("queue_max_bytes"));
+        let config = AgentConfig { gzip_level: 10, ..AgentConfig::default() };
+        assert!(config.validate().unwrap_err().to_string().contains("gzip_level"));
+        let config: AgentConfig = serde_yaml_ng_free_parse("{\"gzip_level\": 0, \"rescan_interval\": \"5m\"}");
+        assert_eq!(config.rescan_interval, Duration::from_secs(300));
+        assert!(!config.export().gzip);
     }
 }

@@ -5,6 +5,8 @@
 //! How the modules fit:
 //! - [`discovery`] finds log files (Kubernetes CRI layout, Docker `json-file`) and the identity
 //!   of the container behind each ([`identity`]);
+//! - [`watch`] turns inotify events into the files the reader must look at, ignoring the
+//!   events the agent's own reads and scans cause;
 //! - [`tail`] reads one file through rotation, truncation and deletion, [`parse`] turns its
 //!   physical lines into records (CRI and Docker formats, partial-line reassembly);
 //! - [`checkpoint`] keeps the acknowledged offset of every file;
@@ -13,8 +15,9 @@
 //! - [`self_metrics`] turns the agent's (and the server's) own Prometheus metrics into OTLP;
 //! - [`time`] is the workspace's one clock and one duration grammar (here because this is the
 //!   lowest crate: storage, query and the binary use it too);
-//! - [`agent`] runs it all: a reader thread that batches records, a shipper that exports each
-//!   batch and only then checkpoints it, a metrics loop, and the agent's own HTTP endpoint.
+//! - [`agent`] runs it all: a reader thread that batches records within a byte bound, a queue
+//!   bounded in bytes, a shipper that exports each batch and only then checkpoints it, a metrics
+//!   loop, and the agent's own HTTP endpoint.
 
 pub mod agent;
 pub mod cgroup;
@@ -28,6 +31,7 @@ pub mod parse;
 pub mod self_metrics;
 pub mod tail;
 pub mod time;
+pub mod watch;
 
 pub use agent::run;
 pub use config::AgentConfig;

@@ -9,7 +9,9 @@
 //!
 //! The tailer splits the file into physical lines, parses them ([`crate::parse`]), joins
 //! partial chunks, and tracks the offset a restart must resume from: the start of the oldest
-//! line not yet complete.
+//! line not yet complete. Each record carries that position as of its own end
+//! ([`TailedRecord::resume`]), so that a batch holding only some of the records read can still
+//! checkpoint exactly what it holds.
 
 use std::fs::File;
 use std::io;
@@ -64,6 +66,16 @@ pub struct TailedRecord {
     pub record: Record,
     /// Length of the physical bytes, for throughput metrics.
     pub raw_bytes: usize,
+    /// Where a restart resumes once this record and every record before it are acknowledged.
+    pub resume: Position,
+}
+
+/// A resume position in a file's content: an offset, and the fingerprint of the content it is
+/// an offset into (a truncated file's earlier records belong to other content).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Position {
+    pub offset: u64,
+    pub fingerprint: Fingerprint,
 }
 
 impl Tailer {
@@ -97,12 +109,30 @@ impl Tailer {
     /// Reads what the file has (up to `budget` bytes), appending complete records to `out`.
     /// Returns the number of bytes read.
     pub fn read(&mut self, budget: usize, now: Instant, out: &mut Vec<TailedRecord>) -> io::Result<usize> {
-        let mut chunk = vec![0; READ_CHUNK.min(budget.max(1))];
+        self.read_with(budget, now, out, &mut Vec::new())
+    }
+
+    /// [`Tailer::read`] through the caller's buffer: a reader of many files keeps one, rather
+    /// than allocating (and, at this size, mapping and unmapping) a chunk for every look.
+    pub fn read_with(
+        &mut self,
+        budget: usize,
+        now: Instant,
+        out: &mut Vec<TailedRecord>,
+        chunk: &mut Vec<u8>,
+    ) -> io::Result<usize> {
+        chunk.resize(READ_CHUNK.min(budget.max(1)), 0);
         let mut total = 0;
         while total < budget {
-            let n = self.file.read_at(&mut chunk, self.read_offset)?;
+            let want = chunk.len().min(budget - total);
+            let n = self.file.read_at(&mut chunk[..want], self.read_offset)?;
             if n == 0 {
                 break;
+            }
+            // Before the records of these bytes take their resume positions: a checkpoint must
+            // carry a fingerprint of the content it points into, not of an empty file.
+            if !self.fingerprint.is_complete() {
+                self.fingerprint = Fingerprint::of(&self.file, self.read_offset + n as u64)?;
             }
             self.consume(&chunk[..n], self.read_offset, now, out);
             self.read_offset += n as u64;
@@ -110,9 +140,6 @@ impl Tailer {
         }
         if total > 0 {
             self.last_read_at = now;
-            if !self.fingerprint.is_complete() {
-                self.fingerprint = Fingerprint::of(&self.file, self.read_offset)?;
-            }
         }
         Ok(total)
     }
@@ -123,14 +150,15 @@ impl Tailer {
         let mut position = 0;
         while let Some(newline) = bytes[position..].iter().position(|&b| b == b'\n') {
             let head = &bytes[position..position + newline];
+            let line_end = chunk_start + (position + newline + 1) as u64;
             if self.skipping {
                 self.skipping = false;
             } else if self.line.is_empty() {
-                self.emit(head, false, now, out);
+                self.emit(head, false, line_end, now, out);
             } else {
                 let mut line = std::mem::take(&mut self.line);
                 line.extend_from_slice(head);
-                self.emit(&line, false, now, out);
+                self.emit(&line, false, line_end, now, out);
             }
             self.line.clear();
             position += newline + 1;
@@ -145,35 +173,57 @@ impl Tailer {
             // A physical line this long is not a runtime's output: keep what fits, mark it cut,
             // and drop the rest up to the next newline rather than buffering without bound.
             let line = std::mem::take(&mut self.line);
-            self.emit(&line[..cap], true, now, out);
+            // The rest of the line is skipped, not read: a restart resumes at the line's start
+            // (and sends the cut record again) rather than in the middle of it.
+            let line_start = self.line_start;
+            self.emit(&line[..cap], true, line_start, now, out);
             self.skipping = true;
         }
     }
 
-    fn emit(&mut self, line: &[u8], cut: bool, now: Instant, out: &mut Vec<TailedRecord>) {
+    /// Parses the physical line that starts at `self.line_start`; `resume_from` is where
+    /// reading goes on once it is consumed.
+    fn emit(&mut self, line: &[u8], cut: bool, resume_from: u64, now: Instant, out: &mut Vec<TailedRecord>) {
         let chunk = parse_line(self.source.format, line);
         if let Some(record) = self.assembler.push(chunk, self.line_start, cut, now) {
-            out.push(TailedRecord { record, raw_bytes: line.len() + 1 });
+            let resume = Position { offset: self.assembler.resume_offset(resume_from), fingerprint: self.fingerprint };
+            out.push(TailedRecord { record, raw_bytes: line.len() + 1, resume });
         }
     }
 
     /// Records of lines left incomplete for longer than `timeout` (output that ended without a
     /// newline), so that they are not held back forever.
     pub fn flush_stale(&mut self, now: Instant, timeout: Duration, out: &mut Vec<TailedRecord>) {
-        for record in self.assembler.flush_stale(now, timeout) {
-            out.push(TailedRecord { raw_bytes: record.body.len(), record });
-        }
+        let records = self.assembler.flush_stale(now, timeout);
+        let resume = self.position();
+        out.extend(records.into_iter().map(|record| TailedRecord { raw_bytes: record.body.len(), record, resume }));
     }
 
-    /// The position to checkpoint once every record read so far is acknowledged.
+    /// Where a restart resumes once every record read so far is acknowledged.
+    pub fn position(&self) -> Position {
+        Position { offset: self.assembler.resume_offset(self.line_start), fingerprint: self.fingerprint }
+    }
+
+    /// The checkpoint to write once every record read so far is acknowledged.
     pub fn checkpoint(&self) -> Checkpoint {
+        self.checkpoint_at(self.position())
+    }
+
+    /// The checkpoint to write once the records up to `position` are acknowledged.
+    pub fn checkpoint_at(&self, position: Position) -> Checkpoint {
         Checkpoint {
             id: self.id,
-            fingerprint: self.fingerprint,
-            offset: self.assembler.resume_offset(self.line_start),
+            fingerprint: position.fingerprint,
+            offset: position.offset,
             path: self.source.path.clone(),
             updated_unix_secs: unix_secs(crate::time::now()),
         }
+    }
+
+    /// Nothing will happen to the file without a write to it: it is under its path and holds
+    /// no half-assembled line waiting for its timeout.
+    pub fn is_settled(&self) -> bool {
+        self.gone_since.is_none() && self.assembler.is_idle()
     }
 
     /// Bytes in the file beyond what was read: how far behind the tailer is.
@@ -193,7 +243,10 @@ impl Tailer {
                 offset = self.read_offset,
                 "file truncated or rewritten in place; reading it again from the start"
             );
-            self.finish(now, out);
+            // What was read of the old content is gone with it: once its last records are
+            // acknowledged, the new content is read from its start.
+            let resume = Position { offset: 0, fingerprint: self.fingerprint };
+            self.finish(now, resume, out);
             self.read_offset = 0;
             self.line_start = 0;
             self.line.clear();
@@ -223,20 +276,26 @@ impl Tailer {
         if !(at_end && quiet) {
             return false;
         }
-        self.finish(now, out);
+        let resume = self.position();
+        self.finish(now, resume, out);
         info!(path = %self.source.path.display(), offset = self.read_offset, "released a rotated or deleted file");
         true
     }
 
     /// Nothing more will be appended: a torn last line (no newline) counts as a line, and every
     /// half-assembled line becomes a record.
-    fn finish(&mut self, now: Instant, out: &mut Vec<TailedRecord>) {
+    fn finish(&mut self, now: Instant, resume: Position, out: &mut Vec<TailedRecord>) {
+        let first = out.len();
         if !self.line.is_empty() && !self.skipping {
             let line = std::mem::take(&mut self.line);
-            self.emit(&line, false, now, out);
+            let line_end = self.line_start + line.len() as u64;
+            self.emit(&line, false, line_end, now, out);
         }
         for record in self.assembler.flush_all() {
-            out.push(TailedRecord { raw_bytes: record.body.len(), record });
+            out.push(TailedRecord { raw_bytes: record.body.len(), record, resume });
+        }
+        for record in &mut out[first..] {
+            record.resume = resume;
         }
     }
 
@@ -300,6 +359,45 @@ mod tests {
         assert_eq!(bodies(&out), vec!["one", "err", "twothree"]);
         let size = std::fs::metadata(&path).unwrap().len();
         assert_eq!(tailer.checkpoint().offset, size);
+    }
+
+    /// A batch may take only the first records of a read: each record's resume position is
+    /// where a restart must go on once it and those before it are acknowledged, and a tailer
+    /// reopened there repeats nothing after it and skips nothing.
+    #[test]
+    fn each_record_resumes_right_after_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        let mut checkpoints = Checkpoints::open(dir.path()).unwrap();
+        let lines = [
+            format!("{T} stdout F one\n"),
+            format!("{T} stdout P tw\n"),
+            format!("{T} stderr F err\n"),
+            format!("{T} stdout F o\n"),
+            format!("{T} stdout F three\n"),
+        ];
+        append(&path, &lines.concat());
+        let ends: Vec<u64> =
+            lines.iter().scan(0, |end, line| Some(*end + line.len() as u64).inspect(|e| *end = *e)).collect();
+        let mut tailer = tailer(&path, &checkpoints, 1024);
+        let mut out = Vec::new();
+        tailer.read(usize::MAX, Instant::now(), &mut out).unwrap();
+        assert_eq!(bodies(&out), vec!["one", "err", "two", "three"]);
+        let resumes: Vec<u64> = out.iter().map(|r| r.resume.offset).collect();
+        // "err" completes while "tw" waits for its end: a restart re-reads from "tw"'s line.
+        assert_eq!(resumes, vec![ends[0], ends[0], ends[3], ends[4]]);
+        assert!(out.iter().all(|r| r.resume.fingerprint.is_complete() || r.resume.fingerprint.len == ends[4]));
+
+        checkpoints.update(tailer.checkpoint_at(out[1].resume));
+        let mut again = tailer_at(&path, &checkpoints);
+        let mut rest = Vec::new();
+        again.read(usize::MAX, Instant::now(), &mut rest).unwrap();
+        // At least once: "err" again (its line follows "tw"'s), then what was not acknowledged.
+        assert_eq!(bodies(&rest), vec!["err", "two", "three"]);
+    }
+
+    fn tailer_at(path: &Path, checkpoints: &Checkpoints) -> Tailer {
+        tailer(path, checkpoints, 1024)
     }
 
     #[test]
