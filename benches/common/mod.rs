@@ -39,7 +39,7 @@ pub struct Corpus {
     lines: Vec<String>,
 }
 
-fn splitmix64(mut x: u64) -> u64 {
+pub fn splitmix64(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
     x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -47,7 +47,7 @@ fn splitmix64(mut x: u64) -> u64 {
 }
 
 /// Days since 1970-01-01 to (year, month, day).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
+pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -69,19 +69,36 @@ pub struct Row {
 impl Corpus {
     pub fn load() -> Corpus {
         let dir = loghub_dir();
+        // Where `../shared` is absent (CI), the same 16 files are in the repository, gzipped.
+        let (dir, suffix) = if dir.is_dir() || std::env::var_os("WAKE_LOGHUB_DIR").is_some() {
+            (dir, "_2k.log")
+        } else {
+            (Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/loghub"), "_2k.log.gz")
+        };
         let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
             .unwrap_or_else(|e| panic!("cannot read the Loghub samples in {}: {e}", dir.display()))
             .filter_map(|entry| entry.ok().map(|e| e.path()))
-            .filter(|path| path.to_string_lossy().ends_with("_2k.log"))
+            .filter(|path| path.to_string_lossy().ends_with(suffix))
             .collect();
         files.sort();
         let mut lines = Vec::new();
         for file in files {
-            let bytes = std::fs::read(&file).unwrap_or_else(|e| panic!("reading {}: {e}", file.display()));
+            let mut bytes = std::fs::read(&file).unwrap_or_else(|e| panic!("reading {}: {e}", file.display()));
+            if suffix.ends_with(".gz") {
+                let mut text = Vec::new();
+                std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&bytes[..]), &mut text)
+                    .unwrap_or_else(|e| panic!("decompressing {}: {e}", file.display()));
+                bytes = text;
+            }
             lines.extend(String::from_utf8_lossy(&bytes).lines().map(str::to_string));
         }
         assert!(!lines.is_empty(), "no Loghub lines under {}", dir.display());
         Corpus { lines }
+    }
+
+    /// Loghub line `i` (cycled) as it is in the samples, digits and all.
+    pub fn loghub_line(&self, i: u64) -> &str {
+        &self.lines[(i % self.lines.len() as u64) as usize]
     }
 
     pub fn time_ns(g: u64) -> i64 {
