@@ -3,7 +3,8 @@
 # which spawn the real `wake` binary and talk to it with real OpenTelemetry SDKs.
 # Installs what the end-to-end tests need first: podman, runc and busybox-static from Debian (real
 # containers for the agent's tests), prometheus from Debian (the reference the PromQL
-# compatibility tests compare against) and, from PyPI, the Python OpenTelemetry SDK and the
+# compatibility tests and the rule tests compare against, promtool included),
+# prometheus-alertmanager (the ruler's tests send it alerts) and, from PyPI, the Python OpenTelemetry SDK and the
 # validators of the deployment files (kubernetes-validate, dockerfile-parse).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,10 +16,10 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/wake-target}"
 mkdir -p "$cache_dir"
 
 if ! command -v podman >/dev/null || ! command -v runc >/dev/null || ! [ -x /bin/busybox ] \
-    || ! command -v prometheus >/dev/null; then
+    || ! command -v prometheus >/dev/null || ! command -v prometheus-alertmanager >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq podman runc busybox-static prometheus >/dev/null
+    apt-get install -y -qq podman runc busybox-static prometheus prometheus-alertmanager >/dev/null
 fi
 
 venv="$cache_dir/venv"

@@ -8,6 +8,7 @@ use anyhow::Context;
 use serde::Deserialize;
 use wake_collector::AgentConfig;
 use wake_collector::export::Protocol;
+use wake_query::rules::notifier::AlertmanagerConfig;
 use wake_storage::StoreConfig;
 
 /// Flags of `wake server`; each has a `WAKE_…` environment variable. Unset flags fall back to
@@ -60,6 +61,17 @@ pub struct ServerArgs {
     /// 0 disables [default: 15s].
     #[arg(long, env = "WAKE_SELF_METRICS_INTERVAL", value_parser = wake_collector::time::parse_duration_or_seconds)]
     pub self_metrics_interval: Option<std::time::Duration>,
+    /// Prometheus rule files to evaluate (comma-separated globs); replaces `rule_files:`.
+    #[arg(long, env = "WAKE_RULE_FILES", value_delimiter = ',')]
+    pub rule_files: Option<Vec<String>>,
+    /// Loki rule files, every expression LogQL (comma-separated globs); replaces
+    /// `loki_rule_files:`.
+    #[arg(long, env = "WAKE_LOKI_RULE_FILES", value_delimiter = ',')]
+    pub loki_rule_files: Option<Vec<String>>,
+    /// Alertmanagers to send alerts to (comma-separated URLs, e.g. http://127.0.0.1:9093);
+    /// replaces `ruler.alertmanagers:`.
+    #[arg(long, env = "WAKE_ALERTMANAGER_URL", value_delimiter = ',')]
+    pub alertmanager_url: Option<Vec<String>>,
 }
 
 /// The resolved configuration of `wake server`.
@@ -75,6 +87,12 @@ pub struct ServerConfig {
     pub store: StoreConfig,
     /// The query engine's resources and the limits of every query API.
     pub query: wake_query::QueryConfig,
+    /// Globs of Prometheus rule files (groups may set `lang: promql|logql|sql`).
+    pub rule_files: Vec<String>,
+    /// Globs of Loki rule files: every expression is LogQL.
+    pub loki_rule_files: Vec<String>,
+    /// How rules are evaluated and where alerts go.
+    pub ruler: wake_query::rules::RulerConfig,
 }
 
 impl Default for ServerConfig {
@@ -86,6 +104,9 @@ impl Default for ServerConfig {
             self_metrics_interval: std::time::Duration::from_secs(15),
             store: StoreConfig::default(),
             query: wake_query::QueryConfig::default(),
+            rule_files: Vec::new(),
+            loki_rule_files: Vec::new(),
+            ruler: wake_query::rules::RulerConfig::default(),
         }
     }
 }
@@ -121,8 +142,14 @@ impl ServerConfig {
         override_with!(store.fulltext_index, args.fulltext_index);
         override_with!(store.max_record_age_secs, args.max_record_age_secs);
         override_with!(store.max_record_future_secs, args.max_record_future_secs);
+        override_with!(config.rule_files, args.rule_files);
+        override_with!(config.loki_rule_files, args.loki_rule_files);
+        if let Some(urls) = &args.alertmanager_url {
+            config.ruler.alertmanagers = urls.iter().map(AlertmanagerConfig::new).collect();
+        }
         config.store.validate().context("invalid configuration")?;
         config.query.validate().context("invalid configuration")?;
+        config.ruler.validate().context("invalid configuration")?;
         Ok(config)
     }
 }

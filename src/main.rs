@@ -3,6 +3,7 @@
 
 mod cli;
 mod config;
+mod rules;
 mod server;
 mod standalone;
 
@@ -56,6 +57,9 @@ enum Command {
     Sql(cli::SqlArgs),
     /// Print container logs from a Wake server (LogQL, or plain words to search for).
     Logs(cli::LogsArgs),
+    /// Check rule files or run rule unit tests, as promtool does.
+    #[command(subcommand)]
+    Rules(rules::RulesCommand),
 }
 
 fn init_logging(format: LogFormat) {
@@ -115,6 +119,12 @@ fn main() -> ExitCode {
         }),
         Command::Sql(args) => client_runtime().and_then(|runtime| runtime.block_on(cli::sql(args))),
         Command::Logs(args) => client_runtime().and_then(|runtime| runtime.block_on(cli::logs(args))),
+        Command::Rules(command) => match rules::run(command) {
+            Ok(true) => Ok(()),
+            // The files' problems are printed already; promtool's exit status.
+            Ok(false) => return ExitCode::FAILURE,
+            Err(error) => Err(error),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

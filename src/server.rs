@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 use wake_collector::time::now_unix_nano;
 use wake_query::QueryEngine;
+use wake_query::rules::{RuleSources, Ruler};
 use wake_storage::{OtlpRequest, Store};
 
 use crate::config::ServerConfig;
@@ -106,6 +107,57 @@ async fn store_self_metrics(
     }
 }
 
+/// Creates the ruler over the engine and the store and loads the rule files: a file refused
+/// at start-up stops the server, as a bad configuration does.
+async fn start_ruler(
+    config: &ServerConfig,
+    engine: &Arc<QueryEngine>,
+    store: &Arc<Store>,
+    registry: &Registry,
+    query_addr: SocketAddr,
+) -> anyhow::Result<Arc<Ruler>> {
+    let mut ruler_config = config.ruler.clone();
+    if ruler_config.external_url.is_none() {
+        let host = wake_collector::self_metrics::host_name().unwrap_or_else(|| query_addr.ip().to_string());
+        ruler_config.external_url = Some(format!("http://{host}:{}", query_addr.port()));
+    }
+    let sources =
+        RuleSources { rule_files: config.rule_files.clone(), loki_rule_files: config.loki_rule_files.clone() };
+    let querier = Arc::new(wake_query::rules::EngineQuerier::new(engine.clone()));
+    let restore_source = Arc::new(wake_query::prom::select::StoreSource::new(engine.clone()));
+    let writer = Arc::new(wake_query::rules::StoreWriter::new(store.clone()));
+    let ruler =
+        Ruler::new(ruler_config, sources, querier, writer, restore_source, registry).context("starting the ruler")?;
+    ruler.reload().await.context("loading the rule files")?;
+    Ok(ruler)
+}
+
+/// Reloads the rule files on SIGHUP, as Prometheus does; a refused file is logged and the
+/// previous rules keep running.
+async fn reload_on_sighup(ruler: Arc<Ruler>, mut stop: watch::Receiver<bool>) {
+    let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(signal) => signal,
+        Err(error) => {
+            warn!(%error, "cannot listen for SIGHUP; reload rules with POST /-/reload");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            received = hangups.recv() => {
+                if received.is_none() {
+                    return;
+                }
+                info!("SIGHUP received, reloading the rule files");
+                // `reload` logs a refusal itself.
+                let _ = ruler.reload().await;
+            }
+            // Only ever set to true: any change is the stop.
+            _ = stop.changed() => return,
+        }
+    }
+}
+
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr).await.with_context(|| format!("binding the {what} listener to {addr}"))
 }
@@ -146,6 +198,9 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     let grpc_listener = bind(config.otlp_grpc_addr, "OTLP/gRPC").await?;
     let http_listener = bind(config.otlp_http_addr, "OTLP/HTTP").await?;
     let query_listener = bind(config.http_addr, "query HTTP").await?;
+    // Before `listening`: a rule file refused at start-up stops the server before any client
+    // is told it is up.
+    let ruler = start_ruler(&config, &engine, &store, &registry, query_listener.local_addr()?).await?;
     info!(
         otlp_grpc_addr = %grpc_listener.local_addr()?,
         otlp_http_addr = %http_listener.local_addr()?,
@@ -176,7 +231,9 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
             stop.clone(),
         ))
     });
+    let reloads = tokio::spawn(reload_on_sighup(ruler.clone(), stop.clone()));
     let query_app = wake_query::router(engine)
+        .merge(wake_query::rules::router(ruler.clone()))
         .merge(admin_router(AdminState { registry, store: store.clone() }))
         .merge(wake_storage::receiver::remote_write_router(store.clone()));
     let query_http = axum::serve(query_listener, query_app).with_graceful_shutdown(stopped(stop.clone()));
@@ -194,6 +251,10 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     if let Some(self_metrics) = self_metrics {
         self_metrics.await.context("self-metrics task")?;
     }
+    reloads.abort();
+    // Before the store closes: the last evaluations write through it, and the notifier sends
+    // what is queued.
+    ruler.stop().await;
 
     store.shutdown().await.context("flushing the store at shutdown")?;
     background.abort();

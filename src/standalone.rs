@@ -8,7 +8,7 @@
 //! acknowledged at that moment is read again at the next start.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -51,8 +51,21 @@ fn local(addr: SocketAddr) -> SocketAddr {
     if addr.ip().is_unspecified() { SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), addr.port()) } else { addr }
 }
 
+/// The container alerting rules Wake ships (deploy/kubernetes/rules/containers.yml).
+const CONTAINER_RULES: &str = include_str!("../deploy/kubernetes/rules/containers.yml");
+
+/// Where standalone keeps the shipped rules, and where it looks for more.
+fn rules_dir(server: &ServerConfig) -> PathBuf {
+    server.store.data_dir.join("rules")
+}
+
 pub fn load(args: &StandaloneArgs) -> anyhow::Result<(ServerConfig, wake_collector::AgentConfig)> {
-    let server = ServerConfig::load(&args.server)?;
+    let mut server = ServerConfig::load(&args.server)?;
+    // Without rule files of its own, one machine gets the shipped container rules (and any
+    // file put beside them).
+    if server.rule_files.is_empty() && server.loki_rule_files.is_empty() {
+        server.rule_files = vec![rules_dir(&server).join("*.yml").display().to_string()];
+    }
     // The agent and the banner need the real ports before the listeners exist.
     for (flag, addr) in [("--otlp-grpc-addr", server.otlp_grpc_addr), ("--http-addr", server.http_addr)] {
         if addr.port() == 0 {
@@ -86,7 +99,8 @@ fn banner(server: &ServerConfig, agent: &wake_collector::AgentConfig) -> String 
          \x20              (or provision them from dashboards/provisioning/, with the dashboards)\n\
          \x20 logs:        wake logs --url {api} -f '{{namespace=~\".+\"}}'    or    wake logs --url {api} error\n\
          \x20 SQL:         wake sql --url {api} 'SELECT k8s_pod_name, count(*) FROM logs GROUP BY 1'\n\
-         \x20 PromQL:      curl '{api}/api/v1/query?query=container_memory_working_set_bytes'\n",
+         \x20 PromQL:      curl '{api}/api/v1/query?query=container_memory_working_set_bytes'\n\
+         \x20 alerts:      {rules} (add rule files there; --alertmanager-url to send them)\n",
         data = server.store.data_dir.display(),
         pods = agent.log_root.display(),
         docker = agent.docker_root.display(),
@@ -94,6 +108,7 @@ fn banner(server: &ServerConfig, agent: &wake_collector::AgentConfig) -> String 
         cgroup = agent.cgroup_root.display(),
         grpc = local(server.otlp_grpc_addr),
         http = local(server.otlp_http_addr),
+        rules = server.rule_files.join(", "),
     )
 }
 
@@ -115,6 +130,13 @@ async fn wait_until_ready(server: &SocketAddr) -> bool {
 pub async fn run(server_config: ServerConfig, agent_config: wake_collector::AgentConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(&agent_config.state_dir)
         .with_context(|| format!("creating the agent's state dir {}", agent_config.state_dir.display()))?;
+    let rules = rules_dir(&server_config);
+    if server_config.rule_files.iter().any(|pattern| Path::new(pattern).starts_with(&rules)) {
+        // Rewritten at every start, so that an upgrade brings the new version.
+        std::fs::create_dir_all(&rules).with_context(|| format!("creating {}", rules.display()))?;
+        let path = rules.join("wake-containers.yml");
+        std::fs::write(&path, CONTAINER_RULES).with_context(|| format!("writing {}", path.display()))?;
+    }
     let http_addr = server_config.http_addr;
     let mut server = tokio::spawn(crate::server::run(server_config.clone()));
     tokio::select! {
@@ -159,6 +181,7 @@ mod tests {
         let (server, agent) = load(&args).unwrap();
         assert_eq!(agent.endpoint, "http://127.0.0.1:4317");
         assert_eq!(agent.state_dir, server.store.data_dir.join("agent"));
+        assert_eq!(server.rule_files, [server.store.data_dir.join("rules/*.yml").display().to_string()]);
         let text = banner(&server, &agent);
         for expected in
             ["http://127.0.0.1:4380", "wake logs --url", "wake sql --url", "Prometheus and a Loki data source"]

@@ -18,6 +18,7 @@
 //! - `http`: `POST /api/v1/sql` and `GET /api/v1/sql` (JSON or CSV).
 //! - `json`: Arrow values as JSON (timestamps as RFC 3339, maps as objects).
 //! - `error`: [`Error`] and the HTTP status each kind of failure maps to.
+//! - `rules`: the ruler (alerting and recording rules, Alertmanager, rule APIs, rule tests).
 
 mod body;
 mod cache;
@@ -31,6 +32,7 @@ pub mod json;
 pub mod limits;
 pub mod loki;
 pub mod prom;
+pub mod rules;
 mod table;
 
 pub use config::{ConfigError, QueryConfig, ThreadPolicy};

@@ -5,6 +5,7 @@
 // Each test file is its own crate and uses a different part of this module.
 #![allow(dead_code)]
 
+pub mod alertmanager;
 pub mod podman;
 pub mod prometheus;
 

@@ -8,7 +8,9 @@ mod remote_write;
 
 pub use grpc::grpc_routes;
 pub use http::http_router;
-pub use remote_write::{MAX_COMPRESSED_BYTES, MAX_DECOMPRESSED_BYTES, RemoteWriteError, remote_write_router};
+pub use remote_write::{
+    MAX_COMPRESSED_BYTES, MAX_DECOMPRESSED_BYTES, RemoteWriteError, prometheus_to_otlp, remote_write_router,
+};
 
 use std::time::Duration;
 

@@ -319,6 +319,13 @@ fn decode(compressed: &[u8]) -> Result<WriteRequest, RemoteWriteError> {
     Ok(WriteRequest::decode(decompressed.as_slice())?)
 }
 
+/// Converts Prometheus samples into the OTLP request a remote write of them would store, for
+/// writers inside the server (the ruler's recording rules and `ALERTS`), so that their series
+/// read back exactly like remote-written ones.
+pub fn prometheus_to_otlp(request: WriteRequest) -> Result<ExportMetricsServiceRequest, RemoteWriteError> {
+    to_otlp(request).map(|(otlp, _)| otlp)
+}
+
 /// Converts a request into the OTLP shape described in the module documentation, after
 /// validating every series: either all of it converts, or none.
 pub(crate) fn to_otlp(request: WriteRequest) -> Result<(ExportMetricsServiceRequest, Received), RemoteWriteError> {
