@@ -41,6 +41,9 @@ groups:
         expr: sum by (k8s_namespace_name) (count_over_time({k8s_namespace_name="prod"} |= "panic" [10s])) > 0
         annotations:
           summary: '{{ $value }} panic lines in {{ $labels.k8s_namespace_name }}'
+      # Logs into metrics, as Loki's ruler records them.
+      - record: namespace:panic_lines:count10s
+        expr: sum by (k8s_namespace_name) (count_over_time({k8s_namespace_name="prod"} |= "panic" [10s]))
   - name: errors
     interval: 1s
     lang: sql
@@ -216,6 +219,7 @@ fn promql_logql_and_sql_alerts_fire_and_resolve_at_a_real_alertmanager() {
     write_logs(&server, "prod", "api-1", &["worker panic: index out of range", "fine"]);
     let alert = alertmanager.wait_for_alert("PanicLines", Duration::from_secs(30), |_| true);
     assert_eq!(alert["labels"]["k8s_namespace_name"], "prod");
+    wait_for_series(&server, "namespace:panic_lines:count10s{k8s_namespace_name=\"prod\"} == 1");
     assert_eq!(alert["annotations"]["summary"], "1 panic lines in prod");
     wait_until_gone(&alertmanager, "PanicLines", Duration::from_secs(40));
 
@@ -327,4 +331,31 @@ fn a_broken_rule_file_is_refused_on_reload_and_the_old_rules_keep_running() {
         assert!(Instant::now() < deadline, "no notification errors counted:\n{metrics}");
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+#[test]
+fn a_rule_file_refused_at_start_stops_the_server_naming_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.yml");
+    std::fs::write(&rules, "groups:\n  - name: g\n    rules:\n      - alert: A\n        expr: rate(x[5m]\n").unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_wake"))
+        .args([
+            "server",
+            "--otlp-grpc-addr",
+            "127.0.0.1:0",
+            "--otlp-http-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--rule-files")
+        .arg(&rules)
+        .env_remove("WAKE_CONFIG")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("rules.yml: 4: group \"g\", rule 1, \"A\": could not parse expression"), "{stderr}");
 }
