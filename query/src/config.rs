@@ -38,7 +38,8 @@ pub struct QueryConfig {
     pub thread_nice: i32,
     /// A query still running after this long is cancelled (Prometheus's `query.timeout`).
     pub timeout_secs: u64,
-    /// Queries that run at once per API (SQL, Prometheus, Loki); more wait in a queue.
+    /// Queries that run at once per API (SQL, Prometheus, Loki, and the ruler's own); more wait
+    /// in a queue.
     pub max_concurrent_queries: usize,
     /// Queries that may wait per API; when the queue is full, requests get 429 with
     /// `Retry-After`.

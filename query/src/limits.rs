@@ -28,16 +28,20 @@ pub enum Api {
     Sql,
     Prometheus,
     Loki,
+    /// The ruler's own queries (every language): a thousand rules cannot make people wait,
+    /// and a crowd of dashboards cannot make rules miss their slot.
+    Rules,
 }
 
 impl Api {
-    pub const ALL: [Api; 3] = [Api::Sql, Api::Prometheus, Api::Loki];
+    pub const ALL: [Api; 4] = [Api::Sql, Api::Prometheus, Api::Loki, Api::Rules];
 
     pub fn name(self) -> &'static str {
         match self {
             Api::Sql => "sql",
             Api::Prometheus => "prometheus",
             Api::Loki => "loki",
+            Api::Rules => "rules",
         }
     }
 
@@ -81,7 +85,7 @@ const LOGGED_QUERY_BYTES: usize = 4096;
 
 pub struct Limits {
     config: QueryConfig,
-    gates: [Gate; 3],
+    gates: [Gate; 4],
     /// Open live tails, `query.max_concurrent_tail_requests` at most.
     tails: Arc<Semaphore>,
     next_id: AtomicU64,
@@ -102,7 +106,7 @@ impl Limits {
             .register(Box::new(hits.clone()))
             .map_err(|e| Error::Task(format!("registering limit metrics: {e}")))?;
         Ok(Limits {
-            gates: [gate(), gate(), gate()],
+            gates: [gate(), gate(), gate(), gate()],
             tails: Arc::new(Semaphore::new(config.max_concurrent_tail_requests)),
             config,
             next_id: AtomicU64::new(1),

@@ -116,25 +116,16 @@ impl EngineQuerier {
     }
 }
 
-/// The admission class of a rule's query: the API of its language.
-fn api_of(lang: Lang) -> Api {
-    match lang {
-        Lang::Promql => Api::Prometheus,
-        Lang::Logql => Api::Loki,
-        Lang::Sql => Api::Sql,
-    }
-}
-
 #[async_trait::async_trait]
 impl RuleQuerier for EngineQuerier {
     async fn instant(&self, lang: Lang, expr: &str, ts_ms: i64) -> Result<Vec<(Labels, f64)>, String> {
         let engine = self.engine.clone();
         let this = EngineQuerier { engine: engine.clone(), source: self.source.clone() };
         let text = expr.to_string();
-        // Through the admission queue and the timeout of client queries, so that rules cannot
-        // crowd out people and a stuck rule query is cancelled.
+        // Through an admission queue of their own and the timeout of client queries, so that
+        // rules and people do not wait for each other and a stuck rule query is cancelled.
         engine
-            .run_request(api_of(lang), expr, async move { Ok(this.run(lang, &text, ts_ms).await) })
+            .run_request(Api::Rules, expr, async move { Ok(this.run(lang, &text, ts_ms).await) })
             .await
             .map_err(|e| e.to_string())?
     }
