@@ -228,6 +228,17 @@ pub struct AgentArgs {
     /// A renamed or deleted file is released this long after its last byte was read [default: 5s].
     #[arg(long, env = "WAKE_RELEASE_AFTER", value_parser = wake_collector::time::parse_duration_or_seconds)]
     pub release_after: Option<std::time::Duration>,
+    /// Encoded requests queued for the store, at most; while full, reading pauses and the log
+    /// files are the buffer [default: 8388608].
+    #[arg(long, env = "WAKE_QUEUE_MAX_BYTES")]
+    pub queue_max_bytes: Option<usize>,
+    /// gzip level of request bodies, 1 (fastest) to 9; 0 sends them uncompressed [default: 1].
+    #[arg(long, env = "WAKE_GZIP_LEVEL")]
+    pub gzip_level: Option<u32>,
+    /// With inotify, how often every file is looked at anyway, in case an event was lost
+    /// [default: 60s].
+    #[arg(long, env = "WAKE_RESCAN_INTERVAL", value_parser = wake_collector::time::parse_duration_or_seconds)]
+    pub rescan_interval: Option<std::time::Duration>,
 }
 
 fn parse_protocol(text: &str) -> Result<Protocol, String> {
@@ -274,7 +285,10 @@ pub fn load_agent_config(args: &AgentArgs) -> anyhow::Result<AgentConfig> {
         max_line_bytes,
         batch_max_bytes,
         batch_timeout,
-        release_after
+        release_after,
+        queue_max_bytes,
+        gzip_level,
+        rescan_interval
     );
     if args.containers_dir.is_some() {
         config.containers_dir = args.containers_dir.clone();
@@ -334,6 +348,39 @@ mod tests {
             ..AgentArgs::default()
         };
         assert_eq!(load_agent_config(&agent).unwrap().self_metrics_interval, std::time::Duration::from_secs(1));
+    }
+
+    #[test]
+    fn the_agents_footprint_settings_have_flags() {
+        let agent = AgentArgs {
+            queue_max_bytes: Some(4 << 20),
+            gzip_level: Some(6),
+            rescan_interval: Some(std::time::Duration::from_secs(300)),
+            node_name: Some("node-1".into()),
+            ..AgentArgs::default()
+        };
+        let config = load_agent_config(&agent).unwrap();
+        assert_eq!((config.queue_max_bytes, config.gzip_level), (4 << 20, 6));
+        assert_eq!(config.rescan_interval, std::time::Duration::from_secs(300));
+        let invalid = AgentArgs { gzip_level: Some(10), node_name: Some("n".into()), ..AgentArgs::default() };
+        assert!(format!("{:#}", load_agent_config(&invalid).unwrap_err()).contains("gzip_level"));
+    }
+
+    #[test]
+    fn ruler_flags_replace_the_files_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wake.yaml");
+        std::fs::write(&path, "rule_files: [/etc/a/*.yml]\nruler:\n  evaluation_interval: 30s\n").unwrap();
+        let args = ServerArgs {
+            config: Some(path),
+            rule_files: Some(vec!["/etc/b/*.yml".into()]),
+            alertmanager_url: Some(vec!["http://am:9093".into()]),
+            ..ServerArgs::default()
+        };
+        let config = ServerConfig::load(&args).unwrap();
+        assert_eq!(config.rule_files, ["/etc/b/*.yml"]);
+        assert_eq!(config.ruler.evaluation_interval, std::time::Duration::from_secs(30));
+        assert_eq!(config.ruler.alertmanagers[0].url, "http://am:9093");
     }
 
     #[test]
