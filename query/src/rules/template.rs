@@ -25,9 +25,10 @@
 //!
 //! # How Go's semantics are kept
 //! `gotmpl`'s values are untyped where Go's are typed, and it checks less while parsing, so each
-//! parsed tree is checked and rewritten once before it runs ([`Walker`]):
+//! parsed tree is checked and rewritten once before it runs (`Walker`):
 //! - Go's parse-time checks are made: unknown functions, undefined variables, `{{break}}` and
-//!   `{{continue}}` outside `{{range}}`.
+//!   `{{continue}}` outside `{{range}}`, literals as later pipeline stages, and an `{{end}}` or
+//!   `{{else}}` that closes nothing (which `gotmpl` takes as the end of the text).
 //! - In Go a missing key of `map[string]string` is `""` under `missingkey=zero`; `gotmpl` gives
 //!   nil, which prints `<no value>`. Every pipeline command (and every field access passed as an
 //!   argument) is followed by an internal function that turns nil into `""`, so
@@ -35,14 +36,21 @@
 //!   `{{ $labels.nope | toUpper }}` all behave as in Prometheus. The same function refuses a
 //!   value larger than [`MAX_OUTPUT_BYTES`], which bounds memory however a template loops.
 //! - Printed values use Go's `%v`: `$value` 1e6 prints `1e+06`, +Inf `+Inf` (`gotmpl` would
-//!   print Rust's `1000000` and `inf`). `print` and `println` are replaced for the same reason.
-//! - A field the alert data does not have (`{{ .Foo }}`, `{{ $.labels }}`) is an execution
-//!   error, as on Prometheus' struct, rather than an empty map entry.
+//!   print Rust's `1000000` and `inf`), `{{ . }}` the alert data as a Go struct. `print` and
+//!   `println` are replaced for the same reason.
+//! - A field the alert data does not have (`{{ .Foo }}`, `{{ $.labels }}`) fails as on
+//!   Prometheus' struct rather than reading an empty map entry; so do an assignment to a
+//!   variable never declared and a `{{range}}` over a number (Go 1.19, which built 2.42,
+//!   ranges over slices and maps only).
 //! - `%.4g`, which the humanize family prints with, is Go's algorithm ([`go_format_g`]):
 //!   `gotmpl` keeps its `printf` private, and its `%.Ng` rounds differently from Go near powers
 //!   of ten (9999.5 gives `10000` where Go gives `1e+04`).
-//! - Regular expressions are RE2's: `\d`, `\w`, `\s` and `\b` are ASCII-only as in Go
-//!   ([`go_regex`]).
+//! - Numeric strings are read as Go's `strconv.ParseFloat` reads them (`parse_go_float`),
+//!   hexadecimal floats and `_` separators included.
+//! - Regular expressions are RE2's: `\d`, `\w`, `\s` and `\b` are ASCII-only as in Go,
+//!   `\Q…\E` quotes, and `[`, `&&`, `~~` are literal in classes (`translate_go_regex`).
+//! - `toUpper`, `toLower` and `title` use Unicode's one-rune mappings as Go does, not Rust's
+//!   full ones (`ß` stays `ß`).
 //!
 //! # Bounds
 //! At most [`MAX_RANGE_ITERATIONS`] `{{range}}` iterations per expansion, at most
@@ -50,20 +58,21 @@
 //! for parsing and for `{{template}}` recursion, `args` nested at most [`MAX_ARGS_NESTING`] deep,
 //! and regular expressions compiled within [`REGEX_SIZE_LIMIT`].
 //!
-//! # Known differences from Prometheus
-//! - Error messages carry `gotmpl`'s wording and positions; execution errors have no
-//!   `at <...>` position.
+//! # Known differences from Prometheus 2.42
+//! - Error messages carry `gotmpl`'s wording in places, and execution errors have no
+//!   `line:column` or `at <...>` position.
 //! - `printf` is `gotmpl`'s: `%v` of a float prints Rust's form (`printf "%v" 1e6` gives
-//!   `1000000`, Go `1e+06`) and `%.Ng` may round differently near powers of ten.
+//!   `1000000`, Go `1e+06`), infinities print `inf`, and `%.Ng` may round differently near
+//!   powers of ten.
 //! - `toTime` returns the time's text (`2015-06-23 13:19:44.128 +0000 UTC`), since `gotmpl`
 //!   has no methods to call on a Go `time.Time` (`(toTime x).Format "2006"` fails).
 //! - `strvalue` needs a sample, which only the unsupported `query` makes, so it can only fail
 //!   in practice; it reads `Labels.__value__` of a `{Labels, Value}` map as Prometheus does.
-//! - Numeric strings in hexadecimal (`"0x1p-2"`) are refused where Go's `ParseFloat` takes them.
-//! - `toUpper`, `toLower` and `title` map rune by rune with Rust's case tables, keeping a rune
-//!   whose mapping is several runes (as Go's one-rune tables do); a few Greek and ligature
-//!   runes, whose one-rune form Rust does not expose, stay unchanged where Go changes them.
-//! - A missing key of an `args` map is `""` where Go prints `<no value>`.
+//! - A missing field of the alert data reached other than through `.` or `$` of the body (in a
+//!   `{{define}}` given `.`, or through a variable holding `.`) is `""` rather than an error,
+//!   and a missing key of an `args` map is `""` where Go prints `<no value>`.
+//! - Case mappings follow Rust's Unicode tables (16.0), Go 1.19's are 13.0: letters added
+//!   since (Vithkuqi, Garay, a few Latin ones) change case here and not in Prometheus.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::{self, Write as _};
@@ -74,7 +83,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use gotmpl::parse::{BranchNode, CommandNode, Expr, ListNode, Node, PipeNode, Pos, SmolStr};
 use gotmpl::{FuncMap, MissingKey, Template, Value, ValueFunc};
 
-/// Label names to values, as Prometheus' `map[string]string`.
+/// Label names to values, as Prometheus' `map[string]string` (Wake's label sets).
 pub use crate::prom::naming::Labels;
 
 /// What a template sees of one alert: Prometheus' `AlertTemplateData`.
@@ -169,7 +178,7 @@ const NO_FIELD_FN: &str = "__wake_no_field";
 const NO_VARIABLE_FN: &str = "__wake_no_variable";
 /// Internal function ending every `{{range}}` pipeline: what Go 1.19 can range over.
 const RANGE_FN: &str = "__wake_range";
-/// Action appended to the text to find whether `gotmpl` parsed all of it (see [`parse`]).
+/// Action appended to the text to find whether `gotmpl` parsed all of it (see `parse`).
 const END_SENTINEL: &str = "__wake_end";
 
 /// Go's `text/template` builtins, as `gotmpl` provides them (`print` and `println` replaced).
@@ -1181,6 +1190,8 @@ fn go_to_title(c: char) -> char {
         '\u{1C7}'..='\u{1C9}' => '\u{1C8}',
         '\u{1CA}'..='\u{1CC}' => '\u{1CB}',
         '\u{1F1}'..='\u{1F3}' => '\u{1F2}',
+        // Georgian Mkhedruli is its own title case (Unicode 11), not Mtavruli capitals.
+        '\u{10D0}'..='\u{10FA}' | '\u{10FD}'..='\u{10FF}' => c,
         _ => go_simple_upper(c),
     }
 }
@@ -1623,5 +1634,522 @@ fn write_fixed_form(out: &mut String, digits: &[u8], point: i64, fraction: i64) 
         for index in 0..fraction {
             out.push(digit_at(point + index));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> Labels {
+        pairs.iter().map(|(name, value)| ((*name).to_owned(), (*value).to_owned())).collect()
+    }
+
+    /// Expands `text` for an alert with a few labels and `value`, as Prometheus' tests run
+    /// against `http://testhost:9090/path/prefix`.
+    fn render_with(text: &str, value: f64) -> Result<String, TemplateError> {
+        let labels = labels(&[("instance", "foo.example.com:9100"), ("job", "node"), ("severity", "critical")]);
+        let external = labels_of_cluster();
+        let data = TemplateData {
+            labels: &labels,
+            external_labels: &external,
+            external_url: "http://testhost:9090/path/prefix",
+            value,
+        };
+        expand("test", text, &data)
+    }
+
+    fn labels_of_cluster() -> Labels {
+        labels(&[("cluster", "prod")])
+    }
+
+    fn render(text: &str) -> String {
+        match render_with(text, 0.0) {
+            Ok(out) => out,
+            Err(error) => panic!("{text:?} failed: {error}"),
+        }
+    }
+
+    fn render_error(text: &str) -> TemplateError {
+        match render_with(text, 0.0) {
+            Ok(out) => panic!("{text:?} should fail, gave {out:?}"),
+            Err(error) => error,
+        }
+    }
+
+    /// Prometheus' tests range over a Go slice given as data; `args` builds the same sequence
+    /// (its keys `arg0`… sort in order for up to ten items).
+    fn over(items: &str, body: &str) -> String {
+        render(&format!("{{{{ range (args {items}) }}}}{body}{{{{ end }}}}"))
+    }
+
+    // --- Prometheus' template_test.go -------------------------------------------------
+
+    #[test]
+    fn plain_text_is_returned_unparsed() {
+        assert_eq!(render("plain text"), "plain text");
+        // Not a template, so not an error either.
+        assert_eq!(render("a }} b {"), "a }} b {");
+        assert_eq!(check("unbalanced }}"), Ok(()));
+    }
+
+    #[test]
+    fn simple_value_and_no_html_escaping() {
+        assert_eq!(render("{{ 1 }}"), "1");
+        assert_eq!(render("{{ \"<b>\" }}"), "<b>");
+        assert_eq!(render("{{ \"<b>\" | safeHtml }}"), "<b>");
+    }
+
+    #[test]
+    fn args_pass_several_values_to_a_template() {
+        assert_eq!(render("{{define \"x\"}}{{.arg0}} {{.arg1}}{{end}}{{template \"x\" (args 1 \"2\")}}"), "1 2");
+    }
+
+    #[test]
+    fn prometheus_strip_port() {
+        for (input, output) in [
+            ("foo.example.com", "foo.example.com"),
+            ("foo.example.com:12345", "foo.example.com"),
+            ("192.0.2.1", "192.0.2.1"),
+            ("192.0.2.1:12345", "192.0.2.1"),
+            ("2001:0DB8::1", "2001:0DB8::1"),
+            ("[2001:0DB8::1]:12345", "2001:0DB8::1"),
+            ("[2001:0DB8::1]::12345", "[2001:0DB8::1]::12345"),
+        ] {
+            assert_eq!(render(&format!("{{{{ {input:?} | stripPort }}}}")), output, "{input}");
+        }
+    }
+
+    #[test]
+    fn prometheus_strip_domain() {
+        for (input, output) in [
+            ("foo.example.com", "foo"),
+            ("foo.example.com:12345", "foo:12345"),
+            ("192.0.2.1", "192.0.2.1"),
+            ("192.0.2.1:12345", "192.0.2.1:12345"),
+            ("2001:0DB8::1", "2001:0DB8::1"),
+            ("[2001:0DB8::1]:12345", "[2001:0DB8::1]:12345"),
+            ("[2001:0DB8::1]::12345", "[2001:0DB8::1]::12345"),
+        ] {
+            assert_eq!(render(&format!("{{{{ {input:?} | stripDomain }}}}")), output, "{input}");
+        }
+    }
+
+    #[test]
+    fn unclosed_action_is_a_parse_error() {
+        let error = render_error("{{");
+        assert!(matches!(error, TemplateError::Parse { .. }), "{error:?}");
+        assert_eq!(
+            error.to_string(),
+            "error parsing template __alert_test: template: __alert_test:1:3: unclosed action"
+        );
+    }
+
+    #[test]
+    fn regex_replacement() {
+        assert_eq!(render("{{ reReplaceAll \"(a)b\" \"x$1\" \"ab\" }}"), "xa");
+    }
+
+    #[test]
+    fn humanize_floats_strings_and_ints() {
+        assert_eq!(over("0.0 1.0 1234567.0 .12", "{{ humanize . }}:"), "0:1:1.235M:120m:");
+        assert_eq!(over("\"0.0\" \"1.0\" \"1234567.0\" \".12\"", "{{ humanize . }}:"), "0:1:1.235M:120m:");
+        assert_eq!(over("0 -1 1 1234567 9223372036854775807", "{{ humanize . }}:"), "0:-1:1:1.235M:9.223E:");
+        let uint = |v: u64| to_float(&Value::Uint(v)).map(humanize).ok();
+        assert_eq!(uint(u64::MAX).as_deref(), Some("18.45E"));
+        assert_eq!(render("{{ humanize 0.001234 }}"), "1.234m");
+    }
+
+    #[test]
+    fn humanize_refuses_a_non_number() {
+        assert_eq!(
+            render_error("{{ humanize \"one\" }}").to_string(),
+            "error executing template __alert_test: error calling humanize: strconv.ParseFloat: parsing \"one\": invalid syntax"
+        );
+        assert_eq!(
+            render_error("{{ humanize1024 true }}").to_string(),
+            "error executing template __alert_test: error calling humanize1024: can't convert bool to float"
+        );
+    }
+
+    #[test]
+    fn prometheus_humanize1024() {
+        assert_eq!(over("0.0 1.0 1048576.0 .12", "{{ humanize1024 . }}:"), "0:1:1Mi:0.12:");
+        assert_eq!(over("\"0.0\" \"1.0\" \"1048576.0\" \".12\"", "{{ humanize1024 . }}:"), "0:1:1Mi:0.12:");
+        assert_eq!(over("0 -1 1 1234567 9223372036854775807", "{{ humanize1024 . }}:"), "0:-1:1:1.177Mi:8Ei:");
+        assert_eq!(to_float(&Value::Uint(u64::MAX)).map(humanize1024).ok().as_deref(), Some("16Ei"));
+    }
+
+    #[test]
+    fn prometheus_humanize_duration() {
+        assert_eq!(
+            over("0 1 60 3600 86400 90000 -183845 899.99", "{{ humanizeDuration . }}:"),
+            "0s:1s:1m 0s:1h 0m 0s:1d 0h 0m 0s:1d 1h 0m 0s:-2d 3h 4m 5s:14m 59s:"
+        );
+        assert_eq!(
+            over("\"0\" \"1\" \"60\" \"3600\" \"86400\"", "{{ humanizeDuration . }}:"),
+            "0s:1s:1m 0s:1h 0m 0s:1d 0h 0m 0s:"
+        );
+        assert_eq!(
+            over(".1 .0001 .12345 60.1 60.5 1.2345 12.345", "{{ humanizeDuration . }}:"),
+            "100ms:100us:123.5ms:1m 0s:1m 0s:1.234s:12.35s:"
+        );
+        assert_eq!(over("0 -1 1 1234567", "{{ humanizeDuration . }}:"), "0s:-1s:1s:14d 6h 56m 7s:");
+        assert_eq!(render("{{ humanizeDuration 3661 }}|{{ humanizeDuration 0.5 }}"), "1h 1m 1s|500ms");
+    }
+
+    #[test]
+    fn humanize_infinities_and_nan() {
+        let body = "{{ humanize . }}:{{ humanize1024 . }}:{{ humanizeDuration . }}:{{humanizeTimestamp .}}:";
+        let expected = "+Inf:+Inf:+Inf:+Inf:-Inf:-Inf:-Inf:-Inf:NaN:NaN:NaN:NaN:";
+        assert_eq!(over("\"+Inf\" \"-Inf\" \"NaN\"", body), expected);
+        let values = [f64::INFINITY, f64::NEG_INFINITY, f64::NAN];
+        let direct: String = values
+            .iter()
+            .map(|v| format!("{}:{}:{}:", humanize(*v), humanize1024(*v), humanize_duration(*v)))
+            .collect();
+        assert_eq!(direct, "+Inf:+Inf:+Inf:-Inf:-Inf:-Inf:NaN:NaN:NaN:");
+    }
+
+    #[test]
+    fn prometheus_humanize_percentage() {
+        assert_eq!(
+            render(
+                "{{ -0.22222 | humanizePercentage }}:{{ 0.0 | humanizePercentage }}:{{ 0.1234567 | humanizePercentage }}:{{ 1.23456 | humanizePercentage }}"
+            ),
+            "-22.22%:0%:12.35%:123.5%"
+        );
+        assert_eq!(
+            over("0 -1 1 1234567 9223372036854775807", "{{ humanizePercentage . }}:"),
+            "0%:-100%:100%:1.235e+08%:9.223e+20%:"
+        );
+        assert_eq!(render("{{ humanizePercentage 0.1234 }}"), "12.34%");
+    }
+
+    #[test]
+    fn prometheus_humanize_timestamp() {
+        assert_eq!(
+            over("0 -1 1 1234567 9223372036", "{{ humanizeTimestamp . }}:"),
+            "1970-01-01 00:00:00 +0000 UTC:1969-12-31 23:59:59 +0000 UTC:1970-01-01 00:00:01 +0000 UTC:1970-01-15 06:56:07 +0000 UTC:2262-04-11 23:47:16 +0000 UTC:"
+        );
+        assert_eq!(render("{{ 1435065584.128 | humanizeTimestamp }}"), "2015-06-23 13:19:44.128 +0000 UTC");
+        assert_eq!(render("{{ \"1435065584.128\" | humanizeTimestamp }}"), "2015-06-23 13:19:44.128 +0000 UTC");
+        assert_eq!(
+            render_error("{{ humanizeTimestamp 9223372036854775807 }}").to_string(),
+            "error executing template __alert_test: error calling humanizeTimestamp: 9.223372036854776e+18 cannot be represented as a nanoseconds timestamp since it overflows int64"
+        );
+        let overflow = float_to_time(u64::MAX as f64).err().map(|error| match error {
+            TimeError::Other(message) => message,
+            TimeError::NotFinite => String::new(),
+        });
+        assert_eq!(
+            overflow.as_deref(),
+            Some("1.8446744073709552e+19 cannot be represented as a nanoseconds timestamp since it overflows int64")
+        );
+    }
+
+    #[test]
+    fn to_time_gives_the_time_as_text() {
+        assert_eq!(render("{{ 1435065584.128 | toTime }}"), "2015-06-23 13:19:44.128 +0000 UTC");
+        assert_eq!(
+            render_error("{{ toTime \"NaN\" }}").to_string(),
+            "error executing template __alert_test: error calling toTime: value is NaN or Inf"
+        );
+    }
+
+    #[test]
+    fn case_functions() {
+        assert_eq!(render("{{ \"aa bb CC\" | title }}"), "Aa Bb CC");
+        assert_eq!(render("{{ \"aa bb CC\" | toUpper }}"), "AA BB CC");
+        assert_eq!(render("{{ \"aA bB CC\" | toLower }}"), "aa bb cc");
+        // Go's one-rune mappings, not Rust's full ones.
+        assert_eq!(go_to_upper("ßtraße ﬁ ᾳ"), "ßTRAßE ﬁ ᾼ");
+        assert_eq!(go_to_lower("İSTANBUL"), "istanbul");
+        assert_eq!(go_title("ǆemal hello_world x.y über"), "ǅemal Hello_world X.Y Über");
+        assert_eq!(go_title("ა"), "ა");
+    }
+
+    #[test]
+    fn match_links_and_urls() {
+        assert_eq!(render("{{ match \"a+\" \"aa\" }} {{ match \"a+\" \"b\" }}"), "true false");
+        assert_eq!(render("{{ graphLink \"up\" }}"), "/graph?g0.expr=up&g0.tab=0");
+        assert_eq!(render("{{ tableLink \"up\" }}"), "/graph?g0.expr=up&g0.tab=1");
+        assert_eq!(
+            render("{{ graphLink \"rate(x[5m]) > 0 ~*\" }}"),
+            "/graph?g0.expr=rate%28x%5B5m%5D%29+%3E+0+~%2A&g0.tab=0"
+        );
+        assert_eq!(render("{{ pathPrefix }}"), "/path/prefix");
+        assert_eq!(
+            render("{{ externalURL }}|{{ $externalURL }}"),
+            "http://testhost:9090/path/prefix|http://testhost:9090/path/prefix"
+        );
+        assert_eq!(url_path("https://h:1/a%20b?x=1#f"), "/a b");
+        assert_eq!(url_path("http://h"), "");
+    }
+
+    #[test]
+    fn prometheus_parse_duration() {
+        assert_eq!(render("{{ printf \"%0.2f\" (parseDuration \"1h2m10ms\") }}"), "3720.01");
+        assert_eq!(parse_duration_seconds("0"), Ok(0.0));
+        assert_eq!(parse_duration_seconds("1w2d"), Ok(777_600.0));
+        assert_eq!(parse_duration_seconds("10ms"), Ok(0.01));
+        assert_eq!(parse_duration_seconds("292y"), Ok(9_208_512_000.0));
+        assert_eq!(parse_duration_seconds("293y"), Err("duration out of range".to_owned()));
+        assert_eq!(parse_duration_seconds("1h1d"), Err("not a valid duration string: \"1h1d\"".to_owned()));
+        assert_eq!(parse_duration_seconds(""), Err("empty duration string".to_owned()));
+    }
+
+    // --- Alert templates ---------------------------------------------------------------
+
+    #[test]
+    fn missing_labels_are_empty() {
+        assert_eq!(
+            render(
+                "[{{ $labels.nope }}][{{ .Labels.nope }}][{{ index $labels \"nope\" }}][{{ $externalLabels.nope }}]"
+            ),
+            "[][][][]"
+        );
+        assert_eq!(render("{{ if eq $labels.nope \"\" }}empty{{ end }}"), "empty");
+        assert_eq!(
+            render("[{{ $labels.nope | toUpper }}][{{ printf \"%s\" $labels.nope }}][{{ len $labels.nope }}]"),
+            "[][][0]"
+        );
+        assert_eq!(render("{{ or $labels.nope \"default\" }}"), "default");
+        assert_eq!(render("{{ with $labels.nope }}x{{ else }}none{{ end }}"), "none");
+        assert_eq!(
+            render("{{ $labels.job }} on {{ $labels.instance }} in {{ $externalLabels.cluster }}"),
+            "node on foo.example.com:9100 in prod"
+        );
+    }
+
+    #[test]
+    fn value_prints_as_go_does() {
+        for (value, text) in [
+            (1.0, "1"),
+            (0.5, "0.5"),
+            (1e6, "1e+06"),
+            (123_456.0, "123456"),
+            (1_234_567.0, "1.234567e+06"),
+            (0.0001, "0.0001"),
+            (0.00001, "1e-05"),
+            (0.1 + 0.2, "0.30000000000000004"),
+            (-0.0, "-0"),
+            (f64::NAN, "NaN"),
+            (f64::INFINITY, "+Inf"),
+            (f64::NEG_INFINITY, "-Inf"),
+        ] {
+            assert_eq!(
+                render_with("{{ $value }}|{{ .Value }}|{{ print $value }}", value).ok(),
+                Some(format!("{text}|{text}|{text}")),
+                "{value}"
+            );
+        }
+        assert_eq!(render("{{ args 1 1.5 \"x\" 1e6 }}"), "map[arg0:1 arg1:1.5 arg2:x arg3:1e+06]");
+        assert_eq!(render("{{ print 1 2 \"a\" 3 \"b\" \"c\" 1.5 }}|{{ println 1 \"a\" }}"), "1 2a3bc1.5|1 a\n");
+    }
+
+    #[test]
+    fn pipelines_printf_conditions_and_ranges() {
+        assert_eq!(render("{{ $labels.job | printf \"%s\" | toUpper | printf \"[%s]\" }}"), "[NODE]");
+        assert_eq!(render_with("{{ $value | printf \"%.2f\" }}", 12.345_67).ok().as_deref(), Some("12.35"));
+        assert_eq!(render_with("{{ printf \"%.2f\" $value }}", 2.0 / 3.0).ok().as_deref(), Some("0.67"));
+        let condition = "{{ if gt $value 10.0 }}high{{ else }}low{{ end }}";
+        assert_eq!(render_with(condition, 12.5).ok().as_deref(), Some("high"));
+        assert_eq!(render_with(condition, 2.0).ok().as_deref(), Some("low"));
+        assert_eq!(
+            render("{{ range $k, $v := $labels }}{{ $k }}={{ $v }};{{ end }}"),
+            "instance=foo.example.com:9100;job=node;severity=critical;"
+        );
+        assert_eq!(render("{{ range $labels }}{{ . }},{{ end }}"), "foo.example.com:9100,node,critical,");
+        assert_eq!(render("{{ range $labels }}{{ $.Value }}{{ break }}{{ end }}"), "0");
+    }
+
+    #[test]
+    fn the_alert_data_is_a_struct() {
+        let error = render_error("{{ .labels.job }}");
+        assert!(error.to_string().ends_with(&format!("can't evaluate field labels in type {ROOT_TYPE}")), "{error}");
+        assert!(render_error("{{ $.Foo }}").to_string().contains("can't evaluate field Foo"));
+        assert_eq!(
+            render_with("{{ . }}", 1.5).ok().as_deref(),
+            Some(
+                "{map[instance:foo.example.com:9100 job:node severity:critical] map[cluster:prod] http://testhost:9090/path/prefix 1.5}"
+            )
+        );
+        assert_eq!(render("{{ with .Labels }}{{ .job }}[{{ .nope }}]{{ end }}"), "node[]");
+    }
+
+    #[test]
+    fn unsupported_functions_are_named_at_check() {
+        for function in ["query", "first", "label", "value", "sortByLabel", "tmpl"] {
+            let error = check(&format!("{{{{ {function} \"up\" }}}}"));
+            assert!(
+                matches!(&error, Err(TemplateError::UnsupportedFunction { function: name, .. }) if name == function),
+                "{error:?}"
+            );
+        }
+        let message = check("x\n{{ query \"up\" | first | value }}").err().map(|error| error.to_string());
+        assert_eq!(
+            message.as_deref(),
+            Some(
+                "error parsing template __alert: template: __alert:2:4: function \"query\" is not supported by Wake (it runs a PromQL query from the template)"
+            )
+        );
+    }
+
+    #[test]
+    fn check_makes_go_parse_time_checks() {
+        assert_eq!(
+            check("{{ $labels.job }} {{ humanize $value }} {{ range $k, $v := $labels }}{{ $k }}{{ end }}"),
+            Ok(())
+        );
+        let message = |text: &str| check(text).err().map(|error| error.to_string()).unwrap_or_default();
+        assert!(message("{{ foo }}").ends_with("__alert:1:4: function \"foo\" not defined"));
+        assert!(message("{{ $lables.job }}").ends_with("__alert:1:4: undefined variable \"$lables\""));
+        assert!(message("{{ if true }}{{ $y := 1 }}{{ end }}{{ $y }}").contains("undefined variable \"$y\""));
+        assert!(message("{{ define \"t\" }}{{ $labels.job }}{{ end }}").contains("undefined variable \"$labels\""));
+        assert!(message("{{ break }}").contains("{{break}} outside {{range}}"));
+        assert!(message("{{ \"a\" | 1 }}").contains("non executable command in pipeline stage 2"));
+        assert!(message("a{{ end }}b").contains("unexpected {{end}} or {{else}}"));
+        assert!(message("{{ if true }}a{{ end }}{{ else }}b").contains("unexpected {{end}} or {{else}}"));
+        assert!(message("{{ \"abc").contains("__alert:1:"));
+    }
+
+    #[test]
+    fn execution_errors_become_the_annotation_text() {
+        let labels = Labels::new();
+        let data = TemplateData { labels: &labels, external_labels: &labels, external_url: "", value: 0.0 };
+        assert_eq!(
+            expand_or_error_text("HighLoad", "load {{ humanize \"x\" }}", &data),
+            "<error expanding template: error executing template __alert_HighLoad: error calling humanize: strconv.ParseFloat: parsing \"x\": invalid syntax>"
+        );
+        assert_eq!(
+            expand_or_error_text("HighLoad", "{{ $z = 1 }}", &data),
+            "<error expanding template: error executing template __alert_HighLoad: undefined variable: $z>"
+        );
+        assert_eq!(expand_or_error_text("HighLoad", "fine {{ 2 }}", &data), "fine 2");
+        assert!(render_error("{{ range 3 }}x{{ end }}").to_string().ends_with("range can't iterate over 3"));
+    }
+
+    #[test]
+    fn output_and_values_are_bounded() {
+        let big = format!("{{{{ range (args {}) }}}}{}{{{{ end }}}}", "1 ".repeat(9), "x".repeat(8 * 1024));
+        assert_eq!(
+            render_error(&big),
+            TemplateError::OutputTooLarge { template: "__alert_test".to_owned(), limit: MAX_OUTPUT_BYTES }
+        );
+        // A string doubled in a loop stops at the limit instead of taking the memory.
+        let doubling = "{{ $s := \"x\" }}{{ range $labels }}{{ range $labels }}{{ range $labels }}{{ range $labels }}{{ $s = print $s $s $s $s $s $s $s $s }}{{ end }}{{ end }}{{ end }}{{ end }}";
+        assert!(render_error(doubling).to_string().contains("exceeds the limit"));
+        let nested = format!("{{{{ $m := 1 }}}}{}", "{{ range $labels }}{{ $m = args $m }}{{ end }}".repeat(6));
+        assert!(render_error(&nested).to_string().contains("nest deeper"));
+        let looping = "{{ range $labels }}{{ range $labels }}{{ range $labels }}{{ range $labels }}{{ range $labels }}{{ range $labels }}{{ range $labels }}{{ range $labels }}{{ range $labels }}{{ end }}{{ end }}{{ end }}{{ end }}{{ end }}{{ end }}{{ end }}{{ end }}{{ end }}";
+        assert!(render_error(looping).to_string().contains("range iteration budget"));
+    }
+
+    #[test]
+    fn recursion_is_bounded() {
+        let error = render_error("{{ define \"a\" }}{{ template \"a\" }}{{ end }}{{ template \"a\" }}");
+        assert!(error.to_string().contains("recursion limit"), "{error}");
+    }
+
+    #[test]
+    fn expand_refuses_what_check_refuses() {
+        assert!(matches!(
+            render_error("{{ query \"up\" }}"),
+            TemplateError::UnsupportedFunction { line: 1, column: 4, .. }
+        ));
+        assert!(matches!(render_error("{{ $nope }}"), TemplateError::Parse { .. }));
+        assert!(matches!(render_error("{{ end }}"), TemplateError::Parse { .. }));
+        assert!(matches!(render_error("{{ nil }}"), TemplateError::Execute { .. }));
+    }
+
+    #[test]
+    fn defined_templates_get_the_same_treatment() {
+        assert_eq!(render("{{ define \"t\" }}{{ .job }}[{{ .nope }}]{{ end }}{{ template \"t\" $labels }}"), "node[]");
+        assert_eq!(render("{{ block \"b\" . }}{{ .Labels.job }}{{ end }}"), "node");
+        assert!(render_error("{{ define \"t\" }}{{ query 1 }}{{ end }}").to_string().contains("not supported by Wake"));
+    }
+
+    // --- Helpers -----------------------------------------------------------------------
+
+    #[test]
+    fn go_g_formatting() {
+        for (value, precision, text) in [
+            (1_234_567.0 / 1e6, Some(4), "1.235"),
+            (0.12 * 1000.0, Some(4), "120"),
+            (100_000.0, Some(4), "1e+05"),
+            (1000.0, Some(4), "1000"),
+            (9999.5, Some(4), "1e+04"),
+            (12_345.0, Some(4), "1.234e+04"),
+            (123.45, Some(4), "123.5"),
+            (0.0001, Some(4), "0.0001"),
+            (0.00001234, Some(4), "1.234e-05"),
+            (1.5, Some(4), "1.5"),
+            (-22.222, Some(4), "-22.22"),
+            (1e100, Some(4), "1e+100"),
+            (0.0, Some(4), "0"),
+            (1e21, None, "1e+21"),
+            (5e-324, None, "5e-324"),
+            (f64::MAX, None, "1.7976931348623157e+308"),
+            (999_999.9, None, "999999.9"),
+            (12.5, None, "12.5"),
+        ] {
+            assert_eq!(go_format_g(value, precision), text, "{value} {precision:?}");
+        }
+    }
+
+    #[test]
+    fn prometheus_go_parse_float() {
+        for (text, value) in [
+            ("1.5", 1.5),
+            (".5", 0.5),
+            ("5.", 5.0),
+            ("+1e3", 1000.0),
+            ("1_000", 1000.0),
+            ("0x1p-2", 0.25),
+            ("0x1.8p3", 12.0),
+            ("-0X10P0", -16.0),
+            ("Inf", f64::INFINITY),
+            ("-infinity", f64::NEG_INFINITY),
+            ("1e-400", 0.0),
+        ] {
+            assert_eq!(parse_go_float(text), Ok(value), "{text}");
+        }
+        assert!(parse_go_float("NaN").is_ok_and(f64::is_nan));
+        for text in ["", " 1", "1e", "+NaN", "infin", "_1", "1_", "1__0", "0x10", "+-1", "1.5.5"] {
+            assert_eq!(
+                parse_go_float(text),
+                Err(format!("strconv.ParseFloat: parsing {text:?}: invalid syntax")),
+                "{text}"
+            );
+        }
+        assert_eq!(
+            parse_go_float("1e400"),
+            Err("strconv.ParseFloat: parsing \"1e400\": value out of range".to_owned())
+        );
+    }
+
+    #[test]
+    fn regexes_follow_re2() {
+        let replace = |pattern: &str, replacement: &str, text: &str| {
+            go_regex(pattern).map(|regex| regex.replace_all(text, replacement).into_owned())
+        };
+        assert_eq!(replace("\\d+", "N", "a1b22٣").as_deref(), Ok("aNbN٣"));
+        assert_eq!(replace("\\w+", "W", "München").as_deref(), Ok("WüW"));
+        assert_eq!(replace("[^\\w]", "_", "a-ü").as_deref(), Ok("a__"));
+        assert_eq!(replace("[a[]", "X", "a[b").as_deref(), Ok("XXb"));
+        assert_eq!(replace("\\Qa.b\\E", "X", "a.b axb").as_deref(), Ok("X axb"));
+        assert_eq!(replace("^(.*):\\d+$", "$1", "host:9100").as_deref(), Ok("host"));
+        assert!(go_regex("(").is_err());
+    }
+
+    #[test]
+    fn host_ports_as_go_splits_them() {
+        assert_eq!(split_host_port("[::1]:80"), Some(("::1", "80")));
+        assert_eq!(split_host_port("a:b:c"), None);
+        assert_eq!(split_host_port("[::1]"), None);
+        assert_eq!(split_host_port("host"), None);
+        assert_eq!(strip_domain("[foo.bar:baz]:80"), "foo:80");
+        assert_eq!(strip_domain("[foo:bar]:80"), "[foo:bar]:80");
     }
 }
