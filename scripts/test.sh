@@ -4,7 +4,7 @@
 # Installs what the end-to-end tests need first: podman, runc and busybox-static from Debian (real
 # containers for the agent's tests), prometheus from Debian (the reference the PromQL
 # compatibility tests and the rule tests compare against, promtool included),
-# prometheus-alertmanager (the ruler's tests send it alerts) and, from PyPI, the Python OpenTelemetry SDK and the
+# prometheus-alertmanager (the ruler's tests send it alerts, over TLS with openssl's certificates) and, from PyPI, the Python OpenTelemetry SDK and the
 # validators of the deployment files (kubernetes-validate, dockerfile-parse).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,10 +16,11 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/wake-target}"
 mkdir -p "$cache_dir"
 
 if ! command -v podman >/dev/null || ! command -v runc >/dev/null || ! [ -x /bin/busybox ] \
-    || ! command -v prometheus >/dev/null || ! command -v prometheus-alertmanager >/dev/null; then
+    || ! command -v prometheus >/dev/null || ! command -v prometheus-alertmanager >/dev/null \
+    || ! command -v openssl >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq podman runc busybox-static prometheus prometheus-alertmanager >/dev/null
+    apt-get install -y -qq podman runc busybox-static prometheus prometheus-alertmanager openssl >/dev/null
 fi
 
 venv="$cache_dir/venv"
