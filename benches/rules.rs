@@ -19,7 +19,8 @@
 //! `/api/v1/rules`, polled each second: each new `lastEvaluation` is one evaluation) as p50,
 //! p99 and max, rule evaluation failures and missed iterations (`/metrics`).
 //!
-//! `cargo bench --bench rules` (env: WAKE_BENCH_ROWS, WAKE_BENCH_SECS, WAKE_LOGHUB_DIR).
+//! `cargo bench --bench rules` (env: WAKE_BENCH_ROWS, WAKE_BENCH_SECS, WAKE_BENCH_GROUPS of 20
+//! rules, default 50; WAKE_LOGHUB_DIR).
 
 mod common;
 
@@ -38,7 +39,6 @@ use serde_json::Value;
 use wake_storage::prompb::{Label, Sample, TimeSeries, WriteRequest};
 
 const INTERVAL_S: u64 = 15;
-const GROUPS: usize = 50;
 const RULES_PER_GROUP: usize = 20;
 const NAMESPACES: u64 = 10;
 const WORDS: [&str; 5] = ["error", "exception", "failed", "timeout", "WARN"];
@@ -47,10 +47,10 @@ fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-/// 25 PromQL and 25 LogQL groups of 20 rules, alternating alerting and recording rules.
-fn rule_file() -> String {
+/// `groups` groups of 20 rules, PromQL and LogQL in turn, alternating alerting and recording rules.
+fn rule_file(groups: usize) -> String {
     let mut text = String::from("groups:\n");
-    for g in 0..GROUPS {
+    for g in 0..groups {
         let logql = g % 2 == 1;
         text.push_str(&format!("  - name: group-{g}\n    interval: {INTERVAL_S}s\n"));
         if logql {
@@ -163,9 +163,9 @@ fn send_metrics(client: &Client, http: &str, rows: u64) {
 }
 
 /// The server, its OTLP/HTTP and its query address.
-fn start_server(dir: &Path, offset_s: u64) -> (Child, String, String) {
+fn start_server(dir: &Path, offset_s: u64, groups: usize) -> (Child, String, String) {
     let rules = dir.join("rules.yml");
-    std::fs::write(&rules, rule_file()).expect("writing the rules");
+    std::fs::write(&rules, rule_file(groups)).expect("writing the rules");
     let config = dir.join("wake.yml");
     std::fs::write(
         &config,
@@ -229,12 +229,13 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 fn main() {
     let rows = env_u64("WAKE_BENCH_ROWS", 2_000_000);
     let seconds = env_u64("WAKE_BENCH_SECS", 300);
+    let groups = env_u64("WAKE_BENCH_GROUPS", 50) as usize;
     let dir = tempfile::tempdir().expect("a temporary directory");
     // Evaluations 4 h into the data (or at its end when there is less).
     let now_s = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs();
     let target_s = (START_NS + (rows as i64 * STEP_NS).min(4 * 3_600 * 1_000_000_000)) / 1_000_000_000;
     let offset_s = now_s - target_s as u64;
-    let (mut server, otlp, http) = start_server(dir.path(), offset_s);
+    let (mut server, otlp, http) = start_server(dir.path(), offset_s, groups);
     let client = Client::builder().timeout(Duration::from_secs(120)).build().expect("HTTP client");
 
     println!("loading {rows} log rows and their container metrics...");
@@ -254,6 +255,7 @@ fn main() {
     let started = Instant::now();
     let mut last: BTreeMap<String, String> = BTreeMap::new();
     let mut durations = Vec::new();
+    let mut by_lang: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     let mut errors: BTreeMap<String, String> = BTreeMap::new();
     while started.elapsed() < Duration::from_secs(seconds) {
         let poll = Instant::now();
@@ -263,7 +265,14 @@ fn main() {
                 let at = group["lastEvaluation"].as_str().unwrap_or_default().to_string();
                 if last.get(&name) != Some(&at) {
                     if last.contains_key(&name) {
-                        durations.push(group["evaluationTime"].as_f64().unwrap_or(f64::NAN));
+                        let seconds = group["evaluationTime"].as_f64().unwrap_or(f64::NAN);
+                        durations.push(seconds);
+                        let lang = if group["rules"][0]["query"].as_str().is_some_and(|q| q.contains("k8s_")) {
+                            "LogQL"
+                        } else {
+                            "PromQL"
+                        };
+                        by_lang.entry(lang).or_default().push(seconds);
                     }
                     last.insert(name, at);
                 }
@@ -284,9 +293,9 @@ fn main() {
     durations.sort_by(f64::total_cmp);
     println!(
         "\n{} rules ({} PromQL, {} LogQL) at {INTERVAL_S} s over {rows} log rows, {wall:.0} s measured:",
-        GROUPS * RULES_PER_GROUP,
-        GROUPS / 2 * RULES_PER_GROUP,
-        GROUPS / 2 * RULES_PER_GROUP
+        groups * RULES_PER_GROUP,
+        groups.div_ceil(2) * RULES_PER_GROUP,
+        groups / 2 * RULES_PER_GROUP
     );
     println!("  server CPU: {:.1} % of one core ({cpu:.1} CPU-s)", 100.0 * cpu / wall);
     println!(
@@ -296,6 +305,14 @@ fn main() {
         percentile(&durations, 0.99),
         durations.last().copied().unwrap_or(f64::NAN)
     );
+    for (lang, mut seconds) in by_lang {
+        seconds.sort_by(f64::total_cmp);
+        println!(
+            "  {lang} groups ({RULES_PER_GROUP} rules each): p50 {:.3} s, p99 {:.3} s",
+            percentile(&seconds, 0.5),
+            percentile(&seconds, 0.99)
+        );
+    }
     println!("  rule evaluations: {evaluations:.0}, failed {failures:.0}; missed group iterations: {missed:.0}");
     for (rule, error) in errors.iter().take(5) {
         println!("  error of {rule}: {error}");

@@ -73,11 +73,16 @@ pub async fn promql_instant(
 pub struct EngineQuerier {
     engine: Arc<QueryEngine>,
     source: Arc<StoreSource>,
+    /// Rule queries in the engine's `rules` gate at once: no more than the gate runs, so that
+    /// however many groups are due, a rule waits here for its turn instead of being refused
+    /// by a full queue (a late evaluation is a missed slot, counted; a refused one a failure).
+    turns: Arc<tokio::sync::Semaphore>,
 }
 
 impl EngineQuerier {
     pub fn new(engine: Arc<QueryEngine>) -> EngineQuerier {
-        EngineQuerier { source: Arc::new(StoreSource::new(engine.clone())), engine }
+        let turns = Arc::new(tokio::sync::Semaphore::new(engine.config().max_concurrent_queries.max(1)));
+        EngineQuerier { source: Arc::new(StoreSource::new(engine.clone())), engine, turns }
     }
 
     async fn run(&self, lang: Lang, expr: &str, ts_ms: i64) -> Result<Vec<(Labels, f64)>, String> {
@@ -119,8 +124,9 @@ impl EngineQuerier {
 #[async_trait::async_trait]
 impl RuleQuerier for EngineQuerier {
     async fn instant(&self, lang: Lang, expr: &str, ts_ms: i64) -> Result<Vec<(Labels, f64)>, String> {
+        let _turn = self.turns.acquire().await.map_err(|e| e.to_string())?;
         let engine = self.engine.clone();
-        let this = EngineQuerier { engine: engine.clone(), source: self.source.clone() };
+        let this = EngineQuerier { engine: engine.clone(), source: self.source.clone(), turns: self.turns.clone() };
         let text = expr.to_string();
         // Through an admission queue of their own and the timeout of client queries, so that
         // rules and people do not wait for each other and a stuck rule query is cancelled.
