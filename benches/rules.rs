@@ -259,7 +259,12 @@ fn main() {
     let mut errors: BTreeMap<String, String> = BTreeMap::new();
     while started.elapsed() < Duration::from_secs(seconds) {
         let poll = Instant::now();
-        if let Ok(body) = client.get(format!("http://{http}/api/v1/rules")).send().and_then(|r| r.json::<Value>()) {
+        // PromQL groups at the Prometheus API, LogQL groups at Loki's.
+        let bodies: Vec<Value> = ["/api/v1/rules", "/prometheus/api/v1/rules"]
+            .iter()
+            .filter_map(|path| client.get(format!("http://{http}{path}")).send().and_then(|r| r.json::<Value>()).ok())
+            .collect();
+        for body in &bodies {
             for group in body["data"]["groups"].as_array().into_iter().flatten() {
                 let name = group["name"].as_str().unwrap_or_default().to_string();
                 let at = group["lastEvaluation"].as_str().unwrap_or_default().to_string();
