@@ -637,3 +637,21 @@ fn a_relative_data_dir_answers_sql() {
     assert_eq!(server.count("SELECT count(*) FROM logs"), 2);
     assert!(dir.path().join("data/manifest.json").exists());
 }
+
+#[test]
+fn the_rule_apis_refuse_bad_parameters_in_their_shapes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    for params in [[("type", "both")], [("exclude_alerts", "maybe")]] {
+        assert_prometheus_error(&server, "/api/v1/rules", &params, 400, "bad_data");
+        assert_prometheus_error(&server, "/prometheus/api/v1/rules", &params, 400, "bad_data");
+    }
+    // A parameter a thousand times repeated, and a namespace of 10 KB: answered, not a crash.
+    let names = "rule_name[]=x&".repeat(1000);
+    let (status, _) = get(&server, &format!("/api/v1/rules?{names}"), &[]);
+    assert_eq!(status, 200);
+    assert_loki_error(&server, &format!("/loki/api/v1/rules/{}", "n".repeat(10_000)), &[], 404);
+    let response = server.client().post(server.api_url("/loki/api/v1/rules")).body("groups: []").send().unwrap();
+    assert_eq!(response.status(), 405, "rules are managed by files");
+    assert_ready(&server, "after the rule APIs' bad requests");
+}
