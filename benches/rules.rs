@@ -25,11 +25,9 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::Arc;
-use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{CONTAINERS, Corpus, START_NS, STEP_NS};
@@ -175,31 +173,7 @@ fn start_server(dir: &Path, offset_s: u64, groups: usize) -> (Child, String, Str
         ),
     )
     .expect("writing the config");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wake"))
-        .args(["server", "--otlp-grpc-addr", "127.0.0.1:0", "--otlp-http-addr", "127.0.0.1:0"])
-        .args(["--http-addr", "127.0.0.1:0", "--self-metrics-interval", "0", "--max-record-age-secs", "0"])
-        .arg("--config")
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .env("RUST_LOG", "warn,wake=info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn wake server");
-    let stderr = child.stderr.take().expect("stderr");
-    let (sender, receiver) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("otlp_http_addr=") {
-                let field = |key: &str| {
-                    line.split_whitespace().find_map(|t| t.strip_prefix(key)).map(str::to_string).unwrap_or_default()
-                };
-                let _ = sender.send((field("otlp_http_addr="), field("http_addr=")));
-            }
-        }
-    });
-    let (otlp, http) = receiver.recv_timeout(Duration::from_secs(60)).expect("server did not start");
-    (child, otlp, http)
+    common::start_server_with(&dir.join("data"), &["--config".as_ref(), config.as_os_str()])
 }
 
 /// CPU seconds (user + system) the process has used.

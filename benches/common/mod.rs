@@ -198,6 +198,11 @@ fn string_attribute(key: &str, value: &str) -> KeyValue {
 /// Starts the release `wake server` on port 0 over `data_dir`; returns it with its OTLP/HTTP
 /// and query addresses.
 pub fn start_server(data_dir: &Path) -> (Child, String, String) {
+    start_server_with(data_dir, &[])
+}
+
+/// [`start_server`] with more flags (`--config <file>`, say).
+pub fn start_server_with(data_dir: &Path, extra_args: &[&std::ffi::OsStr]) -> (Child, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_wake"))
         .args([
             "server",
@@ -217,6 +222,7 @@ pub fn start_server(data_dir: &Path) -> (Child, String, String) {
         ])
         .arg("--data-dir")
         .arg(data_dir)
+        .args(extra_args)
         .env("RUST_LOG", "warn,wake=info")
         .stderr(Stdio::piped())
         .spawn()
