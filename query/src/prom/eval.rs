@@ -374,7 +374,7 @@ fn drop_name(mut labels: Labels) -> Labels {
     labels
 }
 
-fn matches_all(matchers: &[Matcher], labels: &Labels) -> bool {
+pub(crate) fn matches_all(matchers: &[Matcher], labels: &Labels) -> bool {
     matchers.iter().all(|m| m.is_match(labels.get(&m.name).map(String::as_str).unwrap_or("")))
 }
 

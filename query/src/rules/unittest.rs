@@ -27,7 +27,7 @@ use super::alert::{AlertState, TemplateContext};
 use super::file::{self, GroupDef, Lang, parse_prometheus_duration};
 use super::group::{Group, RuleQuerier, SampleWriter, millis, stale_nan};
 use super::querier::promql_instant;
-use crate::prom::eval::{EvalLimits, Sample, SeriesData, SeriesSource};
+use crate::prom::eval::{EvalLimits, Sample, SeriesData, SeriesSource, matches_all};
 use crate::prom::naming::Labels;
 
 #[derive(Debug, Deserialize)]
@@ -481,10 +481,6 @@ fn insert_sample(samples: &mut Vec<Sample>, sample: Sample) {
         Ok(index) => samples[index] = sample,
         Err(index) => samples.insert(index, sample),
     }
-}
-
-fn matches_all(matchers: &[Matcher], labels: &Labels) -> bool {
-    matchers.iter().all(|m| m.is_match(labels.get(&m.name).map(String::as_str).unwrap_or("")))
 }
 
 #[async_trait::async_trait]
