@@ -57,6 +57,9 @@ pub struct StoreConfig {
     pub max_record_age_secs: u64,
     /// Records whose time lies further ahead than this are refused likewise. 0: no bound.
     pub max_record_future_secs: u64,
+    /// Span metrics and the service graph, computed from spans at ingest as Tempo's
+    /// metrics generator computes them.
+    pub span_metrics: crate::spanmetrics::SpanMetricsConfig,
 }
 
 impl Default for StoreConfig {
@@ -87,6 +90,7 @@ impl Default for StoreConfig {
             index_rows_per_document: 16,
             max_record_age_secs: 30 * 86_400,
             max_record_future_secs: 3600,
+            span_metrics: crate::spanmetrics::SpanMetricsConfig::default(),
         }
     }
 }
@@ -98,6 +102,9 @@ pub(crate) fn default_data_dir() -> PathBuf {
 impl StoreConfig {
     pub fn validate(&self) -> Result<()> {
         let fail = |message: String| Err(Error::Config(message));
+        if let Err(message) = self.span_metrics.validate() {
+            return fail(format!("span_metrics: {message}"));
+        }
         if self.data_dir.as_os_str().is_empty() {
             return fail("data_dir must not be empty".into());
         }

@@ -21,6 +21,8 @@
 //! - `manifest`: the catalog on disk: a checkpoint, an append-only log of changes, replay.
 //! - `fulltext`: the tantivy index over log bodies, and the same matching in memory.
 //! - `receiver`: OTLP/gRPC services and OTLP/HTTP routes.
+//! - `spanmetrics`: Tempo-style span metrics and service graph, computed from spans at
+//!   ingest and written to the metrics table.
 //! - `metrics`: the store's Prometheus self-metrics.
 
 mod catalog;
@@ -35,6 +37,7 @@ pub mod prompb;
 pub mod receiver;
 pub mod schema;
 pub mod series;
+pub mod spanmetrics;
 mod store;
 mod wal;
 mod writer;

@@ -30,6 +30,7 @@ use crate::convert::{self, Converted};
 use crate::error::{Error, Result};
 use crate::metrics::StorageMetrics;
 use crate::schema::Signal;
+use crate::spanmetrics::SpanMetricsRecorder;
 use crate::wal::{self, DurableRecord, Wal};
 use crate::writer;
 
@@ -225,6 +226,8 @@ pub struct Store {
     /// other committed since it was planned.
     committing: tokio::sync::Mutex<()>,
     next_file_id: AtomicU64,
+    /// Span metrics from the spans ingested; `None` when `span_metrics.enabled` is false.
+    span_metrics: Option<SpanMetricsRecorder>,
     /// Held open, never read: see [`lock_data_dir`].
     _data_dir_lock: std::fs::File,
 }
@@ -305,6 +308,7 @@ impl Store {
             }
         });
         let wal = Wal::start(&wal_dir, max_seq + 1, metrics.wal.clone(), sink)?;
+        let span_metrics = SpanMetricsRecorder::new(&config.span_metrics, registry)?;
         Ok(Arc::new(Store {
             config,
             state,
@@ -315,6 +319,7 @@ impl Store {
             compacting: tokio::sync::Mutex::new(()),
             committing: tokio::sync::Mutex::new(()),
             next_file_id: AtomicU64::new(0),
+            span_metrics,
             _data_dir_lock: data_dir_lock,
         }))
     }
@@ -354,17 +359,18 @@ impl Store {
 
         let received_at_ns = now_ns();
         let window = self.config.time_window();
-        let (converted, payload) = tokio::task::spawn_blocking(move || -> Result<(Converted, Bytes)> {
-            let converted = request.convert(received_at_ns, window)?;
-            let payload = match raw_protobuf {
-                Some(raw) => raw,
-                None if converted.accepted() > 0 => Bytes::from(request.encode_protobuf()),
-                None => Bytes::new(),
-            };
-            Ok((converted, payload))
-        })
-        .await
-        .map_err(|e| Error::Internal(format!("conversion task failed: {e}")))??;
+        let (converted, payload, request) =
+            tokio::task::spawn_blocking(move || -> Result<(Converted, Bytes, OtlpRequest)> {
+                let converted = request.convert(received_at_ns, window)?;
+                let payload = match raw_protobuf {
+                    Some(raw) => raw,
+                    None if converted.accepted() > 0 => Bytes::from(request.encode_protobuf()),
+                    None => Bytes::new(),
+                };
+                Ok((converted, payload, request))
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("conversion task failed: {e}")))??;
 
         let outcome = IngestOutcome {
             accepted: converted.accepted(),
@@ -375,6 +381,11 @@ impl Store {
         if outcome.accepted > 0 {
             let payload_len = payload.len() as u64;
             self.wal.append(signal, received_at_ns, payload, converted.batch).await?;
+            // Only what is durable is counted; rejected spans of the request are counted too,
+            // as Tempo's generator sees every span the distributor received.
+            if let (Some(span_metrics), OtlpRequest::Traces(request)) = (&self.span_metrics, request) {
+                span_metrics.observe(request);
+            }
             self.metrics.records_ingested.with_label_values(&label).inc_by(outcome.accepted);
             self.metrics.bytes_ingested.with_label_values(&label).inc_by(payload_len);
         }
@@ -445,8 +456,27 @@ impl Store {
                 }
             }
         };
+        let recorder = self.clone();
+        let span_metrics = async move {
+            let Some(span_metrics) = &recorder.span_metrics else { return };
+            let mut tick = tokio::time::interval(span_metrics.interval());
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            while !recorder.shutting_down.load(Ordering::SeqCst) {
+                tick.tick().await;
+                let written = match span_metrics.collect().await {
+                    Ok(Some(request)) => recorder.ingest(OtlpRequest::Metrics(request), None).await.map(|_| ()),
+                    Ok(None) => Ok(()),
+                    Err(error) => Err(error),
+                };
+                if let Err(error) = written {
+                    // Counters are cumulative: the next collection carries what this one lost.
+                    warn!(%error, "writing span metrics failed; will retry");
+                }
+            }
+        };
         tokio::spawn(async move {
-            tokio::join!(flushes, compactions);
+            tokio::join!(flushes, compactions, span_metrics);
         })
     }
 
