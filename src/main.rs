@@ -6,6 +6,7 @@ mod config;
 mod rules;
 mod server;
 mod standalone;
+mod traces;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -60,6 +61,9 @@ enum Command {
     /// Check rule files or run rule unit tests, as promtool does.
     #[command(subcommand)]
     Rules(rules::RulesCommand),
+    /// Print a trace as a tree, or search traces with TraceQL, from a Wake server.
+    #[command(subcommand)]
+    Traces(traces::TracesCommand),
 }
 
 fn init_logging(format: LogFormat) {
@@ -119,6 +123,7 @@ fn main() -> ExitCode {
         }),
         Command::Sql(args) => client_runtime().and_then(|runtime| runtime.block_on(cli::sql(args))),
         Command::Logs(args) => client_runtime().and_then(|runtime| runtime.block_on(cli::logs(args))),
+        Command::Traces(command) => client_runtime().and_then(|runtime| runtime.block_on(traces::run(command))),
         Command::Rules(command) => match rules::run(command) {
             Ok(true) => Ok(()),
             // The files' problems are printed already; promtool's exit status.

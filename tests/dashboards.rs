@@ -31,6 +31,11 @@ const SECOND: u64 = 1_000_000_000;
 const HISTORY_S: u64 = 300;
 const EVERY_S: u64 = 15;
 const TRACE_ID: &str = "5b8efff798038103d269b633813fc60c";
+const SPAN_ID: &str = "00f067aa0ba902b7";
+
+fn hex_bytes(hex: &str) -> Vec<u8> {
+    (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex")).collect()
+}
 
 /// (namespace, pod, container) of the simulated containers.
 const CONTAINERS: [(&str, &str, &str); 3] =
@@ -43,25 +48,51 @@ fn dashboards_dir() -> PathBuf {
 // ---------------------------------------------------------------------------------------------
 // The provisioning files
 
-/// uid → type of every provisioned data source.
-fn provisioned_datasources() -> (BTreeMap<String, String>, Vec<String>) {
+/// A Loki derived field: how Grafana finds a trace id in a log line, and where it links.
+struct DerivedField {
+    matcher_type: String,
+    matcher_regex: String,
+    datasource_uid: String,
+}
+
+/// What the data source provisioning declares.
+struct Provisioning {
+    /// uid → type of every data source.
+    sources: BTreeMap<String, String>,
+    derived_fields: Vec<DerivedField>,
+    /// The `jsonData` of the Tempo data source: its links to logs and metrics.
+    tempo: serde_yaml::Value,
+}
+
+fn provisioned_datasources() -> Provisioning {
     let path = dashboards_dir().join("provisioning/datasources/wake.yaml");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let yaml: serde_yaml::Value = serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let mut sources = BTreeMap::new();
-    let mut trace_urls = Vec::new();
+    let mut derived_fields = Vec::new();
+    let mut tempo = None;
     for source in yaml["datasources"].as_sequence().expect("a datasources list") {
         let uid = source["uid"].as_str().expect("every data source has a uid");
         let kind = source["type"].as_str().expect("every data source has a type");
-        assert_eq!(source["url"].as_str(), Some("http://wake:4380"), "{uid}");
+        let url = source["url"].as_str().unwrap_or_default();
+        // Every API answers on Wake's query port; Jaeger's under its /jaeger prefix.
+        let expected = if kind == "jaeger" { "http://wake:4380/jaeger" } else { "http://wake:4380" };
+        assert_eq!(url, expected, "{uid}");
         if kind == "prometheus" {
             assert_eq!(source["jsonData"]["httpMethod"].as_str(), Some("POST"));
         }
+        if kind == "tempo" {
+            tempo = Some(source["jsonData"].clone());
+        }
         for field in source["jsonData"]["derivedFields"].as_sequence().into_iter().flatten() {
-            assert!(field.get("datasourceUid").is_none(), "there is no trace data source to link to");
-            let regex = field["matcherRegex"].as_str().expect("matcherRegex");
-            assert!(regex.contains("trace_id"), "{regex}");
-            trace_urls.push(field["url"].as_str().expect("a derived field url").to_string());
+            let text =
+                |key: &str| field[key].as_str().unwrap_or_else(|| panic!("derived field without {key}")).to_string();
+            assert_eq!(field["url"].as_str(), Some("$${__value.raw}"), "an internal link passes the id as the query");
+            derived_fields.push(DerivedField {
+                matcher_type: text("matcherType"),
+                matcher_regex: text("matcherRegex"),
+                datasource_uid: text("datasourceUid"),
+            });
         }
         sources.insert(uid.to_string(), kind.to_string());
     }
@@ -69,7 +100,11 @@ fn provisioned_datasources() -> (BTreeMap<String, String>, Vec<String>) {
     let text = std::fs::read_to_string(&providers).expect("the dashboard provider file");
     let yaml: serde_yaml::Value = serde_yaml::from_str(&text).expect("the dashboard provider file is YAML");
     assert_eq!(yaml["providers"][0]["options"]["path"].as_str(), Some("/var/lib/grafana/dashboards/wake"));
-    (sources, trace_urls)
+    for field in &derived_fields {
+        assert_eq!(sources.get(&field.datasource_uid).map(String::as_str), Some("tempo"), "{}", field.matcher_regex);
+    }
+    assert!(!derived_fields.is_empty(), "log lines link to their traces");
+    Provisioning { sources, derived_fields, tempo: tempo.expect("a Tempo data source") }
 }
 
 /// Every `dashboards/*.json`, parsed.
@@ -196,11 +231,16 @@ fn send_logs(server: &WakeServer, now: u64) -> u64 {
             } else {
                 ("stdout", format!(r#"{{"level":"info","msg":"GET /items/{i}","status":200,"trace_id":"{TRACE_ID}"}}"#))
             };
+            // The first container's error lines carry the OTLP trace context of the span.
+            let (trace_id, span_id) =
+                if c == 0 && i % 4 == 0 { (hex_bytes(TRACE_ID), hex_bytes(SPAN_ID)) } else { (Vec::new(), Vec::new()) };
             records.push(LogRecord {
                 time_unix_nano: time,
                 observed_time_unix_nano: time,
                 body: Some(string_value(&body)),
                 attributes: vec![attribute("log.iostream", stream)],
+                trace_id,
+                span_id,
                 ..Default::default()
             });
         }
@@ -316,11 +356,9 @@ fn send_cgroup_metrics(server: &WakeServer, now: u64) {
 
 /// One span of the trace the log lines mention, for the derived-field links.
 fn send_span(server: &WakeServer, now: u64) {
-    let bytes =
-        |hex: &str| (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
     let span = Span {
-        trace_id: bytes(TRACE_ID),
-        span_id: bytes("00f067aa0ba902b7"),
+        trace_id: hex_bytes(TRACE_ID),
+        span_id: hex_bytes(SPAN_ID),
         name: "GET /items".into(),
         kind: 2,
         start_time_unix_nano: now - 2 * SECOND,
@@ -425,15 +463,114 @@ fn metric_names(server: &WakeServer) -> BTreeSet<String> {
     answer["data"].as_array().expect("names").iter().filter_map(|n| n.as_str().map(str::to_string)).collect()
 }
 
+/// Tempo's trace by id, as the Tempo data source asks for it.
+fn tempo_trace(server: &WakeServer, id: &str) -> Value {
+    let url = server.api_url(&format!("/api/traces/{id}"));
+    let response = server.client().get(&url).send().unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    assert_eq!(response.status().as_u16(), 200, "GET {url}");
+    response.json().expect("a trace answers JSON")
+}
+
+/// The links between the provisioned data sources, followed as Grafana follows them: from a
+/// log line to its trace, from a span to its container's logs and its service's metrics.
+fn check_trace_links(server: &WakeServer, provisioning: &Provisioning) {
+    let end_ns = now_ns() + SECOND;
+    let (start, end) = ((end_ns - 600 * SECOND).to_string(), end_ns.to_string());
+    let url = server.api_url("/loki/api/v1/query_range");
+    let params = [("query", r#"{k8s_pod_name="cart-0"}"#), ("start", &start), ("end", &end), ("limit", "1000")];
+    let answer: Value = server
+        .client()
+        .get(reqwest::Url::parse_with_params(&url, params).expect("a URL"))
+        .header("X-Loki-Response-Encoding-Flags", "categorize-labels")
+        .send()
+        .expect("a Loki query")
+        .json()
+        .expect("Loki answers JSON");
+    let entries: Vec<&Value> = answer["data"]["result"]
+        .as_array()
+        .expect("streams")
+        .iter()
+        .flat_map(|stream| stream["values"].as_array().expect("values"))
+        .collect();
+    for field in &provisioning.derived_fields {
+        // What Grafana finds in the lines with this field: a label (structured metadata
+        // included) named by the matcher, or the regex's first group in the line.
+        let regex = regex::Regex::new(&field.matcher_regex).expect("the matcher regex compiles");
+        let found: BTreeSet<String> = entries
+            .iter()
+            .filter_map(|entry| match field.matcher_type.as_str() {
+                "label" => entry[2]["structuredMetadata"][&field.matcher_regex].as_str().map(str::to_string),
+                "regex" => regex.captures(entry[1].as_str()?).map(|c| c[1].to_string()),
+                other => panic!("matcher type {other}"),
+            })
+            .collect();
+        assert_eq!(found, BTreeSet::from([TRACE_ID.to_string()]), "{}: {answer}", field.matcher_regex);
+        let trace = tempo_trace(server, TRACE_ID);
+        assert_eq!(trace["batches"][0]["scopeSpans"][0]["spans"][0]["spanId"], SPAN_ID, "{trace}");
+    }
+
+    // From the span to the logs of its pod: tracesToLogsV2's query with the span's tags.
+    let trace = tempo_trace(server, TRACE_ID);
+    let tags: BTreeMap<String, String> = trace["batches"][0]["resource"]["attributes"]
+        .as_array()
+        .expect("resource attributes")
+        .iter()
+        .filter_map(|kv| Some((kv["key"].as_str()?.to_string(), kv["value"]["stringValue"].as_str()?.to_string())))
+        .collect();
+    let logs = &provisioning.tempo["tracesToLogsV2"];
+    assert_eq!(logs["customQuery"].as_bool(), Some(true));
+    let mut query = logs["query"].as_str().expect("a logs query").replace("$$", "$");
+    for (key, value) in &tags {
+        query = query.replace(&format!(r#"${{__span.tags["{key}"]}}"#), value);
+    }
+    let query = query.replace("${__trace.traceId}", TRACE_ID);
+    assert!(!query.contains("${"), "every variable is substituted: {query}");
+    let lines = run_panel_query(server, "loki", "logs", &query);
+    let lines: Vec<&Value> = lines.iter().flat_map(|stream| stream["values"].as_array().expect("values")).collect();
+    assert!(!lines.is_empty(), "{query} found no lines");
+    assert!(lines.iter().all(|line| line[1].as_str().unwrap().contains("upstream failed")), "{lines:?}");
+
+    // From the span to its service's RED metrics: tracesToMetrics with `$__tags` expanded.
+    let metrics = &provisioning.tempo["tracesToMetrics"];
+    let mut selector = Vec::new();
+    for tag in metrics["tags"].as_sequence().expect("metric tags") {
+        let key = tag["key"].as_str().expect("a tag key");
+        let label = tag["value"].as_str().unwrap_or(key);
+        selector.push(format!(r#"{label}="{}""#, tags[key]));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for query in metrics["queries"].as_sequence().expect("metric queries") {
+        let name = query["name"].as_str().expect("a query name");
+        let expr =
+            query["query"].as_str().expect("a query").replace("$$", "$").replace("$__tags", &selector.join(", "));
+        loop {
+            let series = run_panel_query(server, "prometheus", "timeseries", &expr);
+            // The span succeeded: its error rate has no series, the others must have one.
+            if name.contains("Error") || !series.is_empty() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{name}: {expr} has no series\n{}", server.log_tail());
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+    assert_eq!(provisioning.tempo["serviceMap"]["datasourceUid"].as_str(), Some("wake-prometheus"));
+    assert_eq!(provisioning.tempo["lokiSearch"]["datasourceUid"].as_str(), Some("wake-loki"));
+}
+
 #[test]
 fn every_dashboard_query_runs_against_wake() {
-    let (datasources, trace_urls) = provisioned_datasources();
+    let provisioning = provisioned_datasources();
+    let datasources = &provisioning.sources;
     let dashboards = dashboards();
     let uids: BTreeSet<&str> = dashboards.iter().filter_map(|(_, d)| d["uid"].as_str()).collect();
     assert_eq!(uids, BTreeSet::from(["wake-containers", "wake-logs", "wake-pipeline"]));
 
     let dir = tempfile::tempdir().expect("temp dir");
-    let server = WakeServer::start(dir.path(), &["--self-metrics-interval", "1s"]);
+    // Span metrics every second, so that the Tempo data source's metric links find some.
+    let config = dir.path().join("wake.yaml");
+    std::fs::write(&config, "store:\n  span_metrics:\n    collection_interval_secs: 1\n").expect("config");
+    let config = config.to_str().expect("utf-8");
+    let server = WakeServer::start(&dir.path().join("data"), &["--self-metrics-interval", "1s", "--config", config]);
     let now = now_ns();
     let logs = send_logs(&server, now);
     send_cgroup_metrics(&server, now);
@@ -455,15 +592,7 @@ fn every_dashboard_query_runs_against_wake() {
     std::thread::sleep(Duration::from_millis(1500));
     let names = metric_names(&server);
 
-    // The trace links of the Loki data source answer the trace's spans.
-    for url in &trace_urls {
-        let url = url.replace("http://localhost:4380", &server.api_url("")).replace("${__value.raw}", TRACE_ID);
-        let response = server.client().get(&url).send().expect("GET the trace link");
-        let status = response.status().as_u16();
-        let body: Value = response.json().expect("the trace link answers JSON");
-        assert_eq!(status, 200, "{url}: {body}");
-        assert_eq!(body["rows"].as_array().map(Vec::len), Some(1), "{url}: {body}");
-    }
+    check_trace_links(&server, &provisioning);
 
     let mut failures = Vec::new();
     let mut checked = 0;

@@ -69,6 +69,14 @@ pub struct QueryConfig {
     /// second for as long as its socket stays open, so it is admitted for its whole life rather
     /// than per query.
     pub max_concurrent_tail_requests: usize,
+    /// Spans one trace may have when it is read (by id, or as a search candidate); a larger
+    /// trace is refused with 422, as Tempo refuses traces over `max_bytes_per_trace`.
+    pub max_spans_per_trace: usize,
+    /// Candidate traces one TraceQL search or Jaeger search may read and evaluate whole; when
+    /// the limit is reached the search answers what it found among them.
+    pub max_search_traces_inspected: usize,
+    /// Tag names or tag values one Tempo or Jaeger autocomplete call may answer.
+    pub max_tag_values: usize,
 }
 
 impl Default for QueryConfig {
@@ -94,6 +102,9 @@ impl Default for QueryConfig {
             max_query_length_secs: 721 * 3600,
             slow_query_ms: 10_000,
             max_concurrent_tail_requests: 10,
+            max_spans_per_trace: 100_000,
+            max_search_traces_inspected: 20_000,
+            max_tag_values: 10_000,
         }
     }
 }
@@ -137,6 +148,9 @@ impl QueryConfig {
         at_least("max_entries_limit_per_query", as_u64(self.max_entries_limit_per_query), 1)?;
         at_least("max_query_length_secs", self.max_query_length_secs, 60)?;
         at_least("max_concurrent_tail_requests", as_u64(self.max_concurrent_tail_requests), 1)?;
+        at_least("max_spans_per_trace", as_u64(self.max_spans_per_trace), 1)?;
+        at_least("max_search_traces_inspected", as_u64(self.max_search_traces_inspected), 1)?;
+        at_least("max_tag_values", as_u64(self.max_tag_values), 1)?;
         if !(0..=19).contains(&self.thread_nice) {
             return Err(ConfigError {
                 key: "thread_nice",

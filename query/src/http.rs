@@ -42,14 +42,16 @@ struct SqlRequest {
     truncate: bool,
 }
 
-/// Routes `/api/v1/sql`, the Loki API, the Prometheus API and the list of running queries.
+/// Routes `/api/v1/sql`, the Loki, Prometheus, Tempo and Jaeger APIs and the list of running
+/// queries.
 pub fn router(engine: Arc<QueryEngine>) -> Router {
     Router::new()
         .route("/api/v1/sql", get(sql_get).post(sql_post))
         .route("/api/v1/admin/queries", get(active_queries))
         .with_state(engine.clone())
         .merge(crate::loki::router(engine.clone()))
-        .merge(crate::prom::router(engine))
+        .merge(crate::prom::router(engine.clone()))
+        .merge(crate::traces::router(engine))
 }
 
 async fn sql_get(

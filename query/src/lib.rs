@@ -19,6 +19,7 @@
 //! - `json`: Arrow values as JSON (timestamps as RFC 3339, maps as objects).
 //! - `error`: [`Error`] and the HTTP status each kind of failure maps to.
 //! - `rules`: the ruler (alerting and recording rules, Alertmanager, rule APIs, rule tests).
+//! - `traces`: Tempo's and Jaeger's trace APIs and TraceQL over the `spans` table.
 
 mod body;
 mod cache;
@@ -34,6 +35,7 @@ pub mod loki;
 pub mod prom;
 pub mod rules;
 mod table;
+pub mod traces;
 
 pub use config::{ConfigError, QueryConfig, ThreadPolicy};
 pub use engine::{QueryEngine, QueryOutput};

@@ -31,10 +31,12 @@ pub enum Api {
     /// The ruler's own queries (every language): a thousand rules cannot make people wait,
     /// and a crowd of dashboards cannot make rules miss their slot.
     Rules,
+    /// Tempo's and Jaeger's trace APIs.
+    Traces,
 }
 
 impl Api {
-    pub const ALL: [Api; 4] = [Api::Sql, Api::Prometheus, Api::Loki, Api::Rules];
+    pub const ALL: [Api; 5] = [Api::Sql, Api::Prometheus, Api::Loki, Api::Rules, Api::Traces];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -42,6 +44,7 @@ impl Api {
             Api::Prometheus => "prometheus",
             Api::Loki => "loki",
             Api::Rules => "rules",
+            Api::Traces => "traces",
         }
     }
 
@@ -85,7 +88,7 @@ const LOGGED_QUERY_BYTES: usize = 4096;
 
 pub struct Limits {
     config: QueryConfig,
-    gates: [Gate; 4],
+    gates: [Gate; Api::ALL.len()],
     /// Open live tails, `query.max_concurrent_tail_requests` at most.
     tails: Arc<Semaphore>,
     next_id: AtomicU64,
@@ -106,7 +109,7 @@ impl Limits {
             .register(Box::new(hits.clone()))
             .map_err(|e| Error::Task(format!("registering limit metrics: {e}")))?;
         Ok(Limits {
-            gates: [gate(), gate(), gate(), gate()],
+            gates: std::array::from_fn(|_| gate()),
             tails: Arc::new(Semaphore::new(config.max_concurrent_tail_requests)),
             config,
             next_id: AtomicU64::new(1),

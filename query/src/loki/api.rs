@@ -155,10 +155,22 @@ async fn query_range(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    run(&engine, all_params(&engine, query, &headers, body).await, |engine, params| async move {
-        run_range(&engine, &params).await
+    let categorize = categorize_labels(&headers);
+    run(&engine, all_params(&engine, query, &headers, body).await, move |engine, params| async move {
+        run_range(&engine, &params, categorize).await
     })
     .await
+}
+
+/// Whether the client asked for Loki 3's categorized labels
+/// (`X-Loki-Response-Encoding-Flags: categorize-labels`, as Grafana does): then each line
+/// carries its structured metadata beside it instead of in its stream's labels.
+fn categorize_labels(headers: &HeaderMap) -> bool {
+    headers
+        .get_all("x-loki-response-encoding-flags")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|flags| flags.split(',').any(|flag| flag.trim() == "categorize-labels"))
 }
 
 /// Parses the request's `query` within the depth limit.
@@ -183,7 +195,7 @@ fn check_extent(
     Ok(())
 }
 
-async fn run_range(engine: &QueryEngine, params: &Params) -> Result<Response, LokiError> {
+async fn run_range(engine: &QueryEngine, params: &Params, categorize: bool) -> Result<Response, LokiError> {
     let range = params::range_params(params, &param_limits(engine))?;
     let text = required_query(params)?;
     match parse_query(engine, text)? {
@@ -191,7 +203,7 @@ async fn run_range(engine: &QueryEngine, params: &Params) -> Result<Response, Lo
             param_limits(engine).check_length(i128::from(range.end_ns) - i128::from(range.start_ns))?;
             let streams =
                 eval::log_query(engine, &log, range.start_ns, range.end_ns, range.limit, range.direction).await?;
-            Ok(streams_response(QueryResult::Streams(streams)))
+            Ok(streams_response(QueryResult::Streams(streams), categorize))
         }
         Parsed::Metric(metric) => {
             check_extent(engine, &metric, range.start_ns, range.end_ns)?;
@@ -203,15 +215,37 @@ async fn run_range(engine: &QueryEngine, params: &Params) -> Result<Response, Lo
     }
 }
 
-fn streams_response(result: QueryResult) -> Response {
+/// Log streams in Loki's shape. Categorized, a line is `[ts, line, {"structuredMetadata": …}]`;
+/// otherwise its structured metadata join its stream's labels, as Loki 3 answers clients that
+/// do not ask for categories (one stream per distinct trace id, then).
+fn streams_response(result: QueryResult, categorize: bool) -> Response {
     let QueryResult::Streams(streams) = result else { return success(json!({})) };
-    let result: Vec<Json> = streams
-        .iter()
-        .map(|stream| {
-            let values: Vec<Json> = stream.entries.iter().map(|(ts, line)| json!([ts.to_string(), line])).collect();
-            json!({ "stream": labels_json(&stream.labels), "values": values })
-        })
-        .collect();
+    let result: Vec<Json> = if categorize {
+        streams
+            .iter()
+            .map(|stream| {
+                let values: Vec<Json> = stream
+                    .entries
+                    .iter()
+                    .map(|entry| {
+                        let metadata = json!({ "structuredMetadata": labels_json(&entry.metadata) });
+                        json!([entry.ts.to_string(), entry.line, metadata])
+                    })
+                    .collect();
+                json!({ "stream": labels_json(&stream.labels), "values": values })
+            })
+            .collect()
+    } else {
+        let mut merged: std::collections::BTreeMap<Labels, Vec<Json>> = std::collections::BTreeMap::new();
+        for stream in &streams {
+            for entry in &stream.entries {
+                let mut labels = stream.labels.clone();
+                labels.extend(entry.metadata.iter().map(|(k, v)| (k.clone(), v.clone())));
+                merged.entry(labels).or_default().push(json!([entry.ts.to_string(), entry.line]));
+            }
+        }
+        merged.iter().map(|(labels, values)| json!({ "stream": labels_json(labels), "values": values })).collect()
+    };
     success(json!({ "resultType": "streams", "result": result, "stats": {} }))
 }
 

@@ -77,8 +77,20 @@ impl From<super::pipeline::PipelineError> for LokiError {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Stream {
     pub labels: Labels,
-    pub entries: Vec<(i64, String)>,
+    pub entries: Vec<LogEntry>,
 }
+
+/// One log line and its structured metadata: the OTLP trace context of the record, which
+/// Loki 3 keeps as structured metadata (`trace_id`, `span_id`) for OTLP logs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogEntry {
+    pub ts: i64,
+    pub line: String,
+    pub metadata: Labels,
+}
+
+/// The structured metadata labels of a log line, in the order Loki lists them.
+pub const METADATA_LABELS: [&str; 2] = ["span_id", "trace_id"];
 
 /// A series evaluated at every step: `points[k]` is the value at `steps.at(k)`, if any.
 #[derive(Debug, Clone, PartialEq)]
@@ -213,7 +225,8 @@ pub async fn log_query(
         Direction::Forward => "ASC",
     };
     let mut sql = format!(
-        "SELECT CAST(timestamp AS BIGINT) AS ts, {}, body FROM logs WHERE {} ORDER BY timestamp {order}",
+        "SELECT CAST(timestamp AS BIGINT) AS ts, {}, body, trace_id, span_id FROM logs WHERE {} \
+         ORDER BY timestamp {order}",
         label_columns(),
         where_clause(query, &pipeline, super::labels::time_condition(start_ns, end_ns))?
     );
@@ -221,7 +234,7 @@ pub async fn log_query(
         sql.push_str(&format!(" LIMIT {limit}"));
     }
     struct Collected {
-        streams: BTreeMap<Labels, Vec<(i64, String)>>,
+        streams: BTreeMap<Labels, Vec<LogEntry>>,
         taken: usize,
     }
     let collected = Collected { streams: BTreeMap::new(), taken: 0 };
@@ -229,14 +242,30 @@ pub async fn log_query(
         .sql_fold(&sql, collected, move |collected, batch| {
             let timestamps = batch.column(0).as_primitive::<Int64Type>();
             let bodies = batch.column(1 + STREAM_LABELS.len()).as_string::<i32>();
+            let trace_ids = batch.column(2 + STREAM_LABELS.len()).as_string::<i32>();
+            let span_ids = batch.column(3 + STREAM_LABELS.len()).as_string::<i32>();
             for row in 0..batch.num_rows() {
                 if collected.taken >= limit {
                     return false;
                 }
                 let mut labels = row_labels(batch, 1, row);
+                // Structured metadata take part in the pipeline as labels (`| trace_id="…"`), as
+                // in Loki, and are answered beside the line rather than as stream labels.
+                for (label, ids) in [("trace_id", trace_ids), ("span_id", span_ids)] {
+                    if ids.is_valid(row) && !ids.value(row).is_empty() {
+                        labels.insert(label.to_string(), ids.value(row).to_string());
+                    }
+                }
                 let body = if bodies.is_valid(row) { bodies.value(row) } else { "" };
                 if let Some(line) = pipeline.process(body, &mut labels) {
-                    collected.streams.entry(labels).or_default().push((timestamps.value(row), line));
+                    let mut metadata = Labels::new();
+                    for label in METADATA_LABELS {
+                        if let Some(value) = labels.remove(label) {
+                            metadata.insert(label.to_string(), value);
+                        }
+                    }
+                    let entry = LogEntry { ts: timestamps.value(row), line, metadata };
+                    collected.streams.entry(labels).or_default().push(entry);
                     collected.taken += 1;
                 }
             }

@@ -319,7 +319,11 @@ impl Tailer {
             .into_iter()
             .flat_map(|stream| {
                 let labels = stream.labels;
-                stream.entries.into_iter().map(move |(ts, line)| Entry { ts, labels: labels.clone(), line })
+                stream.entries.into_iter().map(move |entry| Entry {
+                    ts: entry.ts,
+                    labels: labels.clone(),
+                    line: entry.line,
+                })
             })
             .collect();
         entries.sort_by_key(|entry| entry.ts);
