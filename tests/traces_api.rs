@@ -233,6 +233,42 @@ fn check_search(server: &WakeServer, sent: &Sent) {
     assert_eq!(status, 400, "{body}");
 }
 
+/// TraceQL metrics, as Grafana's Traces Drilldown asks for them.
+fn check_metrics(server: &WakeServer, sent: &Sent) {
+    let start = (sent.start_ns / 1_000_000_000 - 300).to_string();
+    let end = (sent.start_ns / 1_000_000_000 + 300).to_string();
+    let range = [("start", start.as_str()), ("end", end.as_str())];
+    let q = format!(r#"{{resource.run.id="{}"}} | count_over_time() by (resource.service.name)"#, run_id(sent));
+    let answer = get_json(server, "/api/metrics/query_range", &[&range[..], &[("q", &q), ("step", "60")]].concat());
+    let mut spans_by_service = BTreeMap::new();
+    for series in answer["series"].as_array().unwrap_or_else(|| panic!("{answer}")) {
+        assert_eq!(series["labels"][0]["key"], "resource.service.name", "{answer}");
+        let service = series["labels"][0]["value"]["stringValue"].as_str().unwrap().to_string();
+        let samples = series["samples"].as_array().unwrap();
+        // A sample every 60 s over the 600 s range, zeros without a value as Tempo writes them.
+        assert!((10..=12).contains(&samples.len()), "{answer}");
+        let total: f64 = samples.iter().map(|s| s["value"].as_f64().unwrap_or(0.0)).sum();
+        spans_by_service.insert(service, total);
+    }
+    assert_eq!(spans_by_service.get("checkout"), Some(&2.0), "{answer}");
+    assert_eq!(spans_by_service.get("payments"), Some(&2.0), "{answer}");
+    assert!(spans_by_service.get("frontend").is_some_and(|n| *n >= 2.0), "{answer}");
+    assert_eq!(answer["metrics"]["inspectedTraces"].as_u64().map(|n| n >= 1), Some(true), "{answer}");
+
+    // An instant rate of the three failed spans over the 600 s range.
+    let q = format!(r#"{{resource.run.id="{}" && status=error}} | rate()"#, run_id(sent));
+    let answer = get_json(server, "/api/metrics/query", &[&range[..], &[("q", &q)]].concat());
+    let value = answer["series"][0]["value"].as_f64().unwrap_or_else(|| panic!("{answer}"));
+    assert!((value - 3.0 / 600.0).abs() < 1e-9, "{answer}");
+
+    // Not a metrics query, a bad step, and too many points: 400s in Tempo's plain text.
+    for (q, step) in [("{ status = error }", "60"), ("{} | rate()", "soon"), ("{} | rate()", "0.01")] {
+        let (status, body) =
+            get(server, "/api/metrics/query_range", &[&range[..], &[("q", q), ("step", step)]].concat());
+        assert_eq!(status, 400, "{q} step={step}: {body}");
+    }
+}
+
 fn run_id(sent: &Sent) -> String {
     format!("run-{}", sent.start_ns)
 }
@@ -465,6 +501,7 @@ fn a_python_sdk_trace_is_served_by_the_tempo_jaeger_and_loki_apis() {
         check_tags(&server, &sent);
         check_jaeger(&server, &sent);
         check_logs_links(&server, &sent);
+        check_metrics(&server, &sent);
         server.flush();
     }
     check_cli(&server, &sent);

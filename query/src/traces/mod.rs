@@ -5,6 +5,7 @@
 //! - `load`: whole traces by id and candidate trace ids, through SQL;
 //! - `traceql`: the TraceQL parser, its evaluator over one trace, and the SQL prefilter;
 //! - `search`: a search: candidates by the prefilter, whole traces, TraceQL over each;
+//! - `query_range`: TraceQL metrics (`| rate()` …) over every matching trace of a range;
 //! - `tags`: tag names and values for autocomplete;
 //! - `otlp`: a trace in OTLP's shape (Tempo's protobuf and JSON);
 //! - `params`: trace ids, times, limits as clients send them;
@@ -20,6 +21,7 @@ pub mod load;
 pub mod model;
 pub mod otlp;
 pub mod params;
+pub mod query_range;
 pub mod search;
 pub mod tags;
 mod tempo;

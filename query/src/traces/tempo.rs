@@ -18,6 +18,7 @@ use axum::routing::get;
 use serde_json::{Value as Json, json};
 
 use super::load::{self, TimeRange};
+use super::query_range;
 use super::search::{self, SearchRequest};
 use super::tags::{self, INTRINSIC_TAGS, Scope};
 use super::{TracesError, otlp, params, traceql};
@@ -44,6 +45,8 @@ pub(super) fn router(engine: Engine) -> Router {
         .route("/api/v2/search/tags", get(tags_v2))
         .route("/api/search/tag/{tag}/values", get(values_v1))
         .route("/api/v2/search/tag/{tag}/values", get(values_v2))
+        .route("/api/metrics/query_range", get(metrics_range))
+        .route("/api/metrics/query", get(metrics_instant))
         .with_state(engine)
 }
 
@@ -187,6 +190,52 @@ async fn search_traces(State(engine): State<Engine>, RawQuery(query): RawQuery) 
         };
         let outcome = search::search(&engine, &query, &request).await?;
         Ok(axum::Json(search::tempo_response(&query, &outcome, &request)).into_response())
+    })
+    .await
+}
+
+async fn metrics_range(State(engine): State<Engine>, RawQuery(query): RawQuery) -> Response {
+    metrics_query(engine, query, false).await
+}
+
+async fn metrics_instant(State(engine): State<Engine>, RawQuery(query): RawQuery) -> Response {
+    metrics_query(engine, query, true).await
+}
+
+/// A TraceQL metrics query: `q` (or `query`, as Grafana's Prometheus-style callers send it),
+/// `start`/`end`/`since` as for search, and for ranges `step` (seconds or a duration; by
+/// default Tempo's ~240 points).
+async fn metrics_query(engine: Engine, query: Option<String>, instant: bool) -> Response {
+    let params = parse_form(query.as_deref().unwrap_or(""));
+    let text = first(&params, "q").or_else(|| first(&params, "query")).unwrap_or_default().to_string();
+    run(&engine, &text.clone(), move |engine| async move {
+        let config = engine.config();
+        if text.len() > config.max_query_bytes {
+            return Err(TracesError::Limit {
+                limit: "max_query_bytes",
+                message: format!("the query is longer than {} bytes (query.max_query_bytes)", config.max_query_bytes),
+            });
+        }
+        let query = traceql::parse(&text, config.max_query_depth)
+            .map_err(|e| TracesError::BadRequest(format!("invalid TraceQL query: {e}")))?;
+        if !traceql::is_metrics(&query) {
+            return Err(TracesError::BadRequest(
+                "invalid TraceQL query: a metrics query ends in a metrics function, e.g. { } | rate()".into(),
+            ));
+        }
+        let range = search_range(&engine, &params)?;
+        let request = if instant {
+            traceql::metrics::RangeRequest::instant(range.start_ns, range.end_ns)
+        } else {
+            let step_ns = match params::duration_ns(&params, "step")? {
+                Some(step) if step > 0 => step,
+                Some(_) => return Err(TracesError::BadRequest("invalid step: it must be positive".into())),
+                None => query_range::default_step_ns(range.start_ns, range.end_ns),
+            };
+            traceql::metrics::RangeRequest { start_ns: range.start_ns, end_ns: range.end_ns, step_ns }
+        };
+        let outcome = query_range::query_range(&engine, &query, request).await?;
+        Ok(axum::Json(query_range::response(&outcome, instant, config.max_search_traces_inspected)).into_response())
     })
     .await
 }

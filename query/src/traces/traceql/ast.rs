@@ -509,7 +509,8 @@ pub enum MetricsFunction {
 pub enum SecondStage {
     TopK(i64),
     BottomK(i64),
-    /// `> 10` after a metrics function: keeps the points that compare true.
+    /// `> 10` after a metrics function: keeps the points that compare true. A duration
+    /// literal is held in seconds (`> 100ms` is `> 0.1`), as Tempo holds it.
     Filter(BinaryOp, f64),
 }
 

@@ -253,6 +253,34 @@ fn value_of<'a>(cx: &Ctx<'a>, e: &'a FieldExpr, span: usize) -> Val<'a> {
     eval(cx, At { span, event: s.events.first(), link: s.links.first() }, e)
 }
 
+/// Reads fields off the spans of one trace as `by()` and `select()` do (first event and
+/// link; attribute text as strings), for the metrics evaluator. One reader per trace shares
+/// the nested-set numbers between spans.
+pub(crate) struct FieldReader<'a> {
+    cx: Ctx<'a>,
+}
+
+impl<'a> FieldReader<'a> {
+    pub(crate) fn new(trace: &'a Trace) -> FieldReader<'a> {
+        FieldReader { cx: Ctx { trace, nested: OnceCell::new() } }
+    }
+
+    /// The value of `e` on span `span` (an index into `trace.spans`), as `by()` records it.
+    pub(crate) fn value(&self, span: usize, e: &FieldExpr) -> Value {
+        to_value(value_of(&self.cx, e, span))
+    }
+
+    /// The value of `e` on span `span` as a number, as aggregates read it: an int, float or
+    /// duration, with attribute text read as a decimal number; `None` for anything else.
+    pub(crate) fn number(&self, span: usize, e: &FieldExpr) -> Option<Value> {
+        match value_of(&self.cx, e, span) {
+            Val::Text(t) => parse_number(t).map(to_value),
+            v @ (Val::Int(_) | Val::Float(_) | Val::Duration(_)) => Some(to_value(v)),
+            _ => None,
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Spansets and pipelines
 // ---------------------------------------------------------------------------------------

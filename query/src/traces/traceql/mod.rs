@@ -17,9 +17,10 @@
 //!   and kind names, `minInt`/`maxInt`), `= != < <= > >= =~ !~`, `&& || !`, `+ - * / % ^`,
 //!   unary minus, `= nil` / `!= nil`. Precedence is that of Tempo's `expr.y`: `&&` and `||`
 //!   share one level, left to right.
-//! - Metrics stages, parsed only: `rate`, `count_over_time`, `min|max|avg|sum_over_time`,
+//! - Metrics stages: `rate`, `count_over_time`, `min|max|avg|sum_over_time`,
 //!   `quantile_over_time`, `histogram_over_time`, `compare`, each with `by (…)`, then
 //!   `| topk(n)`, `| bottomk(n)` and comparisons; hints `with(key=value, …)` at the end.
+//!   All but `compare` are evaluated by [`metrics`] over the spans the pipeline selects.
 //!
 //! Not supported: metrics math between parenthesised metrics queries, scalar pipelines
 //! compared with each other (`({a} | count()) > ({b} | count())`), the `parent` scope and
@@ -45,6 +46,7 @@
 pub mod ast;
 pub mod eval;
 mod lexer;
+pub mod metrics;
 pub mod parser;
 pub mod prefilter;
 pub mod value;
@@ -55,6 +57,9 @@ pub use ast::{
     SpansetExpr, SpansetOp, Stage, UnaryOp, attribute_names,
 };
 pub use eval::{SpanSet, evaluate, evaluate_pipeline, is_metrics, spanset_part};
+pub use metrics::{
+    MAX_POINTS, MetricsError, MetricsEvaluator, MetricsSeries, RangeRequest, query_instant_json, query_range_json,
+};
 pub use parser::{ParseError, parse};
 pub use prefilter::sql_prefilter;
 pub use value::{Value, format_duration};

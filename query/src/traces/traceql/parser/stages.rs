@@ -217,13 +217,14 @@ impl Parser<'_> {
         Ok(MetricsFunction::Compare { filter, top_n, start, end })
     }
 
-    /// A number for a metrics filter, arithmetic on literals folded.
+    /// A number for a metrics filter, arithmetic on literals folded. A duration is read in
+    /// seconds, the unit of duration metrics, as Tempo's `newMetricsFilterFromStatic` does.
     fn constant(&mut self) -> Result<f64, ParseError> {
         let pos = self.pos();
         match self.scalar(1)?.0 {
             ScalarExpr::Literal(Literal::Int(n)) => Ok(n as f64),
             ScalarExpr::Literal(Literal::Float(x)) => Ok(x),
-            ScalarExpr::Literal(Literal::Duration(ns)) => Ok(ns as f64),
+            ScalarExpr::Literal(Literal::Duration(ns)) => Ok(ns as f64 / 1e9),
             _ => Err(self.err(pos, "expected a number")),
         }
     }
