@@ -14,6 +14,8 @@
 
 use super::super::model::SpanStatus;
 use super::ast::*;
+use crate::loki::labels::quote;
+use wake_storage::schema::PROMOTED_RESOURCE_ATTRIBUTES;
 
 /// The SQL WHERE condition, or `None` when nothing narrows the search (`{}`, `{ !(…) }`).
 pub fn sql_prefilter(query: &Query) -> Option<String> {
@@ -165,22 +167,9 @@ fn spanset(e: &SpansetExpr) -> (Cond, Cond) {
 // Field expressions
 // ---------------------------------------------------------------------------------------
 
-fn quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
-
 /// Resource attributes Wake keeps in columns of their own.
 fn promoted_column(name: &str) -> Option<&'static str> {
-    Some(match name {
-        "service.name" => "service_name",
-        "k8s.namespace.name" => "k8s_namespace_name",
-        "k8s.pod.name" => "k8s_pod_name",
-        "k8s.pod.uid" => "k8s_pod_uid",
-        "k8s.container.name" => "k8s_container_name",
-        "container.id" => "container_id",
-        "k8s.node.name" => "k8s_node_name",
-        _ => return None,
-    })
+    PROMOTED_RESOURCE_ATTRIBUTES.iter().find(|(attribute, _)| *attribute == name).map(|(_, column)| *column)
 }
 
 /// Where an attribute's text lives: one column for scoped attributes, span then resource
