@@ -6,7 +6,7 @@
 //!
 //! Rows are sorted before writing: logs by container then time, so that one container's lines
 //! sit side by side (better compression, row-group statistics that prune by pod), metrics by
-//! series then time, spans by service then trace.
+//! series then time, spans by trace then time.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -54,7 +54,11 @@ fn sort_columns(signal: Signal) -> &'static [&'static str] {
             schema::SERIES_ID,
             schema::TIMESTAMP,
         ],
-        Signal::Spans => &[schema::SERVICE_NAME, schema::TRACE_ID, schema::START_TIME],
+        // A trace's spans together in each file: trace by id reads one run of rows per file
+        // (the bloom filter finds its row group) instead of one per service the trace crossed.
+        // Sorted by service first, a 45-span trace over 10 services touched 8 of 84 row groups
+        // of a 10 M span day (benches/traces.rs).
+        Signal::Spans => &[schema::TRACE_ID, schema::START_TIME],
     }
 }
 

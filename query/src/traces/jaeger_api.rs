@@ -164,16 +164,15 @@ async fn find_traces(State(engine): State<Engine>, RawQuery(query): RawQuery) ->
             return Ok(Json::Array(traces.iter().map(jaeger::trace_json).collect()));
         }
         let range = TimeRange { start_ns: query.start_ns, end_ns: query.end_ns };
-        let candidates = load::candidate_trace_ids(
-            &engine,
-            Some(&candidate_condition(&query)),
-            range,
-            config.max_search_traces_inspected,
-        )
-        .await?;
+        let mut candidates =
+            load::RecentCandidates::new(Some(candidate_condition(&query)), range, config.max_search_traces_inspected);
         let mut found = Vec::new();
-        for ids in candidates.chunks(load::IDS_PER_LOAD) {
-            let mut traces = load::load_traces(&engine, ids, None, max_spans).await?;
+        loop {
+            let ids = candidates.next(&engine, load::IDS_PER_LOAD).await?;
+            if ids.is_empty() {
+                break;
+            }
+            let mut traces = load::load_traces(&engine, &ids, None, max_spans).await?;
             // Most recent first, as the candidates are.
             traces.sort_by_key(|trace| std::cmp::Reverse(trace.start_ns()));
             for trace in traces.iter().filter(|trace| jaeger::matches(&query, trace)) {

@@ -125,6 +125,62 @@ pub async fn candidate_trace_ids(
         .await
 }
 
+/// The first window a search reads back from the end of its range; each next one is twice as
+/// long. A search for something common is answered from the most recent minutes, as Tempo
+/// answers it from its newest blocks first, instead of ranking every match of the range.
+const FIRST_WINDOW_NS: i64 = 15 * 60 * 1_000_000_000;
+
+/// Candidate trace ids, most recent first, read from the end of the range backwards in
+/// windows that double, only as far back as the caller needs.
+pub struct RecentCandidates {
+    condition: Option<String>,
+    start_ns: i64,
+    /// The end of the next window to read; the range is exhausted once it reaches `start_ns`.
+    next_end_ns: i64,
+    window_ns: i64,
+    /// Ids read but not handed out yet, in order.
+    pending: std::collections::VecDeque<String>,
+    seen: std::collections::HashSet<String>,
+    max: usize,
+}
+
+impl RecentCandidates {
+    /// At most `max` ids of traces with a span in `range` satisfying `condition`.
+    pub fn new(condition: Option<String>, range: TimeRange, max: usize) -> RecentCandidates {
+        RecentCandidates {
+            condition,
+            start_ns: range.start_ns,
+            next_end_ns: range.end_ns,
+            window_ns: FIRST_WINDOW_NS,
+            pending: Default::default(),
+            seen: Default::default(),
+            max,
+        }
+    }
+
+    /// Up to `count` more ids; fewer only when the range holds no more (or `max` were read).
+    pub async fn next(&mut self, engine: &QueryEngine, count: usize) -> Result<Vec<String>> {
+        while self.pending.len() < count && self.next_end_ns > self.start_ns && self.seen.len() < self.max {
+            let window = TimeRange {
+                start_ns: self.next_end_ns.saturating_sub(self.window_ns).max(self.start_ns),
+                end_ns: self.next_end_ns,
+            };
+            let remaining = self.max.saturating_sub(self.seen.len());
+            // A trace with matching spans in two windows was first met in the later one,
+            // which also holds its latest match: it keeps that place.
+            for id in candidate_trace_ids(engine, self.condition.as_deref(), window, remaining).await? {
+                if self.seen.insert(id.clone()) {
+                    self.pending.push_back(id);
+                }
+            }
+            self.next_end_ns = window.start_ns;
+            self.window_ns = self.window_ns.saturating_mul(2);
+        }
+        let take = count.min(self.pending.len());
+        Ok(self.pending.drain(..take).collect())
+    }
+}
+
 fn strings<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a StringArray> {
     batch
         .column_by_name(name)
