@@ -92,7 +92,8 @@ pub fn parse_trace_query(
     if start_ns > end_ns {
         return Err(JaegerError("start time is after end time".into()));
     }
-    let limit = match value(params, "limit") {
+    // 0 (the Jaeger UI's empty field) asks for the default, as an absent limit does.
+    let limit = match value(params, "limit").filter(|text| text.trim() != "0") {
         None => DEFAULT_LIMIT,
         Some(text) => text
             .trim()
@@ -340,6 +341,8 @@ mod tests {
 
         let defaults = parse_trace_query(&params(&[("service", "api")]), NOW, 1000).unwrap();
         assert_eq!((defaults.start_ns, defaults.end_ns, defaults.limit), (NOW - DEFAULT_LOOKBACK_NS, NOW, 100));
+        let zero = parse_trace_query(&params(&[("service", "api"), ("limit", "0")]), NOW, 1000).unwrap();
+        assert_eq!(zero.limit, DEFAULT_LIMIT);
         let by_id = parse_trace_query(&params(&[("traceID", "AB")]), NOW, 1000).unwrap();
         assert_eq!(by_id.trace_ids, vec![format!("{:0>32}", "ab")]);
 
