@@ -156,12 +156,6 @@ async fn search_traces(State(engine): State<Engine>, RawQuery(query): RawQuery) 
     let text = first(&params, "q").unwrap_or_default().to_string();
     run(&engine, &text.clone(), move |engine| async move {
         let config = engine.config();
-        if text.len() > config.max_query_bytes {
-            return Err(TracesError::Limit {
-                limit: "max_query_bytes",
-                message: format!("the query is longer than {} bytes (query.max_query_bytes)", config.max_query_bytes),
-            });
-        }
         let query_text = if text.trim().is_empty() { search::legacy_query(&params)? } else { text };
         let query = traceql::parse(&query_text, config.max_query_depth)
             .map_err(|e| TracesError::BadRequest(format!("invalid TraceQL query: {e}")))?;
@@ -210,12 +204,6 @@ async fn metrics_query(engine: Engine, query: Option<String>, instant: bool) -> 
     let text = first(&params, "q").or_else(|| first(&params, "query")).unwrap_or_default().to_string();
     run(&engine, &text.clone(), move |engine| async move {
         let config = engine.config();
-        if text.len() > config.max_query_bytes {
-            return Err(TracesError::Limit {
-                limit: "max_query_bytes",
-                message: format!("the query is longer than {} bytes (query.max_query_bytes)", config.max_query_bytes),
-            });
-        }
         let query = traceql::parse(&text, config.max_query_depth)
             .map_err(|e| TracesError::BadRequest(format!("invalid TraceQL query: {e}")))?;
         if !traceql::is_metrics(&query) {

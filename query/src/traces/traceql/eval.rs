@@ -493,7 +493,7 @@ fn group<'a>(cx: &Ctx<'a>, e: &'a FieldExpr, set: &Set) -> Vec<Set> {
     let mut index: HashMap<(u8, String), usize> = HashMap::new();
     for &span in &set.spans {
         let value = to_value(value_of(cx, e, span));
-        let slot = *index.entry(group_key(&value)).or_insert_with(|| {
+        let slot = *index.entry(value.key()).or_insert_with(|| {
             groups.push((value, Vec::new()));
             groups.len() - 1
         });
@@ -507,20 +507,6 @@ fn group<'a>(cx: &Ctx<'a>, e: &'a FieldExpr, set: &Set) -> Vec<Set> {
             g
         })
         .collect()
-}
-
-/// A hashable identity of a value: its type and its exact content.
-fn group_key(v: &Value) -> (u8, String) {
-    match v {
-        Value::Str(s) => (0, s.clone()),
-        Value::Int(n) => (1, n.to_string()),
-        Value::Float(x) => (2, x.to_bits().to_string()),
-        Value::Bool(b) => (3, b.to_string()),
-        Value::Duration(ns) => (4, ns.to_string()),
-        Value::Status(s) => (5, s.as_str().to_string()),
-        Value::Kind(k) => (6, k.as_str().to_string()),
-        Value::Nil => (7, String::new()),
-    }
 }
 
 fn select(cx: &Ctx<'_>, exprs: &[(String, FieldExpr)], set: &mut Set) {

@@ -54,7 +54,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::ast::{FieldExpr, Metrics, MetricsFunction, SecondStage};
 use super::eval::{FieldReader, SpanSet};
-use super::value::{Value, format_duration};
+use super::value::{Value, ValueKey, format_duration};
 use crate::traces::model::Trace;
 use buckets::{as_seconds, log2_bucket, log2_quantile};
 
@@ -248,22 +248,6 @@ struct Group {
     histograms: BTreeMap<usize, BTreeMap<u64, u64>>,
 }
 
-/// A hashable identity of a value: its type and its exact content.
-type ValueKey = (u8, String);
-
-fn value_key(v: &Value) -> ValueKey {
-    match v {
-        Value::Str(s) => (0, s.clone()),
-        Value::Int(n) => (1, n.to_string()),
-        Value::Float(x) => (2, x.to_bits().to_string()),
-        Value::Bool(b) => (3, b.to_string()),
-        Value::Duration(ns) => (4, ns.to_string()),
-        Value::Status(s) => (5, s.as_str().to_string()),
-        Value::Kind(k) => (6, k.as_str().to_string()),
-        Value::Nil => (7, String::new()),
-    }
-}
-
 /// Sorts the spans that a metrics query's pipeline selects into series and steps.
 #[derive(Debug)]
 pub struct MetricsEvaluator {
@@ -413,7 +397,7 @@ impl MetricsEvaluator {
     /// The index of the group of `by` values (and histogram bucket), made if new, unless it
     /// would take the answer past `max_series`.
     fn group(&mut self, by: Vec<Value>, bucket: Option<f64>) -> Result<usize, MetricsError> {
-        let key = (by.iter().map(value_key).collect::<Vec<_>>(), bucket.map(f64::to_bits));
+        let key = (by.iter().map(Value::key).collect::<Vec<_>>(), bucket.map(f64::to_bits));
         if let Some(&g) = self.index.get(&key) {
             return Ok(g);
         }

@@ -8,6 +8,9 @@ use serde_json::{Value as Json, json};
 
 use super::super::model::{SpanKind, SpanStatus};
 
+/// What [`Value::key`] gives: a type tag and the value's exact text.
+pub(crate) type ValueKey = (u8, String);
+
 /// A typed value produced by a query.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
@@ -23,6 +26,21 @@ pub enum Value {
 }
 
 impl Value {
+    /// A hashable identity of the value: its type and its exact content, for grouping
+    /// (`by()`, metrics series).
+    pub(crate) fn key(&self) -> ValueKey {
+        match self {
+            Value::Str(s) => (0, s.clone()),
+            Value::Int(n) => (1, n.to_string()),
+            Value::Float(x) => (2, x.to_bits().to_string()),
+            Value::Bool(b) => (3, b.to_string()),
+            Value::Duration(ns) => (4, ns.to_string()),
+            Value::Status(s) => (5, s.as_str().to_string()),
+            Value::Kind(k) => (6, k.as_str().to_string()),
+            Value::Nil => (7, String::new()),
+        }
+    }
+
     /// The OTLP JSON `AnyValue` of this value. Durations, statuses and kinds have no OTLP type
     /// of their own, so they travel as strings (durations as Go prints them, e.g. "1.5s").
     pub fn to_json_any(&self) -> Json {
