@@ -152,6 +152,22 @@ fn queries_nested_ten_thousand_deep_are_refused_in_every_language() {
     }
     assert_loki_error(&server, "/loki/api/v1/query", &[("query", &logql)], 400);
 
+    // TraceQL, parsed by Wake's own parser: Tempo's plain-text 400s. Tempo's API is GET only,
+    // so these are 2,000 deep (8 times `max_query_depth`), which fits a URL.
+    let spansets = nested("(", "{ }", ")", 2_000);
+    let conditions = format!("{{ {} }}", nested("(", "name = \"a\"", ")", 2_000));
+    let chain = vec!["{ }"; 2_000].join(" >> ");
+    for query in [&spansets, &conditions, &chain] {
+        for path in ["/api/search", "/api/metrics/query_range", "/api/v2/search/tag/name/values"] {
+            let q = if path.contains("metrics") { format!("{query} | rate()") } else { query.clone() };
+            let response = server.client().get(server.api_url(path)).query(&[("q", &q)]).send().expect(path);
+            let (status, body) = (response.status().as_u16(), response.text().unwrap_or_default());
+            // Tag values filter by the query only when it parses, as Tempo's autocomplete does.
+            let expected = if path.contains("tag") { 200 } else { 400 };
+            assert_eq!(status, expected, "{path}: {}", &body[..body.len().min(300)]);
+        }
+    }
+
     let sql = format!("SELECT {}", nested("(", "1", ")", 10_000));
     sql_error(&server, &json!({ "sql": sql }), 400);
     let deep_where = format!("SELECT 1 WHERE {}", vec!["1 = 1"; 10_000].join(" AND "));
@@ -247,6 +263,42 @@ fn absurd_numbers_are_refused_in_each_apis_shape() {
         400,
     );
     assert_loki_error(&server, "/loki/api/v1/labels", &[("since", "1e20")], 400);
+
+    // The Tempo and Jaeger APIs: Tempo's plain-text 400s, Jaeger's error envelope.
+    let everything = ("q", "{ }");
+    for (path, params) in [
+        ("/api/search", vec![everything, ("limit", "99999999999999999999")]),
+        ("/api/search", vec![everything, ("limit", "-1")]),
+        ("/api/search", vec![everything, ("spss", "1e20")]),
+        ("/api/search", vec![everything, ("start", "1e20"), ("end", "1")]),
+        ("/api/search", vec![everything, ("since", "1e20")]),
+        ("/api/search", vec![everything, ("start", &start), ("end", &end)]),
+        ("/api/search", vec![("tags", "a=\"unterminated"), ("minDuration", "1e20")]),
+        ("/api/metrics/query_range", vec![("q", "{ } | rate()"), ("step", "1e20")]),
+        ("/api/metrics/query_range", vec![("q", "{ } | rate()"), ("step", "-1")]),
+        ("/api/metrics/query_range", vec![("q", "{ } | rate()"), ("step", "0.000001")]),
+        ("/api/metrics/query_range", vec![("q", "{ } | quantile_over_time(duration, 7)")]),
+        ("/api/traces/00112233445566778899aabbccddeeff00", vec![]),
+        ("/api/v2/traces/0011", vec![("start", "9223372036854775807"), ("end", "1")]),
+        ("/api/search/tags", vec![("start", "NaN"), ("end", "1")]),
+    ] {
+        let (status, body) = get(&server, path, &params);
+        assert_eq!(status, 400, "{path} {params:?}: {body}");
+        assert!(!body.starts_with('{'), "Tempo answers errors as text: {body}");
+    }
+    for (path, params) in [
+        ("/jaeger/api/traces", vec![("service", "a"), ("end", "9223372036854775807")]),
+        ("/jaeger/api/traces", vec![("service", "a"), ("limit", "99999999999999999999")]),
+        ("/jaeger/api/traces", vec![("service", "a"), ("minDuration", "1e20h")]),
+        ("/jaeger/api/traces", vec![("traceID", &"f".repeat(100))]),
+        ("/jaeger/api/dependencies", vec![("endTs", "9223372036854775807")]),
+        ("/jaeger/api/dependencies", vec![("lookback", "-1")]),
+    ] {
+        let (status, body) = get(&server, path, &params);
+        assert_eq!(status, 400, "{path} {params:?}: {body}");
+        let error: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"));
+        assert_eq!(error["errors"][0]["code"], 400, "{body}");
+    }
 
     assert_ready(&server, "after the absurd numbers");
 }
