@@ -11,29 +11,11 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-/// Server CPU seconds so far (user + system), from /proc/<pid>/stat.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("server stat");
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let after = &stat[stat.rfind(')').expect("stat format") + 2..];
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-    let hz = Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse::<f64>().ok())
-        .unwrap_or(100.0);
-    ticks / hz
 }
 
 fn dir_bytes(dir: &Path, filter: &dyn Fn(&Path) -> bool) -> u64 {
@@ -67,7 +49,7 @@ fn main() {
     let corpus = Arc::new(common::Corpus::load());
     let (mut server, otlp_addr, http_addr) = common::start_server(&data_dir);
     let pid = server.id();
-    let cpu_before = cpu_seconds(pid);
+    let cpu_before = common::cpu_seconds(pid);
 
     let started = Instant::now();
     let raw = common::send(&corpus, &otlp_addr, rows, clients, batch_rows);
@@ -76,7 +58,7 @@ fn main() {
     let flush = client.post(format!("http://{http_addr}/api/v1/admin/flush")).send().expect("flush");
     assert!(flush.status().is_success(), "flush: {:?}", flush.text());
     let total = started.elapsed();
-    let cpu = cpu_seconds(pid) - cpu_before;
+    let cpu = common::cpu_seconds(pid) - cpu_before;
 
     let count: serde_json::Value = client
         .post(format!("http://{http_addr}/api/v1/sql"))

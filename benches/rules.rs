@@ -176,15 +176,6 @@ fn start_server(dir: &Path, offset_s: u64, groups: usize) -> (Child, String, Str
     common::start_server_with(&dir.join("data"), &["--config".as_ref(), config.as_os_str()])
 }
 
-/// CPU seconds (user + system) the process has used.
-fn cpu_seconds(process: &Child) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{}/stat", process.id())).unwrap_or_default();
-    let fields: Vec<&str> =
-        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
-    let ticks: f64 = fields.get(11..13).map_or(0.0, |f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum());
-    ticks / 100.0
-}
-
 fn metric_sum(client: &Client, http: &str, name: &str) -> f64 {
     let text = client.get(format!("http://{http}/metrics")).send().and_then(|r| r.text()).unwrap_or_default();
     text.lines()
@@ -225,7 +216,7 @@ fn main() {
     let failures_before = metric_sum(&client, &http, "wake_server_rule_evaluation_failures_total");
     let missed_before = metric_sum(&client, &http, "wake_server_rule_group_iterations_missed_total");
     let evaluations_before = metric_sum(&client, &http, "wake_server_rule_evaluations_total");
-    let cpu_before = cpu_seconds(&server);
+    let cpu_before = common::cpu_seconds(server.id());
     let started = Instant::now();
     let mut last: BTreeMap<String, String> = BTreeMap::new();
     let mut durations = Vec::new();
@@ -265,7 +256,7 @@ fn main() {
         std::thread::sleep(Duration::from_secs(1).saturating_sub(poll.elapsed()));
     }
     let wall = started.elapsed().as_secs_f64();
-    let cpu = cpu_seconds(&server) - cpu_before;
+    let cpu = common::cpu_seconds(server.id()) - cpu_before;
     let evaluations = metric_sum(&client, &http, "wake_server_rule_evaluations_total") - evaluations_before;
     let failures = metric_sum(&client, &http, "wake_server_rule_evaluation_failures_total") - failures_before;
     let missed = metric_sum(&client, &http, "wake_server_rule_group_iterations_missed_total") - missed_before;

@@ -47,7 +47,7 @@ mod common;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Child;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -512,23 +512,6 @@ fn send(otlp_addr: &str, bodies: &[Vec<u8>], clients: usize) -> (i64, u64) {
     (rejected.load(Ordering::Relaxed) as i64, retries.load(Ordering::Relaxed))
 }
 
-/// Server CPU seconds so far (user + system), from /proc/<pid>/stat.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("server stat");
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let after = &stat[stat.rfind(')').expect("stat format") + 2..];
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
-    let hz = Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse::<f64>().ok())
-        .unwrap_or(100.0);
-    ticks / hz
-}
-
 /// (bytes, files) of the files under `dir` that `filter` keeps.
 fn dir_bytes(dir: &Path, filter: &dyn Fn(&Path) -> bool) -> (u64, u64) {
     let (mut total, mut files) = (0, 0);
@@ -706,7 +689,7 @@ fn main() {
             started.elapsed().as_secs_f64()
         );
 
-        let cpu_before = cpu_seconds(pid);
+        let cpu_before = common::cpu_seconds(pid);
         let started = Instant::now();
         let (rejected, retries) = send(&otlp, &bodies, clients);
         let acked = started.elapsed().as_secs_f64();
@@ -714,7 +697,7 @@ fn main() {
         let flush = client.post(format!("http://{http}/api/v1/admin/flush")).send().expect("flush");
         assert!(flush.status().is_success(), "flush: {:?}", flush.text());
         let total = started.elapsed().as_secs_f64();
-        let cpu = cpu_seconds(pid) - cpu_before;
+        let cpu = common::cpu_seconds(pid) - cpu_before;
         drop(bodies);
         println!(
             "sent by {clients} clients: acknowledged in {acked:.1} s, flushed after {total:.1} s; {retries} requests \
@@ -773,9 +756,9 @@ fn main() {
     if stored != plan.spans {
         problems.push(format!("{stored} spans stored, {} sent", plan.spans));
     }
-    let cpu_before = cpu_seconds(pid);
+    let cpu_before = common::cpu_seconds(pid);
     wait_for_compaction(&client, &http, &spans_dir);
-    let compaction_cpu = cpu_seconds(pid) - cpu_before;
+    let compaction_cpu = common::cpu_seconds(pid) - cpu_before;
     let (parquet, files) = dir_bytes(&spans_dir, &|p| is_parquet(p));
     let (spans_total, _) = dir_bytes(&spans_dir, &|_| true);
     let (all_total, _) = dir_bytes(&wake_dir, &|_| true);
