@@ -182,6 +182,9 @@ pub struct AgentArgs {
     /// containers/storage of CRI-O and podman, for image names [default: /var/lib/containers/storage].
     #[arg(long, env = "WAKE_CONTAINERS_STORAGE_ROOT")]
     pub containers_storage_root: Option<PathBuf>,
+    /// podman's events log, tailed for container starts and exits [default: /run/libpod/events/events.log].
+    #[arg(long, env = "WAKE_PODMAN_EVENTS_FILE")]
+    pub podman_events_file: Option<PathBuf>,
     /// Checkpoints [default: /var/lib/wake-agent].
     #[arg(long, env = "WAKE_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
@@ -272,6 +275,7 @@ pub fn load_agent_config(args: &AgentArgs) -> anyhow::Result<AgentConfig> {
         docker_root,
         cgroup_root,
         containers_storage_root,
+        podman_events_file,
         state_dir,
         include_namespaces,
         exclude_namespaces,

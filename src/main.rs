@@ -3,6 +3,7 @@
 
 mod cli;
 mod config;
+mod containers;
 mod rules;
 mod server;
 mod standalone;
@@ -61,6 +62,8 @@ enum Command {
     /// Check rule files or run rule unit tests, as promtool does.
     #[command(subcommand)]
     Rules(rules::RulesCommand),
+    /// List container instances: where an image runs or ran, what ran on a node, and how each ended.
+    Containers(containers::ContainersArgs),
     /// Print a trace as a tree, or search traces with TraceQL, from a Wake server.
     #[command(subcommand)]
     Traces(traces::TracesCommand),
@@ -123,6 +126,7 @@ fn main() -> ExitCode {
         }),
         Command::Sql(args) => client_runtime().and_then(|runtime| runtime.block_on(cli::sql(args))),
         Command::Logs(args) => client_runtime().and_then(|runtime| runtime.block_on(cli::logs(args))),
+        Command::Containers(args) => client_runtime().and_then(|runtime| runtime.block_on(containers::run(args))),
         Command::Traces(command) => client_runtime().and_then(|runtime| runtime.block_on(traces::run(command))),
         Command::Rules(command) => match rules::run(command) {
             Ok(true) => Ok(()),

@@ -170,11 +170,32 @@ fn assignments() -> Vec<Values> {
         ("__range_s", "600"),
     ];
     let mut all = intervals.clone();
-    all.extend([("namespace", ".*"), ("pod", ".*"), ("container", ".*"), ("search", "")]);
+    all.extend([
+        ("namespace", ".*"),
+        ("pod", ".*"),
+        ("container", ".*"),
+        ("search", ""),
+        ("node", ".*"),
+        ("image", ".*"),
+    ]);
     let mut concrete = intervals.clone();
-    concrete.extend([("namespace", "shop"), ("pod", "cart-0"), ("container", "cart"), ("search", "error")]);
+    concrete.extend([
+        ("namespace", "shop"),
+        ("pod", "cart-0"),
+        ("container", "cart"),
+        ("search", "error"),
+        ("node", "node-1"),
+        ("image", "registry.example/cart:1.0"),
+    ]);
     let mut multi = intervals;
-    multi.extend([("namespace", "(shop|db)"), ("pod", ".+"), ("container", ".+"), ("search", "GET")]);
+    multi.extend([
+        ("namespace", "(shop|db)"),
+        ("pod", ".+"),
+        ("container", ".+"),
+        ("search", "GET"),
+        ("node", "node-.+"),
+        ("image", "registry.example/.+"),
+    ]);
     vec![all, concrete, multi]
 }
 
@@ -257,6 +278,45 @@ fn send_logs(server: &WakeServer, now: u64) -> u64 {
     }
     post(server, "/v1/logs", ExportLogsServiceRequest { resource_logs }.encode_to_vec());
     count
+}
+
+/// The agent's lifecycle events for the containers: each started; the cart's first run was
+/// OOM-killed and its second (restart 1) runs now.
+fn send_lifecycle(server: &WakeServer, now: u64) {
+    let event = |container, run: i64, name: &str, time: u64, exit: Option<(i64, &str)>| {
+        let mut attributes = vec![attribute("event.name", name)];
+        if let Some((code, reason)) = exit {
+            attributes.push(KeyValue {
+                key: "container.exit_code".into(),
+                value: Some(opentelemetry_proto::tonic::common::v1::AnyValue {
+                    value: Some(opentelemetry_proto::tonic::common::v1::any_value::Value::IntValue(code)),
+                }),
+                ..Default::default()
+            });
+            attributes.push(attribute("container.exit_reason", reason));
+        }
+        ResourceLogs {
+            resource: Some(container_resource(container, run)),
+            scope_logs: vec![ScopeLogs {
+                scope: Some(InstrumentationScope { name: "wake.agent.lifecycle".into(), ..Default::default() }),
+                log_records: vec![LogRecord {
+                    time_unix_nano: time,
+                    event_name: name.into(),
+                    body: Some(string_value(name)),
+                    attributes,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    };
+    let start = now - HISTORY_S * SECOND;
+    let mut resource_logs: Vec<ResourceLogs> =
+        CONTAINERS.into_iter().map(|c| event(c, 0, "container.start", start, None)).collect();
+    resource_logs.push(event(CONTAINERS[0], 0, "container.stop", start + 60 * SECOND, Some((137, "OOMKilled"))));
+    resource_logs.push(event(CONTAINERS[0], 1, "container.start", start + 61 * SECOND, None));
+    post(server, "/v1/logs", ExportLogsServiceRequest { resource_logs }.encode_to_vec());
 }
 
 fn point(value: number_data_point::Value, attributes: Vec<KeyValue>, start: u64, now: u64) -> NumberDataPoint {
@@ -563,26 +623,36 @@ fn every_dashboard_query_runs_against_wake() {
     let datasources = &provisioning.sources;
     let dashboards = dashboards();
     let uids: BTreeSet<&str> = dashboards.iter().filter_map(|(_, d)| d["uid"].as_str()).collect();
-    assert_eq!(uids, BTreeSet::from(["wake-containers", "wake-logs", "wake-pipeline"]));
+    assert_eq!(uids, BTreeSet::from(["wake-containers", "wake-inventory", "wake-logs", "wake-pipeline"]));
 
     let dir = tempfile::tempdir().expect("temp dir");
     // Span metrics every second, so that the Tempo data source's metric links find some.
     let config = dir.path().join("wake.yaml");
-    std::fs::write(&config, "store:\n  span_metrics:\n    collection_interval_secs: 1\n").expect("config");
+    // And the inventory's kube-state-metrics series every second.
+    std::fs::write(
+        &config,
+        "store:\n  span_metrics:\n    collection_interval_secs: 1\n  inventory:\n    kube_state_metrics_interval_secs: 1\n",
+    )
+    .expect("config");
     let config = config.to_str().expect("utf-8");
     let server = WakeServer::start(&dir.path().join("data"), &["--self-metrics-interval", "1s", "--config", config]);
     let now = now_ns();
     let logs = send_logs(&server, now);
     send_cgroup_metrics(&server, now);
     send_span(&server, now);
+    send_lifecycle(&server, now);
     server.wait_for_count("SELECT count(*) FROM logs", logs, Duration::from_secs(10));
+    server.wait_for_count("SELECT count(*) FROM containers", 4, Duration::from_secs(10));
     server.wait_for_count("SELECT count(*) FROM spans", 1, Duration::from_secs(10));
     server.flush();
 
     // The server stores its registry every second; rate() wants two snapshots after the
     // flush above, in the one-minute window.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !metric_names(&server).contains("wake_server_flush_duration_seconds_bucket") {
+    while !["wake_server_flush_duration_seconds_bucket", "kube_pod_container_status_last_terminated_reason"]
+        .iter()
+        .all(|name| metric_names(&server).contains(*name))
+    {
         assert!(Instant::now() < deadline, "no self-metrics stored\n{}", server.log_tail());
         std::thread::sleep(Duration::from_millis(200));
     }

@@ -68,6 +68,9 @@ pub struct Tally {
     pub unrecognised: u64,
     pub first_unrecognised: Option<String>,
     pub records: u64,
+    /// Container lifecycle events (`container.start`, …): the store's inventory takes them,
+    /// they are no log lines.
+    pub lifecycle_events: u64,
     text_bytes: u64,
     checksum: u64,
     pub log_requests: u64,
@@ -102,6 +105,7 @@ impl Tally {
             unrecognised: 0,
             first_unrecognised: None,
             records: 0,
+            lifecycle_events: 0,
             text_bytes: 0,
             checksum: 0,
             log_requests: 0,
@@ -141,6 +145,10 @@ impl Tally {
         for resource in &request.resource_logs {
             for scope in &resource.scope_logs {
                 for record in &scope.log_records {
+                    if record.event_name.starts_with("container.") {
+                        self.lifecycle_events += 1;
+                        continue;
+                    }
                     self.add_body(record.body.as_ref());
                 }
             }

@@ -47,6 +47,7 @@ use crate::discovery::{Discovery, Source};
 use crate::error::{Error, Result};
 use crate::export::{ExportError, ExportMetrics, Exporter};
 use crate::identity::{ContainerIdentity, bool_attribute, string_attribute};
+use crate::lifecycle;
 use crate::self_metrics::{host_name, registry_to_otlp};
 use crate::tail::{FileState, Position, TailedRecord, Tailer};
 use crate::time::now_unix_nano;
@@ -530,6 +531,8 @@ struct Reader {
     /// The records of the file being looked at, on their way into batches: one buffer for all,
     /// as a file's records are all in batches before the next file is read.
     records: Vec<TailedRecord>,
+    /// Told after every scan: files came or went, and with them, maybe, containers.
+    lifecycle_wake: Arc<tokio::sync::Notify>,
 }
 
 impl Reader {
@@ -569,6 +572,7 @@ impl Reader {
             metrics: metrics.clone(),
             chunk: Vec::new(),
             records: Vec::new(),
+            lifecycle_wake: Arc::default(),
         })
     }
 
@@ -718,6 +722,7 @@ impl Reader {
             self.open(source, None);
         }
         self.metrics.files_watched.set(self.files.len() as i64);
+        self.lifecycle_wake.notify_one();
     }
 
     fn open_rotated(&mut self, current: &Source, path: PathBuf, now: Instant) {
@@ -857,6 +862,7 @@ async fn ship_metrics(
     config: AgentConfig,
     exporter: Arc<Exporter>,
     identities: Identities,
+    oom_counts: lifecycle::OomCounts,
     mut shutdown: watch::Receiver<bool>,
     metrics: AgentMetrics,
 ) {
@@ -916,6 +922,15 @@ async fn ship_metrics(
                 continue;
             }
         };
+        {
+            let mut counts = oom_counts.lock();
+            counts.clear();
+            for (identity, stats) in &samples {
+                if let (Some(id), Some(oom)) = (&identity.container_id, stats.oom_events) {
+                    counts.insert(id.clone(), oom);
+                }
+            }
+        }
         samples.retain(|(identity, _)| identity.namespace.is_none() || filters.admits(identity));
         if samples.is_empty() {
             continue;
@@ -1067,6 +1082,8 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
         shutdown.clone(),
         &metrics,
     )?;
+    let lifecycle_wake = reader.lifecycle_wake.clone();
+    let oom_counts = lifecycle::OomCounts::default();
     let waker = reader.watch.waker();
     let reader = std::thread::Builder::new()
         .name("wake-agent-reader".into())
@@ -1082,7 +1099,17 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
         shutdown.clone(),
         start_time,
     ));
-    let metrics_loop = tokio::spawn(ship_metrics(config, exporter, identities, shutdown.clone(), metrics));
+    let lifecycle = config.lifecycle_events.then(|| {
+        tokio::spawn(lifecycle::run(
+            config.clone(),
+            exporter.clone(),
+            identities.clone(),
+            oom_counts.clone(),
+            lifecycle_wake,
+            shutdown.clone(),
+        ))
+    });
+    let metrics_loop = tokio::spawn(ship_metrics(config, exporter, identities, oom_counts, shutdown.clone(), metrics));
     let http = tokio::spawn(serve_http(listener, registry, shutdown.clone()));
 
     let mut stop = shutdown;
@@ -1092,6 +1119,11 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
     waker.wake();
     // The shipper ends when its export is cancelled or the reader (its only sender) ends.
     let (shipped, measured, reported, served) = tokio::join!(shipper, metrics_loop, self_metrics, http);
+    if let Some(lifecycle) = lifecycle
+        && let Err(error) = lifecycle.await
+    {
+        return Err(Error::Task("container lifecycle", error.to_string()));
+    }
     for (task, result) in
         [("log shipper", shipped), ("metrics loop", measured), ("self-metrics loop", reported), ("HTTP server", served)]
     {

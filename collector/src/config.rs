@@ -31,6 +31,12 @@ pub struct AgentConfig {
     pub containerd_task_root: PathBuf,
     /// containers/storage (CRI-O, podman), read for image names.
     pub containers_storage_root: PathBuf,
+    /// podman's events log (`events_logger = "file"` in containers.conf), tailed for container
+    /// starts, exits and removals.
+    pub podman_events_file: PathBuf,
+    /// Send container lifecycle events (`container.start`, `container.stop`, …) for the
+    /// store's inventory.
+    pub lifecycle_events: bool,
     /// Checkpoints live here; it must survive agent restarts (a hostPath in a DaemonSet).
     pub state_dir: PathBuf,
     /// Default: the `NODE_NAME` environment variable (the downward API), else the host name.
@@ -99,6 +105,8 @@ impl Default for AgentConfig {
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),
             containerd_task_root: PathBuf::from("/run/containerd/io.containerd.runtime.v2.task"),
             containers_storage_root: PathBuf::from("/var/lib/containers/storage"),
+            podman_events_file: PathBuf::from("/run/libpod/events/events.log"),
+            lifecycle_events: true,
             state_dir: PathBuf::from("/var/lib/wake-agent"),
             node_name: None,
             include_namespaces: Vec::new(),

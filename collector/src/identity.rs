@@ -45,6 +45,16 @@ impl ContainerIdentity {
     }
 }
 
+/// A string, integer or boolean attribute's value as text.
+pub fn attribute_text(kv: &KeyValue) -> Option<String> {
+    match kv.value.as_ref()?.value.as_ref()? {
+        any_value::Value::StringValue(s) => Some(s.clone()),
+        any_value::Value::IntValue(i) => Some(i.to_string()),
+        any_value::Value::BoolValue(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
 pub fn string_attribute(key: &str, value: &str) -> KeyValue {
     KeyValue {
         key: key.to_string(),

@@ -11,6 +11,8 @@
 //!   physical lines into records (CRI and Docker formats, partial-line reassembly);
 //! - [`checkpoint`] keeps the acknowledged offset of every file;
 //! - [`cgroup`] reads container resource metrics from cgroup v1 and v2;
+//! - [`lifecycle`] follows containers' starts, exits and removals (podman's events log,
+//!   Docker's configs, the kubelet layout) and sends them for the store's inventory;
 //! - [`export`] sends OTLP to the store with retries and back-off;
 //! - [`self_metrics`] turns the agent's (and the server's) own Prometheus metrics into OTLP;
 //! - [`time`] is the workspace's one clock and one duration grammar (here because this is the
@@ -27,6 +29,7 @@ pub mod discovery;
 pub mod error;
 pub mod export;
 pub mod identity;
+pub mod lifecycle;
 pub mod parse;
 pub mod self_metrics;
 pub mod tail;

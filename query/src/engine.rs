@@ -181,6 +181,10 @@ impl QueryEngine {
         for signal in Signal::ALL {
             context.register_table(signal.table_name(), Arc::new(WakeTable::new(store.clone(), signal)))?;
         }
+        context.register_table(
+            crate::inventory::table::TABLE_NAME,
+            Arc::new(crate::inventory::ContainersTable::new(store.clone())),
+        )?;
         let (policy, nice) = (config.thread_policy, config.thread_nice);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)

@@ -51,6 +51,7 @@ pub fn router(engine: Arc<QueryEngine>) -> Router {
         .with_state(engine.clone())
         .merge(crate::loki::router(engine.clone()))
         .merge(crate::prom::router(engine.clone()))
+        .merge(crate::inventory::api::router(engine.clone()))
         .merge(crate::traces::router(engine))
 }
 

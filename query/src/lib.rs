@@ -1,4 +1,4 @@
-//! Wake's query side: DataFusion SQL over the store's `logs`, `metrics` and `spans` tables.
+//! Wake's query side: DataFusion SQL over the store's `logs`, `metrics`, `spans` and `containers` tables.
 //!
 //! A query sees one consistent [`wake_storage::TableSnapshot`] per table: the Parquet files
 //! and the rows acknowledged but not yet flushed. Scans prune files by the time column's
@@ -19,6 +19,7 @@
 //! - `json`: Arrow values as JSON (timestamps as RFC 3339, maps as objects).
 //! - `error`: [`Error`] and the HTTP status each kind of failure maps to.
 //! - `rules`: the ruler (alerting and recording rules, Alertmanager, rule APIs, rule tests).
+//! - `inventory`: the `containers` table and `GET /api/v1/containers`.
 //! - `traces`: Tempo's and Jaeger's trace APIs and TraceQL over the `spans` table.
 
 mod body;
@@ -29,6 +30,7 @@ mod engine;
 mod error;
 pub mod fulltext;
 mod http;
+pub mod inventory;
 pub mod json;
 pub mod limits;
 pub mod loki;

@@ -60,6 +60,8 @@ pub struct StoreConfig {
     /// Span metrics and the service graph, computed from spans at ingest as Tempo's
     /// metrics generator computes them.
     pub span_metrics: crate::spanmetrics::SpanMetricsConfig,
+    /// The `containers` table: how long and how many container instances it keeps.
+    pub inventory: crate::inventory::InventoryConfig,
 }
 
 impl Default for StoreConfig {
@@ -91,6 +93,7 @@ impl Default for StoreConfig {
             max_record_age_secs: 30 * 86_400,
             max_record_future_secs: 3600,
             span_metrics: crate::spanmetrics::SpanMetricsConfig::default(),
+            inventory: crate::inventory::InventoryConfig::default(),
         }
     }
 }
@@ -102,6 +105,9 @@ pub(crate) fn default_data_dir() -> PathBuf {
 impl StoreConfig {
     pub fn validate(&self) -> Result<()> {
         let fail = |message: String| Err(Error::Config(message));
+        if let Err(message) = self.inventory.validate() {
+            return fail(format!("inventory: {message}"));
+        }
         if let Err(message) = self.span_metrics.validate() {
             return fail(format!("span_metrics: {message}"));
         }

@@ -19,6 +19,8 @@
 //! - `writer`: hour-partitioned, sorted Parquet files and their full-text indexes.
 //! - `catalog`: the files of each table, and when replaced files may be deleted.
 //! - `manifest`: the catalog on disk: a checkpoint, an append-only log of changes, replay.
+//! - `framing`: the checksummed record framing of the manifest's and the inventory's logs.
+//! - `inventory`: the `containers` table: container instances merged from lifecycle events.
 //! - `fulltext`: the tantivy index over log bodies, and the same matching in memory.
 //! - `receiver`: OTLP/gRPC services and OTLP/HTTP routes.
 //! - `spanmetrics`: Tempo-style span metrics and service graph, computed from spans at
@@ -30,7 +32,9 @@ mod compaction;
 mod config;
 mod convert;
 mod error;
+mod framing;
 pub mod fulltext;
+pub mod inventory;
 mod manifest;
 mod metrics;
 pub mod prompb;

@@ -32,6 +32,7 @@ use tracing::{debug, info, warn};
 
 use crate::catalog::{DataFile, FileStats, slot};
 use crate::error::{Error, Result};
+use crate::framing;
 use crate::schema::Signal;
 use crate::wal::sync_dir;
 
@@ -46,8 +47,6 @@ const CHECKPOINT_VERSION_WITHOUT_LOG: u32 = 1;
 /// A small store checkpoints only once its log reaches this size, so that its few files are not
 /// rewritten every few commits.
 const LOG_FLOOR_BYTES: u64 = 64 * 1024;
-/// `<len: 8 hex> <crc: 8 hex> `.
-const RECORD_HEADER_BYTES: usize = 18;
 
 /// Metrics of the manifest's writes: they show that its cost follows the changes, not the store.
 #[derive(Clone)]
@@ -191,102 +190,27 @@ fn parse_log_name(name: &str) -> Option<u64> {
 /// One log record framed for appending.
 fn encode_record(record: &LogRecord) -> Result<Vec<u8>, String> {
     let json = serde_json::to_vec(record).map_err(|e| e.to_string())?;
-    let len = u32::try_from(json.len()).map_err(|_| format!("a record of {} bytes is too large", json.len()))?;
-    let crc = crc32fast::hash(&json);
-    let mut frame = Vec::with_capacity(RECORD_HEADER_BYTES + json.len() + 1);
-    write!(frame, "{len:08x} {crc:08x} ").map_err(|e| e.to_string())?;
-    frame.extend_from_slice(&json);
-    frame.push(b'\n');
-    Ok(frame)
-}
-
-fn parse_hex(bytes: &[u8]) -> Option<u32> {
-    // `from_str_radix` alone would accept a sign.
-    if !bytes.iter().all(u8::is_ascii_hexdigit) {
-        return None;
-    }
-    u32::from_str_radix(std::str::from_utf8(bytes).ok()?, 16).ok()
-}
-
-/// The JSON of the record at the start of `bytes` and the length of its frame, if the frame is
-/// whole and its checksum matches.
-fn decode_frame(bytes: &[u8]) -> Result<(&[u8], usize), String> {
-    let header = bytes.get(..RECORD_HEADER_BYTES).ok_or("the header is cut short")?;
-    if header[8] != b' ' || header[17] != b' ' {
-        return Err("the header is malformed".to_string());
-    }
-    let (Some(len), Some(crc)) = (parse_hex(&header[..8]), parse_hex(&header[9..17])) else {
-        return Err("the header is malformed".to_string());
-    };
-    let end = usize::try_from(len).ok().and_then(|len| RECORD_HEADER_BYTES.checked_add(len)).ok_or("too long")?;
-    let json = bytes.get(RECORD_HEADER_BYTES..end).ok_or("the record is cut short")?;
-    if bytes.get(end) != Some(&b'\n') {
-        return Err("the record is cut short or not terminated".to_string());
-    }
-    if crc32fast::hash(json) != crc {
-        return Err("checksum mismatch".to_string());
-    }
-    Ok((json, end + 1))
-}
-
-/// Where a whole, valid record starts after `offset`, if anywhere: records start after a newline.
-fn next_valid_record(bytes: &[u8], offset: usize) -> Option<usize> {
-    (offset + 1..bytes.len()).find(|&start| bytes[start - 1] == b'\n' && decode_frame(&bytes[start..]).is_ok())
+    framing::encode_frame(&json)
 }
 
 /// Applies the log's records to `replay`, cutting off a torn or corrupt last record. Returns the
 /// length of the valid log.
 fn replay_log(path: &Path, replay: &mut Replay) -> Result<u64> {
-    let bytes = match fs::read(path) {
-        Ok(bytes) => bytes,
-        // A crash between the checkpoint's rename and the log's creation: no change since.
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(error) => return Err(Error::io(path, error)),
-    };
     let corrupt = |offset: usize, reason: String| Error::Manifest {
         path: path.to_path_buf(),
         reason: format!("record at offset {offset}: {reason}"),
     };
-    let mut offset = 0;
-    let mut records = 0u64;
-    while offset < bytes.len() {
-        match decode_frame(&bytes[offset..]) {
-            Ok((json, frame_len)) => {
-                // The checksum matched: this is what was written, so a record that does not
-                // parse or apply is not a torn write and is never dropped.
-                let record: LogRecord = serde_json::from_slice(json).map_err(|e| corrupt(offset, e.to_string()))?;
-                replay.apply(record).map_err(|reason| corrupt(offset, reason))?;
-                offset += frame_len;
-                records += 1;
-            }
-            Err(reason) => {
-                if let Some(next) = next_valid_record(&bytes, offset) {
-                    return Err(corrupt(offset, format!("{reason}, and a valid record follows at offset {next}")));
-                }
-                // The append a crash interrupted: its commit never returned, so nobody relied
-                // on it. Cut it off so that the next append does not land after it.
-                warn!(
-                    path = %path.display(),
-                    offset,
-                    dropped_bytes = bytes.len() - offset,
-                    %reason,
-                    "dropping the torn last record of the manifest log"
-                );
-                let valid = u64::try_from(offset).map_err(|e| Error::Internal(e.to_string()))?;
-                OpenOptions::new()
-                    .write(true)
-                    .open(path)
-                    .and_then(|file| {
-                        file.set_len(valid)?;
-                        file.sync_data()
-                    })
-                    .map_err(|e| Error::io(path, e))?;
-                break;
-            }
-        }
-    }
+    let (valid, records) = framing::replay(
+        path,
+        "manifest",
+        |json| {
+            let record: LogRecord = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+            replay.apply(record)
+        },
+        corrupt,
+    )?;
     debug!(path = %path.display(), records, "replayed the manifest log");
-    u64::try_from(offset).map_err(|e| Error::Internal(e.to_string()))
+    Ok(valid)
 }
 
 /// Reads checkpoint and log, deletes what a crash left behind (a stale log, a temporary
@@ -805,7 +729,7 @@ mod tests {
         let mut bytes = fs::read(&log).unwrap();
         let original = bytes.clone();
         // Inside the first record's JSON (the first commit was the checkpoint).
-        bytes[RECORD_HEADER_BYTES + 10] ^= 0x20;
+        bytes[18 + 10] ^= 0x20;
         fs::write(&log, &bytes).unwrap();
         let error = Catalog::open(files.path()).err().expect("a corrupt record in the middle is an error");
         assert!(

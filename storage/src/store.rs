@@ -28,6 +28,7 @@ use crate::compaction;
 use crate::config::StoreConfig;
 use crate::convert::{self, Converted};
 use crate::error::{Error, Result};
+use crate::inventory::{self, Inventory};
 use crate::metrics::StorageMetrics;
 use crate::schema::Signal;
 use crate::spanmetrics::SpanMetricsRecorder;
@@ -228,6 +229,8 @@ pub struct Store {
     next_file_id: AtomicU64,
     /// Span metrics from the spans ingested; `None` when `span_metrics.enabled` is false.
     span_metrics: Option<SpanMetricsRecorder>,
+    /// The `containers` table, from the lifecycle events among the logs.
+    inventory: Arc<Inventory>,
     /// Held open, never read: see [`lock_data_dir`].
     _data_dir_lock: std::fs::File,
 }
@@ -307,6 +310,7 @@ impl Store {
                 sink_metrics.buffered_bytes.with_label_values(&[record.signal.table_name()]).set(buffer.bytes as i64);
             }
         });
+        let inventory = Arc::new(Inventory::open(&data_dir, config.inventory.clone())?);
         let wal = Wal::start(&wal_dir, max_seq + 1, metrics.wal.clone(), sink)?;
         let span_metrics = SpanMetricsRecorder::new(&config.span_metrics, registry)?;
         Ok(Arc::new(Store {
@@ -320,6 +324,7 @@ impl Store {
             committing: tokio::sync::Mutex::new(()),
             next_file_id: AtomicU64::new(0),
             span_metrics,
+            inventory,
             _data_dir_lock: data_dir_lock,
         }))
     }
@@ -334,6 +339,11 @@ impl Store {
 
     pub fn metrics(&self) -> &StorageMetrics {
         &self.metrics
+    }
+
+    /// The container inventory (the `containers` table).
+    pub fn inventory(&self) -> &Arc<Inventory> {
+        &self.inventory
     }
 
     /// Makes the request's valid records durable and visible, then returns what was accepted.
@@ -357,6 +367,20 @@ impl Store {
             return Err(Error::RowsTooLarge { limit_bytes: converted_limit, actual_bytes: converted_bytes });
         }
 
+        // Lifecycle events go to the inventory, durable before the rest of the request is: a
+        // retry after a failure below merges them again, to the same rows.
+        let mut request = request;
+        let mut raw_protobuf = raw_protobuf;
+        if let OtlpRequest::Logs(logs) = &mut request {
+            let events = inventory::event::take_events(logs);
+            if !events.is_empty() {
+                raw_protobuf = None;
+                let inventory = self.inventory.clone();
+                tokio::task::spawn_blocking(move || inventory.apply(events))
+                    .await
+                    .map_err(|e| Error::Internal(format!("inventory task failed: {e}")))??;
+            }
+        }
         let received_at_ns = now_ns();
         let window = self.config.time_window();
         let (converted, payload, request) =
@@ -383,8 +407,16 @@ impl Store {
             self.wal.append(signal, received_at_ns, payload, converted.batch).await?;
             // Only what is durable is counted; rejected spans of the request are counted too,
             // as Tempo's generator sees every span the distributor received.
-            if let (Some(span_metrics), OtlpRequest::Traces(request)) = (&self.span_metrics, request) {
-                span_metrics.observe(request);
+            match request {
+                OtlpRequest::Traces(request) => {
+                    if let Some(span_metrics) = &self.span_metrics {
+                        span_metrics.observe(request);
+                    }
+                }
+                OtlpRequest::Metrics(request) => {
+                    self.inventory.heartbeat(&inventory::event::metric_container_ids(&request), received_at_ns);
+                }
+                OtlpRequest::Logs(_) => {}
             }
             self.metrics.records_ingested.with_label_values(&label).inc_by(outcome.accepted);
             self.metrics.bytes_ingested.with_label_values(&label).inc_by(payload_len);
@@ -475,8 +507,37 @@ impl Store {
                 }
             }
         };
+        let keeper = self.clone();
+        let inventory = async move {
+            let mut tick = tokio::time::interval(inventory::HEARTBEAT_PERSIST_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            while !keeper.shutting_down.load(Ordering::SeqCst) {
+                tick.tick().await;
+                keeper.persist_inventory().await;
+            }
+        };
+        let writer = self.clone();
+        let kube_state_metrics = async move {
+            let seconds = writer.inventory.config().kube_state_metrics_interval_secs;
+            if seconds == 0 {
+                return;
+            }
+            let mut tick = tokio::time::interval(Duration::from_secs(seconds));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            while !writer.shutting_down.load(Ordering::SeqCst) {
+                tick.tick().await;
+                if let Some(request) = writer.inventory.kube_state_metrics(now_ns())
+                    && let Err(error) = writer.ingest(OtlpRequest::Metrics(request), None).await
+                {
+                    // The next tick writes the state as it is then.
+                    warn!(%error, "writing kube-state-metrics series failed");
+                }
+            }
+        };
         tokio::spawn(async move {
-            tokio::join!(flushes, compactions, span_metrics);
+            tokio::join!(flushes, compactions, span_metrics, inventory, kube_state_metrics);
         })
     }
 
@@ -655,6 +716,7 @@ impl Store {
     /// nothing. Requests still in the WAL queue stay in the WAL and are replayed then.
     pub async fn shutdown(&self) -> Result<()> {
         self.shutting_down.store(true, Ordering::SeqCst);
+        self.persist_inventory().await;
         let flushed = self.flush_all().await;
         match &flushed {
             Ok(()) => info!("store flushed and closed"),
@@ -663,6 +725,17 @@ impl Store {
             }
         }
         flushed
+    }
+
+    /// Writes down the inventory's heartbeats and applies its retention.
+    async fn persist_inventory(&self) {
+        let inventory = self.inventory.clone();
+        let persisted = tokio::task::spawn_blocking(move || inventory.persist(now_ns())).await;
+        match persisted {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => warn!(%error, "persisting the inventory failed; will retry"),
+            Err(error) => warn!(%error, "inventory task failed"),
+        }
     }
 
     pub fn is_shutting_down(&self) -> bool {

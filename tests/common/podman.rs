@@ -13,7 +13,12 @@ pub const IMAGE: &str = "localhost/wake-test-busybox:latest";
 /// podman with a project-local containers.conf (this sandbox refuses podman's default ulimits).
 /// Dropping it removes the containers it created and did not remove.
 pub struct Podman {
+    /// podman (and the conmon it starts, which writes an `oom` file into its working directory
+    /// when the kernel kills a container) runs here.
+    dir: PathBuf,
     conf: PathBuf,
+    /// podman's events log (`events_logger = "file"`): the private storage's own.
+    events_log: PathBuf,
     storage: Option<PrivateStorage>,
     names: Vec<String>,
 }
@@ -40,8 +45,21 @@ impl Podman {
         let found = Command::new("podman").arg("--version").output().is_ok_and(|o| o.status.success());
         assert!(found, "podman is needed (apt-get install podman runc busybox-static; scripts/test.sh does it)");
         let conf = dir.join("containers.conf");
-        std::fs::write(&conf, "[containers]\ndefault_ulimits = []\n").expect("containers.conf");
-        let podman = Podman { conf, storage, names: Vec::new() };
+        // A private storage gets its own events log too, so that its test sees only its events.
+        let events_log = if storage.is_some() {
+            dir.join("podman-events.log")
+        } else {
+            PathBuf::from("/run/libpod/events/events.log")
+        };
+        let mut text = "[containers]\ndefault_ulimits = []\n".to_string();
+        if storage.is_some() {
+            text += &format!(
+                "[engine]\nevents_logger = \"file\"\nevents_logfile_path = {:?}\n",
+                events_log.display().to_string()
+            );
+        }
+        std::fs::write(&conf, text).expect("containers.conf");
+        let podman = Podman { dir: dir.to_path_buf(), conf, events_log, storage, names: Vec::new() };
         podman.import_busybox(dir);
         podman
     }
@@ -52,9 +70,15 @@ impl Podman {
         &self.storage.as_ref().expect("podman on a private containers/storage").root
     }
 
+    /// The events log podman writes its lifecycle events to.
+    #[allow(dead_code)]
+    pub fn events_log(&self) -> &Path {
+        &self.events_log
+    }
+
     fn command(&self) -> Command {
         let mut command = Command::new("podman");
-        command.env("CONTAINERS_CONF", &self.conf);
+        command.current_dir(&self.dir).env("CONTAINERS_CONF", &self.conf);
         if let Some(storage) = &self.storage {
             command.arg("--root").arg(&storage.root).arg("--runroot").arg(&storage.runroot);
         }
@@ -82,6 +106,11 @@ impl Podman {
     /// Creates (not starts) a container running `script`, logging with `k8s-file` to
     /// `log_path`, or to podman's default place (`userdata/ctr.log`) without one; returns its id.
     pub fn create(&mut self, name: &str, log_path: Option<&Path>, script: &str) -> String {
+        self.create_with(name, log_path, &[], script)
+    }
+
+    /// [`Podman::create`] with more `podman create` options (`--memory 16m`, …).
+    pub fn create_with(&mut self, name: &str, log_path: Option<&Path>, options: &[&str], script: &str) -> String {
         let log_opt = log_path.map(|path| format!("path={}", path.display()));
         let mut args: Vec<&OsStr> = vec![
             "create".as_ref(),
@@ -97,6 +126,7 @@ impl Podman {
         if let Some(log_opt) = &log_opt {
             args.extend(["--log-opt", log_opt.as_str()].map(OsStr::new));
         }
+        args.extend(options.iter().map(OsStr::new));
         args.extend([IMAGE, "/bin/sh", "-c", script].map(OsStr::new));
         let id = self.run(&args);
         self.names.push(name.to_string());
@@ -109,6 +139,12 @@ impl Podman {
 
     pub fn wait(&self, name: &str) {
         self.run(&["wait".as_ref(), name.as_ref()]);
+    }
+
+    /// `podman inspect --format <format> <name>`.
+    #[allow(dead_code)]
+    pub fn inspect(&self, name: &str, format: &str) -> String {
+        self.run(&["inspect".as_ref(), "--format".as_ref(), format.as_ref(), name.as_ref()])
     }
 
     pub fn remove(&mut self, name: &str) {

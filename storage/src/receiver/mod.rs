@@ -4,7 +4,7 @@
 
 mod grpc;
 mod http;
-mod remote_write;
+pub(crate) mod remote_write;
 
 pub use grpc::grpc_routes;
 pub use http::http_router;

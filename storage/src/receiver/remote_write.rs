@@ -374,7 +374,13 @@ pub(crate) fn to_otlp(request: WriteRequest) -> Result<(ExportMetricsServiceRequ
             .collect();
         metrics.push(Metric { name, data: Some(metric::Data::Gauge(Gauge { data_points })), ..Default::default() });
     }
-    let request = ExportMetricsServiceRequest {
+    Ok((as_remote_written(metrics), received))
+}
+
+/// Gauges with Prometheus names and labels, in the shape remote write gives them (the module
+/// doc): what the Prometheus API shows as they are.
+pub(crate) fn as_remote_written(metrics: Vec<Metric>) -> ExportMetricsServiceRequest {
+    ExportMetricsServiceRequest {
         resource_metrics: vec![ResourceMetrics {
             resource: Some(Resource::default()),
             scope_metrics: vec![ScopeMetrics {
@@ -384,8 +390,7 @@ pub(crate) fn to_otlp(request: WriteRequest) -> Result<(ExportMetricsServiceRequ
             }],
             ..Default::default()
         }],
-    };
-    Ok((request, received))
+    }
 }
 
 /// A series needs a non-empty `__name__`, and label names that are non-empty and unique.

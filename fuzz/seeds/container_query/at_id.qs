@@ -1,0 +1,1 @@
+at=0.5&container_id=c1&image=sha256:10

@@ -1,0 +1,1 @@
+image=nginx%40sha256%3Aab&from=2026-12-07T00:00:00Z&to=1796651977&node=node-1

@@ -1,0 +1,1 @@
+image=nginx:1.25*&status=running&since=7d&limit=5
