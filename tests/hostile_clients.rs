@@ -300,6 +300,24 @@ fn absurd_numbers_are_refused_in_each_apis_shape() {
         assert_eq!(error["errors"][0]["code"], 400, "{body}");
     }
 
+    // The container inventory: the Prometheus API's error envelope.
+    let huge_image = "a".repeat(10_000);
+    for params in [
+        vec![("image", huge_image.as_str())],
+        vec![("image", "nginx:[")],
+        vec![("image", "sha256:zz")],
+        vec![("from", "1e20")],
+        vec![("at", "NaN")],
+        vec![("since", "1e20")],
+        vec![("from", "2000000000"), ("to", "1")],
+        vec![("limit", "99999999999999999999")],
+        vec![("limit", "0")],
+        vec![("status", "zombie")],
+        vec![("unknown", "1")],
+    ] {
+        assert_prometheus_error(&server, "/api/v1/containers", &params, 400, "bad_data");
+    }
+
     assert_ready(&server, "after the absurd numbers");
 }
 

@@ -13,7 +13,12 @@ use std::ffi::OsStr;
 use std::time::Duration;
 
 use common::podman::{IMAGE, Podman};
-use common::{WakeAgent, WakeServer, wait_until};
+use common::{WakeAgent, WakeServer, attribute, now_ns, wait_until};
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use prost::Message;
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -29,6 +34,20 @@ fn container(server: &WakeServer, id: &str) -> Option<Value> {
     let (status, answer) = containers(server, &[("container_id", id)]);
     assert_eq!(status, 200, "{answer}");
     answer["data"]["containers"].as_array()?.first().cloned()
+}
+
+/// The ids of the containers an API request lists, sorted.
+fn ids_of(server: &WakeServer, params: &[(&str, &str)]) -> Vec<String> {
+    let (status, answer) = containers(server, params);
+    assert_eq!(status, 200, "{params:?}: {answer}");
+    let mut ids: Vec<String> = answer["data"]["containers"]
+        .as_array()
+        .expect("a list of containers")
+        .iter()
+        .map(|c| c["container_id"].as_str().expect("an id").to_string())
+        .collect();
+    ids.sort();
+    ids
 }
 
 /// Waits until the container's row satisfies `done`, and returns it.
@@ -150,18 +169,7 @@ fn real_containers_lifecycles_land_in_the_inventory_and_outlive_the_store() {
     assert_eq!(row["status"], "exited", "{row}");
 
     // Filters: status now, exact image in either form, glob, digest prefix.
-    let ids = |params: &[(&str, &str)]| -> Vec<String> {
-        let (status, answer) = containers(&server, params);
-        assert_eq!(status, 200, "{params:?}: {answer}");
-        let mut ids: Vec<String> = answer["data"]["containers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|c| c["container_id"].as_str().map(str::to_string))
-            .collect();
-        ids.sort();
-        ids
-    };
+    let ids = |params: &[(&str, &str)]| ids_of(&server, params);
     let mut all = vec![failing.clone(), hog.clone(), restarted.clone(), removed.clone(), running.clone()];
     all.sort();
     assert_eq!(ids(&[("image", IMAGE)]), all);
@@ -220,4 +228,109 @@ fn real_containers_lifecycles_land_in_the_inventory_and_outlive_the_store() {
     let rows =
         server.sql_rows(&format!("SELECT status, exit_code, reason FROM containers WHERE container_id = '{hog}'"));
     assert_eq!(rows, vec![vec![Value::from("exited"), Value::from(137), Value::from("OOMKilled")]]);
+}
+
+/// One container instance as the agent reports it: a start, and a stop when `end` is given.
+fn lifecycle(
+    id: &str,
+    image: &str,
+    node: &str,
+    start_ns: u64,
+    end_ns: Option<u64>,
+    extra: &[KeyValue],
+) -> ResourceLogs {
+    let mut attributes = vec![
+        attribute("container.id", id),
+        attribute("container.image.name", image),
+        attribute("k8s.namespace.name", "shop"),
+        attribute("k8s.pod.name", &format!("pod-{id}")),
+        attribute("k8s.container.name", "app"),
+        attribute("k8s.node.name", node),
+    ];
+    attributes.extend_from_slice(extra);
+    let mut records =
+        vec![LogRecord { time_unix_nano: start_ns, event_name: "container.start".into(), ..Default::default() }];
+    if let Some(end_ns) = end_ns {
+        records.push(LogRecord {
+            time_unix_nano: end_ns,
+            event_name: "container.stop".into(),
+            attributes: vec![attribute("container.exit_reason", "Completed")],
+            ..Default::default()
+        });
+    }
+    ResourceLogs {
+        resource: Some(Resource { attributes, ..Default::default() }),
+        scope_logs: vec![ScopeLogs { log_records: records, ..Default::default() }],
+        ..Default::default()
+    }
+}
+
+#[test]
+fn image_filters_and_time_ranges_over_the_api_and_the_cli() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = WakeServer::start(&dir.path().join("data"), &[]);
+    const HOUR: u64 = 3_600_000_000_000;
+    let now = now_ns();
+    let image_id = attribute("container.image.id", "sha256:aaaa1111");
+    let digest = attribute("container.image.repo_digests", "docker.io/library/redis@sha256:bbbb2222");
+    let request = ExportLogsServiceRequest {
+        resource_logs: vec![
+            lifecycle("a", "docker.io/library/nginx:1.25.3", "n1", now - 3 * HOUR, None, &[]),
+            lifecycle("b", "nginx:1.25", "n2", now - 240 * HOUR, Some(now - 216 * HOUR), &[]),
+            lifecycle("c", "nginx:1.24", "n1", now - 2 * HOUR, Some(now - HOUR), &[image_id]),
+            lifecycle("d", "redis:7", "n2", now - 24 * HOUR, None, &[digest]),
+        ],
+    };
+    let response = server
+        .client()
+        .post(server.otlp_url("/v1/logs"))
+        .header("content-type", "application/x-protobuf")
+        .body(request.encode_to_vec())
+        .send()
+        .expect("POST /v1/logs");
+    assert_eq!(response.status(), 200);
+    // Lifecycle events are the inventory's, not log lines.
+    assert_eq!(server.count("SELECT count(*) FROM logs"), 0);
+
+    let ids = |params: &[(&str, &str)]| ids_of(&server, params);
+    let seconds = |ns: u64| format!("{}", ns / 1_000_000_000);
+    // Exact names match as reported and as Docker normalises them; globs; digest prefixes of
+    // the image id and of the repository digest.
+    assert_eq!(ids(&[("image", "nginx:1.25.3")]), ["a"]);
+    assert_eq!(ids(&[("image", "docker.io/library/nginx:1.25")]), ["b"]);
+    assert_eq!(ids(&[("image", "nginx:1.25*")]), ["a", "b"]);
+    assert_eq!(ids(&[("image", "*nginx*")]), ["a", "b", "c"]);
+    assert_eq!(ids(&[("image", "sha256:aaaa")]), ["c"]);
+    assert_eq!(ids(&[("image", "redis@sha256:bbbb")]), ["d"]);
+    assert!(ids(&[("image", "nginx@sha256:bbbb")]).is_empty());
+    // [first_seen, last_seen] overlapping [from, to]; `at` one instant; `since` up to now.
+    let (from, to) = (seconds(now - 230 * HOUR), seconds(now - 220 * HOUR));
+    assert_eq!(ids(&[("from", &from), ("to", &to)]), ["b"]);
+    assert_eq!(ids(&[("since", "1d")]), ["a", "c", "d"]);
+    assert_eq!(ids(&[("at", &seconds(now - 90 * 60_000_000_000))]), ["a", "c", "d"]);
+    assert_eq!(ids(&[("at", &seconds(now - 90 * 60_000_000_000)), ("node", "n1")]), ["a", "c"]);
+    assert_eq!(ids(&[("status", "exited"), ("since", "1d")]), ["c"]);
+    assert_eq!(ids(&[("status", "running")]), ["a", "d"]);
+    let (status, answer) = containers(&server, &[("from", &to), ("to", &from)]);
+    assert_eq!(status, 400, "{answer}");
+
+    let cli = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_wake"))
+            .arg("containers")
+            .args(args)
+            .args(["--url", &server.api_url("")])
+            .env_remove("WAKE_URL")
+            .output()
+            .expect("wake containers");
+        let text = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+        (output.status.success(), text)
+    };
+    let (ok, out) = cli(&["--image", "nginx:1.25*", "--since", "30d"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("pod-a") && out.contains("pod-b") && !out.contains("pod-c"), "{out}");
+    assert!(out.contains("(2 rows)"), "{out}");
+    let (ok, out) = cli(&["--image", "sha256:aaaa"]);
+    assert!(ok && out.contains("pod-c") && out.contains("(1 row)"), "{out}");
+    let (ok, out) = cli(&["--image", "bad image"]);
+    assert!(!ok && out.contains("400") && out.contains("image"), "{out}");
 }

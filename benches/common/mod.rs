@@ -276,22 +276,7 @@ pub fn send_from(
                     }
                     let first = first_row + offset;
                     let (request, raw) = corpus.request(first, batch_rows.min(rows - offset));
-                    let body = request.encode_to_vec();
-                    loop {
-                        let response = client
-                            .post(&url)
-                            .header("content-type", "application/x-protobuf")
-                            .body(body.clone())
-                            .send()
-                            .expect("send batch");
-                        match response.status().as_u16() {
-                            200 => break,
-                            429 | 503 => std::thread::sleep(Duration::from_millis(200)),
-                            other => {
-                                panic!("batch at row {first}: HTTP {other}: {:?}", response.text())
-                            }
-                        }
-                    }
+                    post_protobuf(&client, &url, request.encode_to_vec(), &format!("batch at row {first}"));
                     raw_bytes.fetch_add(raw, Ordering::Relaxed);
                 }
             })
@@ -303,13 +288,28 @@ pub fn send_from(
     raw_bytes.load(Ordering::Relaxed)
 }
 
+/// POSTs an OTLP protobuf body until the server takes it, waiting out "retry later" answers.
+pub fn post_protobuf(client: &reqwest::blocking::Client, url: &str, body: Vec<u8>, what: &str) {
+    loop {
+        let response = client
+            .post(url)
+            .header("content-type", "application/x-protobuf")
+            .body(body.clone())
+            .send()
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        match response.status().as_u16() {
+            200 => return,
+            429 | 503 => std::thread::sleep(Duration::from_millis(200)),
+            other => panic!("{what}: HTTP {other}: {:?}", response.text()),
+        }
+    }
+}
+
 pub fn terminate(server: &mut Child) {
     let _ = Command::new("kill").arg("-TERM").arg(server.id().to_string()).status();
     let _ = server.wait();
 }
 
-/// The highest resident set size the process has had so far (`VmHWM`), in bytes; `None` once
-/// it has exited or where `/proc` does not say.
 /// A process' CPU seconds so far (user + system), from /proc/<pid>/stat.
 pub fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("server stat");
@@ -327,6 +327,8 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     ticks / hz
 }
 
+/// The highest resident set size the process has had so far (`VmHWM`), in bytes; `None` once
+/// it has exited or where `/proc` does not say.
 pub fn peak_rss_bytes(process: &Child) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{}/status", process.id())).ok()?;
     let kib = status.lines().find_map(|line| line.strip_prefix("VmHWM:"))?.trim().strip_suffix("kB")?.trim();

@@ -21,6 +21,15 @@ pub struct StorageMetrics {
     pub compaction_duration: Histogram,
     pub wal: WalMetrics,
     pub manifest: ManifestMetrics,
+    pub inventory: InventoryMetrics,
+}
+
+/// The container inventory's size and what it forgot.
+#[derive(Clone)]
+pub struct InventoryMetrics {
+    pub containers: IntGauge,
+    pub events: IntCounter,
+    pub forgotten: IntCounterVec,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, collector: T) -> Result<T> {
@@ -128,6 +137,26 @@ impl StorageMetrics {
                         "Manifest checkpoints written (each replaces the log of changes before it)",
                     )
                     .map_err(metric_error)?,
+                )?,
+            },
+            inventory: InventoryMetrics {
+                containers: register(
+                    registry,
+                    IntGauge::new("wake_server_inventory_containers", "Container instances in the inventory")
+                        .map_err(metric_error)?,
+                )?,
+                events: register(
+                    registry,
+                    IntCounter::new(
+                        "wake_server_inventory_events_total",
+                        "Container lifecycle events merged into the inventory",
+                    )
+                    .map_err(metric_error)?,
+                )?,
+                forgotten: counter(
+                    "wake_server_inventory_forgotten_total",
+                    "Container instances dropped from the inventory, by reason (retention, capacity)",
+                    &["reason"],
                 )?,
             },
         })

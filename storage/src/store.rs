@@ -310,7 +310,7 @@ impl Store {
                 sink_metrics.buffered_bytes.with_label_values(&[record.signal.table_name()]).set(buffer.bytes as i64);
             }
         });
-        let inventory = Arc::new(Inventory::open(&data_dir, config.inventory.clone())?);
+        let inventory = Arc::new(Inventory::open(&data_dir, config.inventory.clone(), metrics.inventory.clone())?);
         let wal = Wal::start(&wal_dir, max_seq + 1, metrics.wal.clone(), sink)?;
         let span_metrics = SpanMetricsRecorder::new(&config.span_metrics, registry)?;
         Ok(Arc::new(Store {

@@ -3,7 +3,8 @@
 //!
 //! Parameters (all optional): `image` (exact reference, tag glob or digest prefix: see
 //! [`super::image`]), `status` (`running` or `exited`: the status now), `from` and `to`
-//! (containers whose `[first_seen, last_seen]` overlaps the range; `at` is both at once),
+//! (containers whose `[first_seen, last_seen]` overlaps the range, a running container's
+//! reaching to now; `at` is both at once),
 //! `node`, `namespace`, `pod`, `container`, `container_id` (exact), `limit` (default 1,000, at
 //! most `query.max_entries_limit_per_query`). Times are RFC 3339 or Unix seconds.
 //!
@@ -16,7 +17,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
+use axum::http::HeaderMap;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -32,8 +36,9 @@ const DEFAULT_LIMIT: usize = 1000;
 const PARAMETERS: [&str; 12] =
     ["image", "status", "from", "to", "at", "node", "namespace", "pod", "container", "container_id", "limit", "since"];
 
+/// GET with a query string, or POST with a form body (as Grafana sends long Prometheus queries).
 pub fn router(engine: Arc<QueryEngine>) -> Router {
-    Router::new().route("/api/v1/containers", get(containers)).with_state(engine)
+    Router::new().route("/api/v1/containers", get(containers).post(containers_form)).with_state(engine)
 }
 
 /// What a request asks for, checked.
@@ -45,6 +50,8 @@ pub struct ContainerQuery {
     to_ns: Option<i64>,
     exact: Vec<(&'static str, String)>,
     limit: usize,
+    /// A running container ran until now, whenever it was last heard of.
+    now_ns: i64,
 }
 
 fn bad(message: impl Into<String>) -> Response {
@@ -60,7 +67,7 @@ impl ContainerQuery {
         let time = |name: &str| -> Result<Option<i64>, String> {
             params.get(name).map(|text| parse_time(text).map_err(|e| format!("{name}: {e}"))).transpose()
         };
-        let mut query = ContainerQuery { limit: DEFAULT_LIMIT.min(max_limit), ..Default::default() };
+        let mut query = ContainerQuery { limit: DEFAULT_LIMIT.min(max_limit), now_ns, ..Default::default() };
         query.image = params.get("image").map(|text| ImageFilter::parse(text)).transpose()?;
         query.status = match params.get("status").map(String::as_str) {
             None | Some("") => None,
@@ -102,12 +109,22 @@ impl ContainerQuery {
     }
 
     pub fn matches(&self, row: &ContainerRow) -> bool {
+        self.matches_but_image(row) && self.image_matches(row)
+    }
+
+    fn image_matches(&self, row: &ContainerRow) -> bool {
+        self.image.as_ref().is_none_or(|image| {
+            image.matches(row.image_name.as_deref(), row.image_id.as_deref(), row.image_digest.as_deref())
+        })
+    }
+
+    fn matches_but_image(&self, row: &ContainerRow) -> bool {
         if self.status.is_some_and(|status| row.status != status) {
             return false;
         }
-        if self.from_ns.is_some_and(|from| row.last_seen_ns < from)
-            || self.to_ns.is_some_and(|to| row.first_seen_ns > to)
-        {
+        let last_seen =
+            if row.status == Status::Running { row.last_seen_ns.max(self.now_ns) } else { row.last_seen_ns };
+        if self.from_ns.is_some_and(|from| last_seen < from) || self.to_ns.is_some_and(|to| row.first_seen_ns > to) {
             return false;
         }
         let field = |key: &str| match key {
@@ -117,12 +134,7 @@ impl ContainerQuery {
             "container" => row.container.as_deref(),
             _ => Some(row.container_id.as_str()),
         };
-        if !self.exact.iter().all(|(key, value)| field(key) == Some(value.as_str())) {
-            return false;
-        }
-        self.image.as_ref().is_none_or(|image| {
-            image.matches(row.image_name.as_deref(), row.image_id.as_deref(), row.image_digest.as_deref())
-        })
+        self.exact.iter().all(|(key, value)| field(key) == Some(value.as_str()))
     }
 }
 
@@ -181,7 +193,17 @@ pub fn row_json(row: &ContainerRow) -> Value {
 
 /// The matching rows, most recently seen first, at most `query.limit`; and how many matched.
 pub fn select(state: &wake_storage::inventory::InventoryState, query: &ContainerQuery) -> (Vec<ContainerRow>, usize) {
-    let mut matched: Vec<&ContainerRow> = state.rows().filter(|row| query.matches(row)).collect();
+    let mut matched: Vec<&ContainerRow> = match &query.image {
+        // The images first (a cluster runs far fewer images than containers), then only the
+        // containers of those that match.
+        Some(image) => state
+            .images()
+            .filter(|(key, _)| image.matches(key.name.as_deref(), key.id.as_deref(), key.digest.as_deref()))
+            .flat_map(|(_, ids)| ids.iter().filter_map(|id| state.get(id)))
+            .filter(|row| query.matches_but_image(row))
+            .collect(),
+        None => state.rows().filter(|row| query.matches_but_image(row)).collect(),
+    };
     let total = matched.len();
     let by_recency = |a: &&ContainerRow, b: &&ContainerRow| {
         (b.last_seen_ns, &b.container_id).cmp(&(a.last_seen_ns, &a.container_id))
@@ -194,7 +216,30 @@ pub fn select(state: &wake_storage::inventory::InventoryState, query: &Container
     (matched.into_iter().cloned().collect(), total)
 }
 
-async fn containers(State(engine): State<Arc<QueryEngine>>, Query(params): Query<HashMap<String, String>>) -> Response {
+async fn containers(
+    State(engine): State<Arc<QueryEngine>>,
+    params: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Response {
+    match params {
+        Ok(Query(params)) => answer(engine, params).await,
+        Err(rejection) => bad(format!("unreadable query string: {rejection}")),
+    }
+}
+
+async fn containers_form(State(engine): State<Arc<QueryEngine>>, headers: HeaderMap, body: Body) -> Response {
+    let body = match crate::body::read(engine.config(), &headers, body).await {
+        Ok(body) => body,
+        Err(crate::body::BodyRefusal::TooLarge(message)) => {
+            let body = json!({"status": "error", "errorType": "bad_data", "error": message});
+            return (StatusCode::PAYLOAD_TOO_LARGE, axum::Json(body)).into_response();
+        }
+        Err(crate::body::BodyRefusal::Unreadable(message)) => return bad(message),
+    };
+    let params = form_urlencoded::parse(&body).map(|(key, value)| (key.into_owned(), value.into_owned())).collect();
+    answer(engine, params).await
+}
+
+async fn answer(engine: Arc<QueryEngine>, params: HashMap<String, String>) -> Response {
     let max_limit = engine.config().max_entries_limit_per_query;
     let query = match ContainerQuery::parse(&params, max_limit, wake_storage::now_ns()) {
         Ok(query) => query,
@@ -266,10 +311,12 @@ mod tests {
         assert_eq!(ids(&[("image", "nginx:1.25")]), ["b"]);
         assert_eq!(ids(&[("image", "nginx:1.25*"), ("status", "running")]), ["b"]);
         assert_eq!(ids(&[("status", "exited")]), ["a", "c"]);
-        // [first_seen, last_seen] overlaps [from, to]; times in Unix nanoseconds here.
+        // [first_seen, last_seen] overlaps [from, to], the running b's reaching to now (1000);
+        // times in Unix nanoseconds here.
         assert_eq!(ids(&[("from", "250000000000"), ("to", "260000000000")]), Vec::<String>::new());
-        assert_eq!(ids(&[("from", "0.00000025"), ("to", "0.00000035")]), ["c"]);
-        assert_eq!(ids(&[("at", "0.00000018")]), ["a"]);
+        assert_eq!(ids(&[("from", "0.00000025"), ("to", "0.00000035")]), ["b", "c"]);
+        assert_eq!(ids(&[("at", "0.00000018")]), ["a", "b"]);
+        assert_eq!(ids(&[("at", "0.00000012")]), ["a"]);
         assert_eq!(ids(&[("node", "node-a"), ("image", "redis*")]), ["c"]);
     }
 

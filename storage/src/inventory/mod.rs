@@ -29,10 +29,11 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
 pub use event::{ContainerEvent, EventKind};
-pub use state::{ContainerRow, InventoryState, Status};
+pub use state::{ContainerRow, ImageKey, InventoryState, Status};
 
 use crate::error::{Error, Result};
 use crate::framing;
+use crate::metrics::InventoryMetrics;
 use crate::wal::sync_dir;
 
 const CHECKPOINT: &str = "containers.json";
@@ -76,7 +77,7 @@ impl InventoryConfig {
     }
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct Checkpoint {
     version: u32,
     /// The log that applies on top of these rows.
@@ -102,6 +103,7 @@ struct LogWriter {
 pub struct Inventory {
     dir: PathBuf,
     config: InventoryConfig,
+    metrics: InventoryMetrics,
     state: RwLock<InventoryState>,
     /// Taken for every write, so that records reach the log in the order they are applied.
     writer: Mutex<LogWriter>,
@@ -117,7 +119,7 @@ fn parse_log_name(name: &str) -> Option<u64> {
 
 impl Inventory {
     /// Reads the checkpoint and replays its log; deletes what a crash left behind.
-    pub fn open(data_dir: &Path, config: InventoryConfig) -> Result<Inventory> {
+    pub fn open(data_dir: &Path, config: InventoryConfig, metrics: InventoryMetrics) -> Result<Inventory> {
         let dir = data_dir.join("inventory");
         fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         let checkpoint_path = dir.join(CHECKPOINT);
@@ -163,9 +165,11 @@ impl Inventory {
         let file = OpenOptions::new().create(true).append(true).open(&log_path).map_err(|e| Error::io(&log_path, e))?;
         sync_dir(&dir)?;
         info!(containers = state.len(), replayed_records = records, "inventory opened");
+        metrics.containers.set(state.len() as i64);
         Ok(Inventory {
             dir,
             config,
+            metrics,
             state: RwLock::new(state),
             writer: Mutex::new(LogWriter { file, generation, bytes: log_bytes, checkpoint_bytes }),
         })
@@ -201,8 +205,14 @@ impl Inventory {
         let record = LogRecord::Events { events };
         self.append(&mut writer, &record)?;
         let LogRecord::Events { events } = record else { unreachable!("constructed above") };
-        let evicted = self.state.write().apply(&events, self.config.max_containers);
+        let (evicted, containers) = {
+            let mut state = self.state.write();
+            (state.apply(&events, self.config.max_containers), state.len())
+        };
+        self.metrics.events.inc_by(events.len() as u64);
+        self.metrics.containers.set(containers as i64);
         if evicted > 0 {
+            self.metrics.forgotten.with_label_values(&["capacity"]).inc_by(evicted as u64);
             warn!(
                 evicted,
                 max_containers = self.config.max_containers,
@@ -227,6 +237,8 @@ impl Inventory {
             i64::try_from(self.config.retention_days.saturating_mul(86_400_000_000_000)).unwrap_or(i64::MAX);
         let expired = self.state.write().expire(now_ns.saturating_sub(retention_ns));
         if expired > 0 {
+            self.metrics.forgotten.with_label_values(&["retention"]).inc_by(expired as u64);
+            self.metrics.containers.set(self.state.read().len() as i64);
             info!(expired, retention_days = self.config.retention_days, "inventory: forgot containers past retention");
             // Expiry is not in the log: a checkpoint makes it stick.
             return self.checkpoint(&mut writer);
@@ -265,12 +277,29 @@ impl Inventory {
     /// Writes every row under a new generation and starts its empty log.
     fn checkpoint(&self, writer: &mut LogWriter) -> Result<()> {
         let generation = writer.generation + 1;
-        let rows: Vec<ContainerRow> = self.state.read().rows().cloned().collect();
-        let checkpoint = Checkpoint { version: CHECKPOINT_VERSION, generation, rows };
         let temporary = self.dir.join(CHECKPOINT_TEMPORARY);
-        let bytes = serde_json::to_vec(&checkpoint).map_err(|e| Error::Internal(e.to_string()))?;
-        let mut file = File::create(&temporary).map_err(|e| Error::io(&temporary, e))?;
-        file.write_all(&bytes).and_then(|()| file.sync_all()).map_err(|e| Error::io(&temporary, e))?;
+        // Streamed from the rows under the read lock (queries go on; merges wait), so that a
+        // checkpoint of a million rows costs no copy of them.
+        let (containers, bytes) = {
+            let state = self.state.read();
+            let file = File::create(&temporary).map_err(|e| Error::io(&temporary, e))?;
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+            let written = (|| -> std::io::Result<File> {
+                write!(out, "{{\"version\":{CHECKPOINT_VERSION},\"generation\":{generation},\"rows\":[")?;
+                for (i, row) in state.rows().enumerate() {
+                    if i > 0 {
+                        out.write_all(b",")?;
+                    }
+                    serde_json::to_writer(&mut out, row)?;
+                }
+                out.write_all(b"]}")?;
+                let file = out.into_inner().map_err(std::io::IntoInnerError::into_error)?;
+                file.sync_all()?;
+                Ok(file)
+            })();
+            let file = written.map_err(|e| Error::io(&temporary, e))?;
+            (state.len(), file.metadata().map_err(|e| Error::io(&temporary, e))?.len())
+        };
         let path = self.dir.join(CHECKPOINT);
         fs::rename(&temporary, &path).map_err(|e| Error::io(&path, e))?;
         let log_path = self.dir.join(log_name(generation));
@@ -287,8 +316,8 @@ impl Inventory {
         {
             warn!(path = %old.display(), %error, "could not delete a superseded inventory log");
         }
-        debug!(generation, containers = checkpoint.rows.len(), bytes = bytes.len(), "inventory checkpoint");
-        *writer = LogWriter { file: log, generation, bytes: 0, checkpoint_bytes: bytes.len() as u64 };
+        debug!(generation, containers, bytes, "inventory checkpoint");
+        *writer = LogWriter { file: log, generation, bytes: 0, checkpoint_bytes: bytes };
         Ok(())
     }
 }
@@ -307,6 +336,10 @@ mod tests {
         }
     }
 
+    fn metrics() -> InventoryMetrics {
+        crate::metrics::StorageMetrics::new(&prometheus::Registry::new()).unwrap().inventory
+    }
+
     fn rows(inventory: &Inventory) -> Vec<ContainerRow> {
         let mut rows: Vec<_> = inventory.read().rows().cloned().collect();
         rows.sort_by(|a, b| a.container_id.cmp(&b.container_id));
@@ -317,7 +350,7 @@ mod tests {
     fn events_and_heartbeats_survive_a_reopen_and_checkpoints() {
         let dir = tempfile::tempdir().unwrap();
         let config = InventoryConfig::default();
-        let inventory = Inventory::open(dir.path(), config.clone()).unwrap();
+        let inventory = Inventory::open(dir.path(), config.clone(), metrics()).unwrap();
         inventory.apply(vec![event("a", EventKind::Start, 10), event("b", EventKind::Start, 11)]).unwrap();
         inventory.apply(vec![event("b", EventKind::Stop, 20)]).unwrap();
         inventory.heartbeat(&["a".into(), "b".into()], 30);
@@ -325,7 +358,7 @@ mod tests {
         let before = rows(&inventory);
         assert_eq!((before[0].last_seen_ns, before[1].last_seen_ns), (30, 20));
         drop(inventory);
-        let reopened = Inventory::open(dir.path(), config.clone()).unwrap();
+        let reopened = Inventory::open(dir.path(), config.clone(), metrics()).unwrap();
         assert_eq!(rows(&reopened), before);
 
         // Enough events to pass the log floor: checkpoints, then the same rows again.
@@ -336,7 +369,7 @@ mod tests {
         assert!(reopened.writer.lock().generation >= 1);
         let before = rows(&reopened);
         drop(reopened);
-        let reopened = Inventory::open(dir.path(), config).unwrap();
+        let reopened = Inventory::open(dir.path(), config, metrics()).unwrap();
         assert_eq!(rows(&reopened), before);
         let logs: Vec<_> = fs::read_dir(dir.path().join("inventory"))
             .unwrap()
@@ -348,30 +381,32 @@ mod tests {
     #[test]
     fn a_torn_last_append_is_dropped() {
         let dir = tempfile::tempdir().unwrap();
-        let inventory = Inventory::open(dir.path(), InventoryConfig::default()).unwrap();
+        let inventory = Inventory::open(dir.path(), InventoryConfig::default(), metrics()).unwrap();
         inventory.apply(vec![event("a", EventKind::Start, 10)]).unwrap();
         drop(inventory);
         let log = dir.path().join("inventory").join(log_name(0));
         let mut file = OpenOptions::new().append(true).open(&log).unwrap();
         file.write_all(b"0000002a 00000000 {\"op\":\"ev").unwrap();
-        let inventory = Inventory::open(dir.path(), InventoryConfig::default()).unwrap();
+        let inventory = Inventory::open(dir.path(), InventoryConfig::default(), metrics()).unwrap();
         assert_eq!(rows(&inventory).len(), 1);
         inventory.apply(vec![event("b", EventKind::Start, 11)]).unwrap();
         drop(inventory);
-        assert_eq!(rows(&Inventory::open(dir.path(), InventoryConfig::default()).unwrap()).len(), 2);
+        assert_eq!(rows(&Inventory::open(dir.path(), InventoryConfig::default(), metrics()).unwrap()).len(), 2);
     }
 
     #[test]
     fn containers_past_retention_are_forgotten_for_good() {
         let dir = tempfile::tempdir().unwrap();
         let config = InventoryConfig { retention_days: 1, ..Default::default() };
-        let inventory = Inventory::open(dir.path(), config.clone()).unwrap();
+        let inventory = Inventory::open(dir.path(), config.clone(), metrics()).unwrap();
         let day = 86_400_000_000_000;
         inventory.apply(vec![event("old", EventKind::Start, 1), event("new", EventKind::Start, 2 * day)]).unwrap();
         inventory.persist(2 * day + 1).unwrap();
         drop(inventory);
-        let ids: Vec<_> =
-            rows(&Inventory::open(dir.path(), config).unwrap()).into_iter().map(|r| r.container_id).collect();
+        let ids: Vec<_> = rows(&Inventory::open(dir.path(), config, metrics()).unwrap())
+            .into_iter()
+            .map(|r| r.container_id)
+            .collect();
         assert_eq!(ids, vec!["new".to_string()]);
     }
 }

@@ -135,10 +135,27 @@ impl ContainerRow {
     }
 }
 
+/// What a row says of its image: the key of [`InventoryState::images`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ImageKey {
+    pub name: Option<String>,
+    pub id: Option<String>,
+    pub digest: Option<String>,
+}
+
+impl ImageKey {
+    fn of(row: &ContainerRow) -> ImageKey {
+        ImageKey { name: row.image_name.clone(), id: row.image_id.clone(), digest: row.image_digest.clone() }
+    }
+}
+
 /// Every container instance known, with a version that changes with every change.
 #[derive(Debug, Default)]
 pub struct InventoryState {
     rows: HashMap<String, ContainerRow>,
+    /// The containers of each image: a cluster runs far fewer images than containers, so "where
+    /// does this image run" looks at the images and then at their containers only.
+    by_image: HashMap<ImageKey, HashSet<String>>,
     version: u64,
     /// Running containers whose `last_seen` a heartbeat moved since the last [`take_seen`].
     seen: HashSet<String>,
@@ -146,11 +163,30 @@ pub struct InventoryState {
 
 impl InventoryState {
     pub fn from_rows(rows: Vec<ContainerRow>) -> InventoryState {
-        InventoryState {
-            rows: rows.into_iter().map(|row| (row.container_id.clone(), row)).collect(),
-            version: 1,
-            seen: HashSet::new(),
+        let mut state = InventoryState { version: 1, ..Default::default() };
+        for row in rows {
+            state.index(&row);
+            state.rows.insert(row.container_id.clone(), row);
         }
+        state
+    }
+
+    fn index(&mut self, row: &ContainerRow) {
+        self.by_image.entry(ImageKey::of(row)).or_default().insert(row.container_id.clone());
+    }
+
+    fn unindex(&mut self, key: &ImageKey, id: &str) {
+        if let Some(ids) = self.by_image.get_mut(key) {
+            ids.remove(id);
+            if ids.is_empty() {
+                self.by_image.remove(key);
+            }
+        }
+    }
+
+    /// Every image the rows name, with the ids of its containers.
+    pub fn images(&self) -> impl Iterator<Item = (&ImageKey, &HashSet<String>)> {
+        self.by_image.iter()
     }
 
     pub fn len(&self) -> usize {
@@ -177,10 +213,19 @@ impl InventoryState {
     pub fn apply(&mut self, events: &[ContainerEvent], max_rows: usize) -> usize {
         for event in events {
             match self.rows.get_mut(&event.container_id) {
-                Some(row) => row.merge(event),
+                Some(row) => {
+                    let before = ImageKey::of(row);
+                    row.merge(event);
+                    let after = ImageKey::of(row);
+                    if before != after {
+                        self.unindex(&before, &event.container_id);
+                        self.by_image.entry(after).or_default().insert(event.container_id.clone());
+                    }
+                }
                 None => {
                     let mut row = ContainerRow::new(event);
                     row.merge(event);
+                    self.index(&row);
                     self.rows.insert(event.container_id.clone(), row);
                 }
             }
@@ -225,9 +270,12 @@ impl InventoryState {
 
     /// Drops containers last seen before `cutoff_ns`; returns how many.
     pub fn expire(&mut self, cutoff_ns: i64) -> usize {
-        let before = self.rows.len();
-        self.rows.retain(|_, row| row.last_seen_ns >= cutoff_ns);
-        let dropped = before - self.rows.len();
+        let expired: Vec<String> =
+            self.rows.values().filter(|row| row.last_seen_ns < cutoff_ns).map(|row| row.container_id.clone()).collect();
+        for id in &expired {
+            self.remove(id);
+        }
+        let dropped = expired.len();
         if dropped > 0 {
             self.version += 1;
         }
@@ -247,9 +295,15 @@ impl InventoryState {
             .collect();
         candidates.sort_unstable();
         for (_, _, id) in candidates.into_iter().take(excess) {
-            self.rows.remove(&id);
+            self.remove(&id);
         }
         excess
+    }
+
+    fn remove(&mut self, id: &str) {
+        if let Some(row) = self.rows.remove(id) {
+            self.unindex(&ImageKey::of(&row), id);
+        }
     }
 }
 
@@ -271,6 +325,8 @@ mod tests {
         for order in [vec![start.clone(), stop.clone()], vec![stop.clone(), start.clone()]] {
             let mut state = InventoryState::default();
             state.apply(&order, 10);
+            let images: Vec<_> = state.images().map(|(key, ids)| (key.name.clone(), ids.len())).collect();
+            assert_eq!(images, vec![(Some("nginx:1.25".to_string()), 1)], "indexed under the image it has now");
             let row = state.get("c1").unwrap();
             assert_eq!((row.status, row.exit_code, row.reason.as_deref()), (Status::Exited, Some(3), Some("Error")));
             assert_eq!((row.first_seen_ns, row.last_seen_ns), (10, 20));
@@ -310,6 +366,8 @@ mod tests {
             }
         }
         assert_eq!(state.evict_beyond(2), 1);
+        let indexed: usize = state.images().map(|(_, ids)| ids.len()).sum();
+        assert_eq!(indexed, 2, "evicted rows leave the image index");
         assert!(state.get("old").is_none() && state.get("new").is_some() && state.get("running").is_some());
         assert_eq!(state.expire(15), 1);
         assert!(state.get("running").is_some());
