@@ -1,6 +1,7 @@
 //! The `wake` binary: parses arguments, builds the configuration, and runs a component of the
 //! library crates. Everything else lives in `storage/`, `query/` and `collector/`.
 
+mod check;
 mod cli;
 mod config;
 mod containers;
@@ -62,6 +63,8 @@ enum Command {
     /// Check rule files or run rule unit tests, as promtool does.
     #[command(subcommand)]
     Rules(rules::RulesCommand),
+    /// Check a stopped store's manifest, files, indexes and logs against each other.
+    Check(check::CheckArgs),
     /// List container instances: where an image runs or ran, what ran on a node, and how each ended.
     Containers(containers::ContainersArgs),
     /// Print a trace as a tree, or search traces with TraceQL, from a Wake server.
@@ -126,6 +129,11 @@ fn main() -> ExitCode {
         }),
         Command::Sql(args) => client_runtime().and_then(|runtime| runtime.block_on(cli::sql(args))),
         Command::Logs(args) => client_runtime().and_then(|runtime| runtime.block_on(cli::logs(args))),
+        Command::Check(args) => match check::run(&args) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::FAILURE,
+            Err(error) => Err(error),
+        },
         Command::Containers(args) => client_runtime().and_then(|runtime| runtime.block_on(containers::run(args))),
         Command::Traces(command) => client_runtime().and_then(|runtime| runtime.block_on(traces::run(command))),
         Command::Rules(command) => match rules::run(command) {

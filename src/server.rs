@@ -57,10 +57,22 @@ async fn flush(State(state): State<AdminState>) -> impl IntoResponse {
     }
 }
 
+/// Applies retention and the disk bound now, rather than at the next interval.
+async fn retention(State(state): State<AdminState>) -> impl IntoResponse {
+    match state.store.apply_retention().await {
+        Ok(outcome) => (
+            StatusCode::OK,
+            axum::Json(serde_json::json!({ "files": outcome.files, "bytes": outcome.bytes, "rows": outcome.rows })),
+        ),
+        Err(error) => (StatusCode::SERVICE_UNAVAILABLE, axum::Json(serde_json::json!({ "error": error.to_string() }))),
+    }
+}
+
 fn admin_router(state: AdminState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/api/v1/admin/flush", axum::routing::post(flush))
+        .route("/api/v1/admin/retention", axum::routing::post(retention))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .with_state(state)

@@ -236,6 +236,15 @@ impl Catalog {
         ManifestChange::checkpoint(self.manifest.clone(), after_seq, after.into_iter().flatten().collect())
     }
 
+    /// A checkpoint of the catalog as it is.
+    pub(crate) fn with_checkpoint(&self) -> ManifestChange {
+        ManifestChange::checkpoint(
+            self.manifest.clone(),
+            self.flushed_seq,
+            self.files.iter().flatten().cloned().collect(),
+        )
+    }
+
     /// The manifest change that swaps compacted `inputs` for their `outputs`.
     pub(crate) fn with_replaced(
         &self,

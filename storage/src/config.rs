@@ -62,6 +62,8 @@ pub struct StoreConfig {
     pub span_metrics: crate::spanmetrics::SpanMetricsConfig,
     /// The `containers` table: how long and how many container instances it keeps.
     pub inventory: crate::inventory::InventoryConfig,
+    /// How long each signal is kept, and the bound on the bytes of all files.
+    pub retention: crate::retention::RetentionConfig,
 }
 
 impl Default for StoreConfig {
@@ -94,6 +96,7 @@ impl Default for StoreConfig {
             max_record_future_secs: 3600,
             span_metrics: crate::spanmetrics::SpanMetricsConfig::default(),
             inventory: crate::inventory::InventoryConfig::default(),
+            retention: crate::retention::RetentionConfig::default(),
         }
     }
 }
@@ -105,6 +108,9 @@ pub(crate) fn default_data_dir() -> PathBuf {
 impl StoreConfig {
     pub fn validate(&self) -> Result<()> {
         let fail = |message: String| Err(Error::Config(message));
+        if let Err(message) = self.retention.validate() {
+            return fail(format!("retention: {message}"));
+        }
         if let Err(message) = self.inventory.validate() {
             return fail(format!("inventory: {message}"));
         }

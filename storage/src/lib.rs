@@ -15,6 +15,8 @@
 //! - `series`: the `series_id` of metric rows, a stable hash of their series identity.
 //! - `wal`: the write-ahead log, its group-commit thread and replay.
 //! - `store`: ingest, buffers, flush, snapshots and shutdown; runs compaction passes.
+//! - `check`: `wake check`, the store's files and logs checked against each other.
+//! - `retention`: which files retention and the disk bound drop or trim.
 //! - `compaction`: which files to merge, and the merge (streaming when the inputs are sorted).
 //! - `writer`: hour-partitioned, sorted Parquet files and their full-text indexes.
 //! - `catalog`: the files of each table, and when replaced files may be deleted.
@@ -28,6 +30,7 @@
 //! - `metrics`: the store's Prometheus self-metrics.
 
 mod catalog;
+pub mod check;
 mod compaction;
 mod config;
 mod convert;
@@ -39,6 +42,7 @@ mod manifest;
 mod metrics;
 pub mod prompb;
 pub mod receiver;
+pub mod retention;
 pub mod schema;
 pub mod series;
 pub mod spanmetrics;
@@ -52,7 +56,7 @@ pub use convert::{TimeWindow, any_value_to_string};
 pub use error::{Error, ErrorClass, Result};
 pub use metrics::StorageMetrics;
 pub use schema::Signal;
-pub use store::{IngestOutcome, OtlpRequest, Store, TableSnapshot, now_ns};
+pub use store::{IngestOutcome, OtlpRequest, RetentionOutcome, Store, TableSnapshot, now_ns};
 
 /// Entry points for the fuzz targets under `fuzz/`: the steps ingest runs on a client's bytes
 /// that are not public otherwise. Not an API: nothing outside `fuzz/` may rely on it.

@@ -22,6 +22,9 @@ pub struct StorageMetrics {
     pub wal: WalMetrics,
     pub manifest: ManifestMetrics,
     pub inventory: InventoryMetrics,
+    pub deleted_files: IntCounterVec,
+    pub deleted_bytes: IntCounterVec,
+    pub deleted_rows: IntCounterVec,
 }
 
 /// The container inventory's size and what it forgot.
@@ -139,6 +142,21 @@ impl StorageMetrics {
                     .map_err(metric_error)?,
                 )?,
             },
+            deleted_files: counter(
+                "wake_server_deleted_files_total",
+                "Parquet files dropped or rewritten by retention or the disk bound, by signal and reason",
+                &["signal", "reason"],
+            )?,
+            deleted_bytes: counter(
+                "wake_server_deleted_bytes_total",
+                "Bytes of Parquet files and indexes freed by retention or the disk bound, by signal and reason",
+                &["signal", "reason"],
+            )?,
+            deleted_rows: counter(
+                "wake_server_deleted_rows_total",
+                "Rows removed by retention or the disk bound, by signal and reason",
+                &["signal", "reason"],
+            )?,
             inventory: InventoryMetrics {
                 containers: register(
                     registry,

@@ -30,10 +30,20 @@ use crate::convert::{self, Converted};
 use crate::error::{Error, Result};
 use crate::inventory::{self, Inventory};
 use crate::metrics::StorageMetrics;
+use crate::retention;
 use crate::schema::Signal;
 use crate::spanmetrics::SpanMetricsRecorder;
 use crate::wal::{self, DurableRecord, Wal};
 use crate::writer;
+
+/// What one pass of retention and the disk bound removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionOutcome {
+    /// Files dropped or rewritten.
+    pub files: u64,
+    pub bytes: u64,
+    pub rows: u64,
+}
 
 /// A decoded OTLP export request of any signal.
 #[derive(Debug, Clone)]
@@ -240,7 +250,7 @@ pub use wake_collector::time::now_ns;
 /// Takes the exclusive lock of the data dir for as long as the returned file is open (the
 /// kernel releases it when the process dies, however it dies). Two stores on one directory
 /// would each delete files the other's manifest names.
-fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File> {
+pub(crate) fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File> {
     let path = data_dir.join(".lock");
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -536,8 +546,19 @@ impl Store {
                 }
             }
         };
+        let keeper = self.clone();
+        let retention = async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(keeper.config.retention.interval_secs));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            while !keeper.shutting_down.load(Ordering::SeqCst) {
+                tick.tick().await;
+                if let Err(error) = keeper.apply_retention().await {
+                    warn!(%error, "retention failed; will retry");
+                }
+            }
+        };
         tokio::spawn(async move {
-            tokio::join!(flushes, compactions, span_metrics, inventory, kube_state_metrics);
+            tokio::join!(flushes, compactions, span_metrics, inventory, kube_state_metrics, retention);
         })
     }
 
@@ -680,24 +701,7 @@ impl Store {
             .await
             .map_err(|e| Error::Internal(format!("compaction task failed: {e}")))??;
             let inputs = merge.inputs;
-            {
-                // As in `flush`: committed outside the state lock, applied under it.
-                let _committing = self.committing.lock().await;
-                let change = self.state.lock().catalog.with_replaced(signal, &inputs, &outputs);
-                let metrics = self.metrics.manifest.clone();
-                let committed = tokio::task::spawn_blocking(move || change.commit(&metrics))
-                    .await
-                    .map_err(|e| Error::Internal(format!("manifest task failed: {e}")))?;
-                if let Err(error) = committed {
-                    for output in &outputs {
-                        output.retire();
-                    }
-                    return Err(error);
-                }
-                let mut state = self.state.lock();
-                state.catalog.apply_replaced(signal, &inputs, outputs);
-                self.update_gauges(&state, signal);
-            }
+            self.replace_files(signal, &inputs, outputs).await?;
             let elapsed = started.elapsed();
             self.metrics.compaction_duration.observe(elapsed.as_secs_f64());
             info!(
@@ -725,6 +729,111 @@ impl Store {
             }
         }
         flushed
+    }
+
+    /// Writes the catalog as it is in memory as a new manifest checkpoint: after an open that
+    /// found files the manifest names missing, so that it stops naming them.
+    pub async fn rewrite_manifest(&self) -> Result<()> {
+        let _committing = self.committing.lock().await;
+        let change = self.state.lock().catalog.with_checkpoint();
+        let metrics = self.metrics.manifest.clone();
+        tokio::task::spawn_blocking(move || change.commit(&metrics))
+            .await
+            .map_err(|e| Error::Internal(format!("manifest task failed: {e}")))?
+    }
+
+    /// Applies retention to every signal, then the disk bound; returns what went.
+    pub async fn apply_retention(&self) -> Result<RetentionOutcome> {
+        // Beside compaction, never with it: both replace files, and neither may replace a file
+        // the other is rewriting.
+        let _compacting = self.compacting.lock().await;
+        let mut outcome = RetentionOutcome::default();
+        let now = now_ns();
+        for signal in Signal::ALL {
+            let Some(keep) = self.config.retention.of(signal) else { continue };
+            let cutoff = now.saturating_sub(i64::try_from(keep.as_nanos()).unwrap_or(i64::MAX));
+            let plan = retention::plan(self.state.lock().catalog.files(signal), cutoff);
+            if !plan.drop.is_empty() {
+                self.remove_files(signal, plan.drop, Vec::new(), "retention", &mut outcome).await?;
+            }
+            for file in plan.trim {
+                let (data_dir, config, name) = (self.config.data_dir.clone(), self.config.clone(), self.file_name("r"));
+                let input = file.clone();
+                let outputs =
+                    tokio::task::spawn_blocking(move || retention::trim(&data_dir, &input, cutoff, &config, &name))
+                        .await
+                        .map_err(|e| Error::Internal(format!("retention task failed: {e}")))??;
+                self.remove_files(signal, vec![file], outputs, "retention", &mut outcome).await?;
+            }
+        }
+        let max_bytes = self.config.retention.max_disk_bytes;
+        if max_bytes > 0 {
+            let (files, total) = {
+                let state = self.state.lock();
+                let files: Vec<(Signal, Vec<Arc<DataFile>>)> =
+                    Signal::ALL.iter().map(|&s| (s, state.catalog.files(s).to_vec())).collect();
+                let total = files.iter().flat_map(|(_, f)| f).map(|f| f.size_bytes + f.index_bytes).sum::<u64>();
+                (files, total)
+            };
+            let evicted = retention::evict(&files, total, max_bytes, &self.config.retention.eviction_order);
+            for signal in Signal::ALL {
+                let of_signal: Vec<Arc<DataFile>> = evicted.iter().filter(|f| f.signal == signal).cloned().collect();
+                if !of_signal.is_empty() {
+                    self.remove_files(signal, of_signal, Vec::new(), "disk", &mut outcome).await?;
+                }
+            }
+        }
+        if outcome.files > 0 {
+            info!(files = outcome.files, bytes = outcome.bytes, rows = outcome.rows, "retention removed data");
+        }
+        Ok(outcome)
+    }
+
+    /// Replaces `inputs` by `outputs` in the catalog (one manifest commit) and counts what went.
+    async fn remove_files(
+        &self,
+        signal: Signal,
+        inputs: Vec<Arc<DataFile>>,
+        outputs: Vec<Arc<DataFile>>,
+        reason: &str,
+        outcome: &mut RetentionOutcome,
+    ) -> Result<()> {
+        let bytes_of = |files: &[Arc<DataFile>]| files.iter().map(|f| f.size_bytes + f.index_bytes).sum::<u64>();
+        let rows_of = |files: &[Arc<DataFile>]| files.iter().map(|f| f.num_rows).sum::<u64>();
+        let bytes = bytes_of(&inputs).saturating_sub(bytes_of(&outputs));
+        let rows = rows_of(&inputs).saturating_sub(rows_of(&outputs));
+        let rewritten = outputs.len();
+        self.replace_files(signal, &inputs, outputs).await?;
+        let label = [signal.table_name(), reason];
+        self.metrics.deleted_files.with_label_values(&label).inc_by(inputs.len() as u64);
+        self.metrics.deleted_bytes.with_label_values(&label).inc_by(bytes);
+        self.metrics.deleted_rows.with_label_values(&label).inc_by(rows);
+        outcome.files += inputs.len() as u64;
+        outcome.bytes += bytes;
+        outcome.rows += rows;
+        info!(%signal, reason, files = inputs.len(), rewritten, rows, bytes, "dropped old data");
+        Ok(())
+    }
+
+    /// Swaps `inputs` for `outputs`: committed to the manifest outside the state lock (which
+    /// every ingest and query takes), then applied under it, as in `flush`.
+    async fn replace_files(&self, signal: Signal, inputs: &[Arc<DataFile>], outputs: Vec<Arc<DataFile>>) -> Result<()> {
+        let _committing = self.committing.lock().await;
+        let change = self.state.lock().catalog.with_replaced(signal, inputs, &outputs);
+        let metrics = self.metrics.manifest.clone();
+        let committed = tokio::task::spawn_blocking(move || change.commit(&metrics))
+            .await
+            .map_err(|e| Error::Internal(format!("manifest task failed: {e}")))?;
+        if let Err(error) = committed {
+            for output in &outputs {
+                output.retire();
+            }
+            return Err(error);
+        }
+        let mut state = self.state.lock();
+        state.catalog.apply_replaced(signal, inputs, outputs);
+        self.update_gauges(&state, signal);
+        Ok(())
     }
 
     /// Writes down the inventory's heartbeats and applies its retention.
@@ -812,6 +921,129 @@ mod tests {
         per_file.sort_unstable();
         // A request larger than the bound is a piece alone; the small one is a piece of its own.
         assert_eq!(per_file, vec![2, 2000, 2000, 2000]);
+    }
+
+    fn logs_at(times: &[i64]) -> OtlpRequest {
+        let log_records = times
+            .iter()
+            .map(|&time| LogRecord {
+                time_unix_nano: u64::try_from(time).unwrap(),
+                body: Some(AnyValue { value: Some(any_value::Value::StringValue(format!("line at {time}"))) }),
+                ..Default::default()
+            })
+            .collect();
+        OtlpRequest::Logs(ExportLogsServiceRequest {
+            resource_logs: vec![ResourceLogs {
+                scope_logs: vec![ScopeLogs { log_records, ..Default::default() }],
+                ..Default::default()
+            }],
+        })
+    }
+
+    fn stored_times(store: &Store) -> Vec<i64> {
+        let mut times: Vec<i64> = writer::read_files(&store.snapshot(Signal::Logs).files)
+            .unwrap()
+            .iter()
+            .flat_map(|batch| {
+                let column = batch.column_by_name(crate::schema::TIMESTAMP).unwrap();
+                column.as_any().downcast_ref::<arrow::array::TimestampNanosecondArray>().unwrap().values().to_vec()
+            })
+            .collect();
+        times.sort_unstable();
+        times
+    }
+
+    #[tokio::test]
+    async fn retention_drops_old_files_trims_straddling_ones_and_survives_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        const HOUR: i64 = 3_600_000_000_000;
+        let now = now_ns();
+        let keep = Duration::from_secs(48 * 3600);
+        let cutoff = now - 48 * HOUR;
+        let retention = retention::RetentionConfig { logs: Some(keep), ..Default::default() };
+        let config = StoreConfig { retention, ..test_config(dir.path()) };
+        let registry = prometheus::Registry::new();
+        let store = Store::open(config.clone(), &registry).unwrap();
+        // Hours wholly past the cutoff, the cutoff's own hour on both sides of it, and newer.
+        let old: Vec<i64> = (0..10).map(|i| cutoff - 10 * HOUR + i * HOUR).collect();
+        // Every minute of the cutoff's hour, but the two around the cutoff: the store takes its
+        // own clock's cutoff a moment later than this one.
+        let hour_start = cutoff.div_euclid(HOUR) * HOUR;
+        let straddling: Vec<i64> = (0..60)
+            .map(|minute| hour_start + minute * 60_000_000_000)
+            .filter(|t| (t - cutoff).abs() > 60_000_000_000)
+            .collect();
+        let new: Vec<i64> = (1..5).map(|i| cutoff + i * HOUR).collect();
+        let all: Vec<i64> = old.iter().chain(&straddling).chain(&new).copied().collect();
+        store.ingest(logs_at(&all), None).await.unwrap();
+        store.flush(Signal::Logs).await.unwrap();
+        let bytes_before: u64 = store.snapshot(Signal::Logs).files.iter().map(|f| f.size_bytes + f.index_bytes).sum();
+
+        let outcome = store.apply_retention().await.unwrap();
+        let mut expected: Vec<i64> = all.iter().copied().filter(|&t| t >= cutoff).collect();
+        expected.sort_unstable();
+        assert_eq!(stored_times(&store), expected, "nothing before the cutoff, everything after");
+        let dropped = all.len() as u64 - expected.len() as u64;
+        assert_eq!(outcome.rows, dropped);
+        let bytes_after: u64 = store.snapshot(Signal::Logs).files.iter().map(|f| f.size_bytes + f.index_bytes).sum();
+        assert!(bytes_after < bytes_before && outcome.bytes > 0, "{bytes_before} -> {bytes_after}");
+        let counted = store.metrics.deleted_rows.with_label_values(&["logs", "retention"]).get();
+        assert_eq!(counted, dropped);
+        // A second pass has nothing left to do.
+        assert_eq!(store.apply_retention().await.unwrap(), RetentionOutcome::default());
+        drop(store);
+
+        // The manifest says the same after a reopen, and no dropped file is left on disk.
+        let store = Store::open(config, &prometheus::Registry::new()).unwrap();
+        assert_eq!(stored_times(&store), expected);
+        let parquet_files = walk(&dir.path().join("logs"))
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+            .count();
+        assert_eq!(parquet_files, store.snapshot(Signal::Logs).files.len());
+    }
+
+    fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                found.extend(walk(&path));
+            } else {
+                found.push(path);
+            }
+        }
+        found
+    }
+
+    #[tokio::test]
+    async fn the_disk_bound_drops_the_oldest_hours_until_the_files_fit() {
+        let dir = tempfile::tempdir().unwrap();
+        const HOUR: i64 = 3_600_000_000_000;
+        let now = now_ns();
+        let mut config = test_config(dir.path());
+        let store = Store::open(config.clone(), &prometheus::Registry::new()).unwrap();
+        for hour in 0..8 {
+            let times: Vec<i64> = (0..200).map(|i| now - (8 - hour) * HOUR + i * 1_000_000_000).collect();
+            store.ingest(logs_at(&times), None).await.unwrap();
+            store.flush(Signal::Logs).await.unwrap();
+        }
+        let files = store.snapshot(Signal::Logs).files;
+        let total: u64 = files.iter().map(|f| f.size_bytes + f.index_bytes).sum();
+        drop(files);
+        drop(store);
+        // Room for about half the files.
+        config.retention.max_disk_bytes = total / 2;
+        let store = Store::open(config, &prometheus::Registry::new()).unwrap();
+        let outcome = store.apply_retention().await.unwrap();
+        let files = store.snapshot(Signal::Logs).files;
+        let left: u64 = files.iter().map(|f| f.size_bytes + f.index_bytes).sum();
+        assert!(left <= total / 2, "{left} bytes left of {total}, bound {}", total / 2);
+        assert!(outcome.files >= 4 && outcome.files < 8, "{outcome:?}");
+        // The newest hours stayed, the oldest went.
+        let oldest_left = files.iter().map(|f| f.min_time_ns).min().unwrap();
+        assert!(oldest_left >= now - 4 * HOUR - HOUR, "the oldest hours went first");
+        assert_eq!(store.metrics.deleted_files.with_label_values(&["logs", "disk"]).get(), outcome.files);
     }
 
     fn rows(snapshot: &TableSnapshot) -> (u64, usize) {
