@@ -64,7 +64,24 @@ pub enum LogsOutput {
 }
 
 fn client() -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder().timeout(Duration::from_secs(300)).build()?)
+    http_client(Duration::from_secs(300))
+}
+
+/// The HTTP client of every command that talks to a server: it sends `WAKE_TOKEN` as a bearer
+/// token, and `WAKE_TENANT` as `X-Scope-OrgID`, when they are set.
+pub fn http_client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = std::env::var("WAKE_TOKEN").ok().filter(|t| !t.trim().is_empty()) {
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.trim()))
+            .context("WAKE_TOKEN holds characters a header cannot")?;
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
+    if let Some(tenant) = std::env::var("WAKE_TENANT").ok().filter(|t| !t.trim().is_empty()) {
+        let value = reqwest::header::HeaderValue::from_str(tenant.trim()).context("WAKE_TENANT is no header value")?;
+        headers.insert("x-scope-orgid", value);
+    }
+    Ok(reqwest::Client::builder().timeout(timeout).default_headers(headers).build()?)
 }
 
 /// Reads an error answer: `{"error": …}` from the SQL API, plain text from the Loki API.

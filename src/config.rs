@@ -72,6 +72,10 @@ pub struct ServerArgs {
     /// replaces `ruler.alertmanagers:`.
     #[arg(long, env = "WAKE_ALERTMANAGER_URL", value_delimiter = ',')]
     pub alertmanager_url: Option<Vec<String>>,
+    /// A YAML file of `tokens:` (name, sha256, scopes, tenant), re-read when it changes; with
+    /// it, every route but /healthz and /readyz needs a token.
+    #[arg(long, env = "WAKE_TOKENS_FILE")]
+    pub tokens_file: Option<PathBuf>,
 }
 
 /// The resolved configuration of `wake server`.
@@ -93,6 +97,8 @@ pub struct ServerConfig {
     pub loki_rule_files: Vec<String>,
     /// How rules are evaluated and where alerts go.
     pub ruler: wake_query::rules::RulerConfig,
+    /// Tokens, their scopes and tenants; without any, every route is open.
+    pub auth: wake_query::auth::AuthConfig,
 }
 
 impl Default for ServerConfig {
@@ -107,6 +113,7 @@ impl Default for ServerConfig {
             rule_files: Vec::new(),
             loki_rule_files: Vec::new(),
             ruler: wake_query::rules::RulerConfig::default(),
+            auth: wake_query::auth::AuthConfig::default(),
         }
     }
 }
@@ -144,6 +151,9 @@ impl ServerConfig {
         override_with!(store.max_record_future_secs, args.max_record_future_secs);
         override_with!(config.rule_files, args.rule_files);
         override_with!(config.loki_rule_files, args.loki_rule_files);
+        if let Some(path) = &args.tokens_file {
+            config.auth.tokens_file = Some(path.clone());
+        }
         if let Some(urls) = &args.alertmanager_url {
             config.ruler.alertmanagers = urls.iter().map(AlertmanagerConfig::new).collect();
         }
@@ -185,6 +195,9 @@ pub struct AgentArgs {
     /// podman's events log, tailed for container starts and exits [default: /run/libpod/events/events.log].
     #[arg(long, env = "WAKE_PODMAN_EVENTS_FILE")]
     pub podman_events_file: Option<PathBuf>,
+    /// A file holding the token the store wants (its `auth:` tokens).
+    #[arg(long, env = "WAKE_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
     /// Checkpoints [default: /var/lib/wake-agent].
     #[arg(long, env = "WAKE_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
@@ -296,6 +309,9 @@ pub fn load_agent_config(args: &AgentArgs) -> anyhow::Result<AgentConfig> {
     );
     if args.containers_dir.is_some() {
         config.containers_dir = args.containers_dir.clone();
+    }
+    if args.token_file.is_some() {
+        config.token_file = args.token_file.clone();
     }
     if args.node_name.is_some() {
         config.node_name = args.node_name.clone();

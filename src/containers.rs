@@ -101,7 +101,7 @@ pub async fn run(args: ContainersArgs) -> anyhow::Result<()> {
     if let Some(since) = args.since {
         params.push(("since", format!("{}s", since.as_secs())));
     }
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
+    let client = crate::cli::http_client(Duration::from_secs(60))?;
     let response = client.get(&url).query(&params).send().await.with_context(|| format!("connecting to {url}"))?;
     let status = response.status();
     let body = response.text().await.unwrap_or_default();

@@ -8,6 +8,7 @@ mod containers;
 mod rules;
 mod server;
 mod standalone;
+mod token;
 mod traces;
 
 use std::io::IsTerminal;
@@ -67,6 +68,9 @@ enum Command {
     Check(check::CheckArgs),
     /// List container instances: where an image runs or ran, what ran on a node, and how each ended.
     Containers(containers::ContainersArgs),
+    /// Make a token for the server's `auth:` configuration, or hash one.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
     /// Print a trace as a tree, or search traces with TraceQL, from a Wake server.
     #[command(subcommand)]
     Traces(traces::TracesCommand),
@@ -134,6 +138,7 @@ fn main() -> ExitCode {
             Ok(false) => return ExitCode::FAILURE,
             Err(error) => Err(error),
         },
+        Command::Token(command) => token::run(&command),
         Command::Containers(args) => client_runtime().and_then(|runtime| runtime.block_on(containers::run(args))),
         Command::Traces(command) => client_runtime().and_then(|runtime| runtime.block_on(traces::run(command))),
         Command::Rules(command) => match rules::run(command) {

@@ -226,13 +226,23 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         let _ = stop.wait_for(|stopped| *stopped).await;
     };
 
-    let grpc = tonic::transport::Server::builder()
-        .add_routes(wake_storage::receiver::grpc_routes(store.clone()))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
-            stopped(stop.clone()),
-        );
-    let otlp_http = axum::serve(http_listener, wake_storage::receiver::http_router(store.clone()))
+    let auth = wake_query::auth::Authenticator::new(config.auth.clone())
+        .map_err(|message| anyhow::anyhow!("auth: {message}"))?;
+    let _token_reloads = auth.as_ref().and_then(|auth| auth.watch(Duration::from_secs(2)));
+    let guarded = |router: Router| match &auth {
+        Some(auth) => router.layer(axum::middleware::from_fn_with_state(auth.clone(), wake_query::auth::layer)),
+        None => router,
+    };
+    let grpc_routes = wake_storage::receiver::grpc_routes(store.clone());
+    let grpc_routes = match &auth {
+        Some(_) => tonic::service::Routes::from(guarded(grpc_routes.into_axum_router())),
+        None => grpc_routes,
+    };
+    let grpc = tonic::transport::Server::builder().add_routes(grpc_routes).serve_with_incoming_shutdown(
+        tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+        stopped(stop.clone()),
+    );
+    let otlp_http = axum::serve(http_listener, guarded(wake_storage::receiver::http_router(store.clone())))
         .with_graceful_shutdown(stopped(stop.clone()));
     let self_metrics = (!config.self_metrics_interval.is_zero()).then(|| {
         tokio::spawn(store_self_metrics(
@@ -248,7 +258,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         .merge(wake_query::rules::router(ruler.clone()))
         .merge(admin_router(AdminState { registry, store: store.clone() }))
         .merge(wake_storage::receiver::remote_write_router(store.clone()));
-    let query_http = axum::serve(query_listener, query_app).with_graceful_shutdown(stopped(stop.clone()));
+    let query_http = axum::serve(query_listener, guarded(query_app)).with_graceful_shutdown(stopped(stop.clone()));
 
     let grpc = tokio::spawn(grpc);
     let otlp_http = tokio::spawn(otlp_http.into_future());

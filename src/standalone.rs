@@ -38,6 +38,10 @@ pub struct StandaloneArgs {
     /// The agent's checkpoints [default: <data dir>/agent].
     #[arg(long, env = "WAKE_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
+    /// With `auth` tokens on the server: the file of the token (scope `write`) the embedded
+    /// agent sends.
+    #[arg(long, env = "WAKE_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
     /// This machine's name on its data [default: $NODE_NAME, else the host name].
     #[arg(long, env = "WAKE_NODE_NAME")]
     pub node_name: Option<String>,
@@ -77,6 +81,7 @@ pub fn load(args: &StandaloneArgs) -> anyhow::Result<(ServerConfig, wake_collect
         log_root: args.log_root.clone(),
         docker_root: args.docker_root.clone(),
         containers_storage_root: args.containers_storage_root.clone(),
+        token_file: args.token_file.clone(),
         cgroup_root: args.cgroup_root.clone(),
         state_dir: Some(args.state_dir.clone().unwrap_or_else(|| server.store.data_dir.join("agent"))),
         node_name: args.node_name.clone(),

@@ -48,7 +48,7 @@ pub struct SearchArgs {
 }
 
 pub async fn run(command: TracesCommand) -> anyhow::Result<()> {
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(300)).build()?;
+    let client = crate::cli::http_client(Duration::from_secs(300))?;
     match command {
         TracesCommand::Get(args) => {
             let url = format!("{}/api/traces/{}", args.url.trim_end_matches('/'), args.trace_id.trim());

@@ -369,8 +369,27 @@ fn the_binary_configured_as_the_manifests_say_answers_their_probes() {
     // to the test's (flags override the environment).
     let server_set = find(&documents, "StatefulSet", "wake-server");
     let server_container = container(server_set);
-    let server_env = container_env(&documents, server_container, &BTreeMap::new());
+    let mut server_env = container_env(&documents, server_container, &BTreeMap::new());
     let data_dir = dir.path().join("data");
+    // The Secrets kustomization.yaml makes from secrets/, at the test's paths: a token for the
+    // agent, and its hash in the server's tokens.
+    let (tokens_file, token_file) = (dir.path().join("tokens.yaml"), dir.path().join("agent-token"));
+    std::fs::write(&token_file, "agent-secret-0123456789abcdef\n").expect("agent token");
+    let hash = {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wake"))
+            .args(["token", "hash"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("wake token hash");
+        std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), b"agent-secret-0123456789abcdef")
+            .expect("token on stdin");
+        String::from_utf8(child.wait_with_output().expect("hash").stdout).expect("utf-8").trim().to_string()
+    };
+    std::fs::write(&tokens_file, format!("tokens:\n  - {{name: agents, sha256: {hash}, scopes: [write]}}\n"))
+        .expect("tokens file");
+    assert_eq!(server_env.get("WAKE_TOKENS_FILE").map(String::as_str), Some("/etc/wake/auth/tokens.yaml"));
+    server_env.insert("WAKE_TOKENS_FILE".into(), tokens_file.display().to_string());
     let mut args: Vec<String> =
         seq_of(&server_container["args"], "args").iter().map(|a| str_of(a, "arg").to_string()).collect();
     assert_eq!(args, ["server"]);
@@ -402,7 +421,9 @@ fn the_binary_configured_as_the_manifests_say_answers_their_probes() {
     // endpoint and its listen address moved to the test's.
     let agent_set = find(&documents, "DaemonSet", "wake-agent");
     let agent_container = container(agent_set);
-    let agent_env = container_env(&documents, agent_container, &BTreeMap::from([("spec.nodeName", "node-1")]));
+    let mut agent_env = container_env(&documents, agent_container, &BTreeMap::from([("spec.nodeName", "node-1")]));
+    assert_eq!(agent_env.get("WAKE_TOKEN_FILE").map(String::as_str), Some("/etc/wake/token/agent-token"));
+    agent_env.insert("WAKE_TOKEN_FILE".into(), token_file.display().to_string());
     let endpoint = &agent_env["WAKE_ENDPOINT"];
     assert_eq!(endpoint, "http://wake-server.wake.svc:4317", "the agent sends to the server's Service over gRPC");
     let mut args: Vec<String> =

@@ -1046,7 +1046,7 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
     let start_time = now_unix_nano();
     let registry = Registry::new();
     let metrics = AgentMetrics::new(&registry)?;
-    let exporter = Arc::new(Exporter::new(config.export(), ExportMetrics::new(&registry)?)?);
+    let exporter = Arc::new(Exporter::new(config.export()?, ExportMetrics::new(&registry)?)?);
     let state_dir = config.state_dir.clone();
     let checkpoints = Checkpoints::open(&state_dir).map_err(|source| Error::Io {
         action: "opening checkpoints in",
@@ -1162,7 +1162,8 @@ mod tests {
         let registry = Registry::new();
         let metrics = AgentMetrics::new(&registry).unwrap();
         metrics.lines_read.inc();
-        let exporter = Arc::new(Exporter::new(config.export(), ExportMetrics::new(&registry).unwrap()).unwrap());
+        let exporter =
+            Arc::new(Exporter::new(config.export().unwrap(), ExportMetrics::new(&registry).unwrap()).unwrap());
         let (stop, shutdown) = watch::channel(false);
 
         let task = tokio::spawn(ship_self_metrics(config, exporter, registry.clone(), shutdown, now_unix_nano()));

@@ -37,6 +37,9 @@ pub struct AgentConfig {
     /// Send container lifecycle events (`container.start`, `container.stop`, …) for the
     /// store's inventory.
     pub lifecycle_events: bool,
+    /// A file holding the token the store wants (`auth` in its config), sent as
+    /// `Authorization: Bearer …`; read at start.
+    pub token_file: Option<PathBuf>,
     /// Checkpoints live here; it must survive agent restarts (a hostPath in a DaemonSet).
     pub state_dir: PathBuf,
     /// Default: the `NODE_NAME` environment variable (the downward API), else the host name.
@@ -107,6 +110,7 @@ impl Default for AgentConfig {
             containers_storage_root: PathBuf::from("/var/lib/containers/storage"),
             podman_events_file: PathBuf::from("/run/libpod/events/events.log"),
             lifecycle_events: true,
+            token_file: None,
             state_dir: PathBuf::from("/var/lib/wake-agent"),
             node_name: None,
             include_namespaces: Vec::new(),
@@ -215,8 +219,8 @@ impl AgentConfig {
         })
     }
 
-    pub fn export(&self) -> ExportConfig {
-        ExportConfig {
+    pub fn export(&self) -> Result<ExportConfig> {
+        Ok(ExportConfig {
             endpoint: self.endpoint.clone(),
             protocol: self.protocol,
             timeout: self.export_timeout,
@@ -224,7 +228,21 @@ impl AgentConfig {
             max_backoff: self.max_backoff,
             gzip: self.gzip_level > 0,
             gzip_level: self.gzip_level,
+            token: self.token()?,
+        })
+    }
+
+    /// The token of `token_file`, if one is configured.
+    fn token(&self) -> Result<Option<crate::export::BearerToken>> {
+        let Some(path) = &self.token_file else { return Ok(None) };
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| Error::Config(format!("token_file {}: {error}", path.display())))?;
+        if text.trim().is_empty() {
+            return Err(Error::Config(format!("token_file {} is empty", path.display())));
         }
+        crate::export::BearerToken::new(&text)
+            .map(Some)
+            .map_err(|error| Error::Config(format!("token_file {}: {error}", path.display())))
     }
 }
 
@@ -270,6 +288,6 @@ mod tests {
         assert!(config.validate().unwrap_err().to_string().contains("gzip_level"));
         let config: AgentConfig = serde_yaml_ng_free_parse("{\"gzip_level\": 0, \"rescan_interval\": \"5m\"}");
         assert_eq!(config.rescan_interval, Duration::from_secs(300));
-        assert!(!config.export().gzip);
+        assert!(!config.export().unwrap().gzip);
     }
 }

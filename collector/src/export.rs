@@ -94,6 +94,27 @@ pub struct ExportConfig {
     pub gzip: bool,
     /// The gzip level, 0 (stored) to 9, when `gzip` is set.
     pub gzip_level: u32,
+    /// Sent as `Authorization: Bearer …` with every request when the store wants a token.
+    pub token: Option<BearerToken>,
+}
+
+/// A token, kept out of `Debug` output and logs.
+#[derive(Clone)]
+pub struct BearerToken(http::HeaderValue);
+
+impl BearerToken {
+    pub fn new(token: &str) -> Result<BearerToken, String> {
+        let mut value = http::HeaderValue::from_str(&format!("Bearer {}", token.trim()))
+            .map_err(|_| "the token holds characters a header cannot".to_string())?;
+        value.set_sensitive(true);
+        Ok(BearerToken(value))
+    }
+}
+
+impl fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BearerToken(…)")
+    }
 }
 
 impl ExportConfig {
@@ -108,6 +129,7 @@ impl ExportConfig {
             max_backoff: Duration::from_secs(30),
             gzip: true,
             gzip_level: DEFAULT_GZIP_LEVEL,
+            token: None,
         }
     }
 }
@@ -305,20 +327,29 @@ impl Exporter {
             return Err(ExportError::Cancelled);
         }
         let timeout = self.inner.config.timeout;
+        let token = self.inner.config.token.clone();
         let body = self.wire_body(encoded).await?;
         let WireBody { bytes, gzip } = body;
         match &self.inner.transport {
             Transport::Grpc(grpc) => {
                 let uri = R::uri(grpc);
                 self.send_until_acknowledged(R::SIGNAL, cancel, move || {
-                    grpc_attempt(grpc.channel(), uri.clone(), bytes.clone(), gzip, timeout, R::decode_response)
+                    grpc_attempt(
+                        grpc.channel(),
+                        uri.clone(),
+                        bytes.clone(),
+                        gzip,
+                        timeout,
+                        token.clone(),
+                        R::decode_response,
+                    )
                 })
                 .await
             }
             Transport::Http(http) => {
                 let (client, url) = (&http.client, R::url(http));
                 self.send_until_acknowledged(R::SIGNAL, cancel, move || {
-                    http_attempt(client, url, bytes.clone(), gzip, R::decode_response)
+                    http_attempt(client, url, bytes.clone(), gzip, token.clone(), R::decode_response)
                 })
                 .await
             }
@@ -590,9 +621,10 @@ async fn grpc_attempt(
     body: Bytes,
     gzip: bool,
     timeout: Duration,
+    token: Option<BearerToken>,
     decode: fn(&[u8]) -> Result<Acknowledged, prost::DecodeError>,
 ) -> Attempt {
-    use http::header::{CONTENT_TYPE, TE};
+    use http::header::{AUTHORIZATION, CONTENT_TYPE, TE};
 
     let mut request = http::Request::builder()
         .method(http::Method::POST)
@@ -604,6 +636,9 @@ async fn grpc_attempt(
         .header("grpc-timeout", grpc_timeout(timeout));
     if gzip {
         request = request.header("grpc-encoding", "gzip");
+    }
+    if let Some(BearerToken(value)) = token {
+        request = request.header(AUTHORIZATION, value);
     }
     // No grpc-accept-encoding: the store's answer is a few bytes, sent as they are.
     let request = match request.body(tonic::body::Body::new(http_body_util::Full::new(body))) {
@@ -717,6 +752,9 @@ fn classify_status(status: &tonic::Status) -> Attempt {
             | Code::OutOfRange
             | Code::Unavailable
             | Code::DataLoss => true,
+            // Not retryable by OTLP's table, but a token is fixed by an operator, not by
+            // waiting: until then the agent keeps what it read rather than drop it.
+            Code::Unauthenticated | Code::PermissionDenied => true,
             Code::ResourceExhausted => retry_info.is_some(),
             _ => false,
         };
@@ -770,13 +808,17 @@ async fn http_attempt(
     url: &reqwest::Url,
     body: Bytes,
     gzip: bool,
+    token: Option<BearerToken>,
     decode: fn(&[u8]) -> Result<Acknowledged, prost::DecodeError>,
 ) -> Attempt {
-    use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
+    use reqwest::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
 
     let mut request = client.post(url.clone()).header(CONTENT_TYPE, PROTOBUF);
     if gzip {
         request = request.header(CONTENT_ENCODING, "gzip");
+    }
+    if let Some(BearerToken(value)) = token {
+        request = request.header(AUTHORIZATION, value);
     }
     let response = match request.body(body).send().await {
         Ok(response) => response,
@@ -819,6 +861,8 @@ async fn http_attempt(
     let error = if detail.is_empty() { format!("HTTP {status}") } else { format!("HTTP {status}: {detail}") };
     match status.as_u16() {
         429 | 502 | 503 | 504 => Attempt::Retryable { error, delay: retry_after, reconnect: false },
+        // As for gRPC's UNAUTHENTICATED and PERMISSION_DENIED: kept and retried.
+        401 | 403 => Attempt::Retryable { error, delay: None, reconnect: false },
         _ => Attempt::Permanent(error),
     }
 }
@@ -1438,6 +1482,8 @@ mod tests {
             Code::OutOfRange,
             Code::Unavailable,
             Code::DataLoss,
+            Code::Unauthenticated,
+            Code::PermissionDenied,
         ];
         for code in retryable {
             assert!(matches!(classify_status(&tonic::Status::new(code, "")), Attempt::Retryable { .. }), "{code:?}");
@@ -1447,12 +1493,10 @@ mod tests {
             Code::InvalidArgument,
             Code::NotFound,
             Code::AlreadyExists,
-            Code::PermissionDenied,
             Code::ResourceExhausted,
             Code::FailedPrecondition,
             Code::Unimplemented,
             Code::Internal,
-            Code::Unauthenticated,
         ];
         for code in permanent {
             assert!(matches!(classify_status(&tonic::Status::new(code, "")), Attempt::Permanent(_)), "{code:?}");

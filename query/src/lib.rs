@@ -7,6 +7,7 @@
 //! file's tantivy index: a file without hits is never opened, and only the hit rows are read.
 //!
 //! # Layout
+//! - `auth`: tokens, scopes and tenants on every route, refusals in each API's shape.
 //! - `cache`: the bounded, least-recently-used map of the per-file caches.
 //! - `body`: request bodies read within their limit (an oversized one drained, then 413).
 //! - `config`: [`QueryConfig`], the engine's resources and every query limit, validated.
@@ -22,6 +23,7 @@
 //! - `inventory`: the `containers` table and `GET /api/v1/containers`.
 //! - `traces`: Tempo's and Jaeger's trace APIs and TraceQL over the `spans` table.
 
+pub mod auth;
 mod body;
 mod cache;
 mod config;
