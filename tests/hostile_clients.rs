@@ -218,6 +218,11 @@ fn absurd_numbers_are_refused_in_each_apis_shape() {
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("exceeded maximum resolution of 11,000 points per timeseries"), "{body}");
     assert_prometheus_error(&server, "/api/v1/query", &[q, ("time", "1e20")], 400, "bad_data");
+    // A subquery's own step over the widest range the API lets through: 600 million inner
+    // steps per series, refused by max_samples before anything is allocated.
+    let subquery = ("query", "max_over_time(rate(up[2m])[51s:30s])");
+    let wide = [subquery, ("start", "-9200000000"), ("end", "9200000000"), ("step", "1672728")];
+    assert_prometheus_error(&server, "/api/v1/query_range", &wide, 422, "execution");
     assert_prometheus_error(&server, "/api/v1/query", &[("query", "rate(up[1000000000y])")], 400, "bad_data");
     assert_prometheus_error(&server, "/api/v1/query", &[("query", "up offset 1000000000y")], 400, "bad_data");
     // The `timeout` parameter is bounded by the configured timeout, not refused.

@@ -591,6 +591,11 @@ impl<'a> Evaluator<'a> {
             return Ok((Vec::new(), RangeGrid { ends, pinned, range_ms }));
         }
         let inner = Steps { start: inner_start, end: ends.end, step: step_ms };
+        // The inner grid may be far finer than the outer one (a 30 s step over the store's
+        // whole range is 600 million steps): every series the inner expression yields holds a
+        // value per inner step, so one series' worth counts against `max_samples` before any is
+        // allocated (found by fuzzing: a 9.8 GB allocation, then an abort).
+        self.account(inner.len())?;
         let series = match self.eval(&subquery.expr, inner).await? {
             Value::Vector(series) => series,
             Value::Scalar(values) => {
