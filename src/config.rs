@@ -76,6 +76,14 @@ pub struct ServerArgs {
     /// it, every route but /healthz and /readyz needs a token.
     #[arg(long, env = "WAKE_TOKENS_FILE")]
     pub tokens_file: Option<PathBuf>,
+    /// TLS on every listener: the PEM certificate chain (with --tls-key-file), re-read when it changes.
+    #[arg(long, env = "WAKE_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    #[arg(long, env = "WAKE_TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
+    /// Clients must present a certificate signed by a CA of this PEM file.
+    #[arg(long, env = "WAKE_TLS_CLIENT_CA_FILE")]
+    pub tls_client_ca_file: Option<PathBuf>,
 }
 
 /// The resolved configuration of `wake server`.
@@ -99,6 +107,8 @@ pub struct ServerConfig {
     pub ruler: wake_query::rules::RulerConfig,
     /// Tokens, their scopes and tenants; without any, every route is open.
     pub auth: wake_query::auth::AuthConfig,
+    /// TLS on every listener; without a certificate, plaintext.
+    pub tls: crate::tls::TlsConfig,
 }
 
 impl Default for ServerConfig {
@@ -114,6 +124,7 @@ impl Default for ServerConfig {
             loki_rule_files: Vec::new(),
             ruler: wake_query::rules::RulerConfig::default(),
             auth: wake_query::auth::AuthConfig::default(),
+            tls: crate::tls::TlsConfig::default(),
         }
     }
 }
@@ -153,6 +164,15 @@ impl ServerConfig {
         override_with!(config.loki_rule_files, args.loki_rule_files);
         if let Some(path) = &args.tokens_file {
             config.auth.tokens_file = Some(path.clone());
+        }
+        for (flag, field) in [
+            (&args.tls_cert_file, &mut config.tls.cert_file),
+            (&args.tls_key_file, &mut config.tls.key_file),
+            (&args.tls_client_ca_file, &mut config.tls.client_ca_file),
+        ] {
+            if flag.is_some() {
+                field.clone_from(flag);
+            }
         }
         if let Some(urls) = &args.alertmanager_url {
             config.ruler.alertmanagers = urls.iter().map(AlertmanagerConfig::new).collect();
@@ -198,6 +218,14 @@ pub struct AgentArgs {
     /// A file holding the token the store wants (its `auth:` tokens).
     #[arg(long, env = "WAKE_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// With an https:// endpoint: the PEM CA of the store's certificate [default: the system's roots].
+    #[arg(long, env = "WAKE_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// The agent's PEM certificate and key, for a store that wants client certificates.
+    #[arg(long, env = "WAKE_CLIENT_CERT_FILE")]
+    pub client_cert_file: Option<PathBuf>,
+    #[arg(long, env = "WAKE_CLIENT_KEY_FILE")]
+    pub client_key_file: Option<PathBuf>,
     /// Checkpoints [default: /var/lib/wake-agent].
     #[arg(long, env = "WAKE_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
@@ -310,8 +338,15 @@ pub fn load_agent_config(args: &AgentArgs) -> anyhow::Result<AgentConfig> {
     if args.containers_dir.is_some() {
         config.containers_dir = args.containers_dir.clone();
     }
-    if args.token_file.is_some() {
-        config.token_file = args.token_file.clone();
+    for (flag, field) in [
+        (&args.token_file, &mut config.token_file),
+        (&args.ca_file, &mut config.ca_file),
+        (&args.client_cert_file, &mut config.client_cert_file),
+        (&args.client_key_file, &mut config.client_key_file),
+    ] {
+        if flag.is_some() {
+            field.clone_from(flag);
+        }
     }
     if args.node_name.is_some() {
         config.node_name = args.node_name.clone();

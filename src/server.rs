@@ -48,6 +48,9 @@ async fn ready(State(state): State<AdminState>) -> impl IntoResponse {
     }
 }
 
+/// A listener's serving task.
+type ServerTask = tokio::task::JoinHandle<std::io::Result<()>>;
+
 /// Flushes every buffered row to Parquet now, as Loki's `/flush` does: for benchmarks and
 /// before maintenance.
 async fn flush(State(state): State<AdminState>) -> impl IntoResponse {
@@ -233,17 +236,35 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         Some(auth) => router.layer(axum::middleware::from_fn_with_state(auth.clone(), wake_query::auth::layer)),
         None => router,
     };
+    let tls = crate::tls::server_config(&config.tls)?;
     let grpc_routes = wake_storage::receiver::grpc_routes(store.clone());
-    let grpc_routes = match &auth {
-        Some(_) => tonic::service::Routes::from(guarded(grpc_routes.into_axum_router())),
-        None => grpc_routes,
+    let otlp_http_app = guarded(wake_storage::receiver::http_router(store.clone()));
+    let (grpc, otlp_http): (ServerTask, ServerTask) = match &tls {
+        Some(tls) => (
+            tokio::spawn(crate::tls::serve(
+                grpc_listener,
+                guarded(grpc_routes.into_axum_router()),
+                tls.clone(),
+                stop.clone(),
+            )),
+            tokio::spawn(crate::tls::serve(http_listener, otlp_http_app, tls.clone(), stop.clone())),
+        ),
+        None => {
+            let grpc_routes = match &auth {
+                Some(_) => tonic::service::Routes::from(guarded(grpc_routes.into_axum_router())),
+                None => grpc_routes,
+            };
+            let grpc = tonic::transport::Server::builder().add_routes(grpc_routes).serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+                stopped(stop.clone()),
+            );
+            let otlp_http = axum::serve(http_listener, otlp_http_app).with_graceful_shutdown(stopped(stop.clone()));
+            (
+                tokio::spawn(async move { grpc.await.map_err(std::io::Error::other) }),
+                tokio::spawn(otlp_http.into_future()),
+            )
+        }
     };
-    let grpc = tonic::transport::Server::builder().add_routes(grpc_routes).serve_with_incoming_shutdown(
-        tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
-        stopped(stop.clone()),
-    );
-    let otlp_http = axum::serve(http_listener, guarded(wake_storage::receiver::http_router(store.clone())))
-        .with_graceful_shutdown(stopped(stop.clone()));
     let self_metrics = (!config.self_metrics_interval.is_zero()).then(|| {
         tokio::spawn(store_self_metrics(
             store.clone(),
@@ -258,11 +279,12 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         .merge(wake_query::rules::router(ruler.clone()))
         .merge(admin_router(AdminState { registry, store: store.clone() }))
         .merge(wake_storage::receiver::remote_write_router(store.clone()));
-    let query_http = axum::serve(query_listener, guarded(query_app)).with_graceful_shutdown(stopped(stop.clone()));
-
-    let grpc = tokio::spawn(grpc);
-    let otlp_http = tokio::spawn(otlp_http.into_future());
-    let query_http = tokio::spawn(query_http.into_future());
+    let query_http: ServerTask = match &tls {
+        Some(tls) => tokio::spawn(crate::tls::serve(query_listener, guarded(query_app), tls.clone(), stop.clone())),
+        None => tokio::spawn(
+            axum::serve(query_listener, guarded(query_app)).with_graceful_shutdown(stopped(stop.clone())).into_future(),
+        ),
+    };
     shutdown_signal().await;
     let _ = stop_sender.send(true);
 

@@ -40,6 +40,12 @@ pub struct AgentConfig {
     /// A file holding the token the store wants (`auth` in its config), sent as
     /// `Authorization: Bearer …`; read at start.
     pub token_file: Option<PathBuf>,
+    /// With an `https://` endpoint: the PEM CA that signed the store's certificate (default:
+    /// the system's roots)...
+    pub ca_file: Option<PathBuf>,
+    /// ...and the agent's own PEM certificate and key, for a store that wants client certificates.
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
     /// Checkpoints live here; it must survive agent restarts (a hostPath in a DaemonSet).
     pub state_dir: PathBuf,
     /// Default: the `NODE_NAME` environment variable (the downward API), else the host name.
@@ -111,6 +117,9 @@ impl Default for AgentConfig {
             podman_events_file: PathBuf::from("/run/libpod/events/events.log"),
             lifecycle_events: true,
             token_file: None,
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
             state_dir: PathBuf::from("/var/lib/wake-agent"),
             node_name: None,
             include_namespaces: Vec::new(),
@@ -229,7 +238,19 @@ impl AgentConfig {
             gzip: self.gzip_level > 0,
             gzip_level: self.gzip_level,
             token: self.token()?,
+            tls: self.client_tls()?,
         })
+    }
+
+    fn client_tls(&self) -> Result<crate::export::ClientTls> {
+        let read =
+            |path: &PathBuf| std::fs::read(path).map_err(|error| Error::Config(format!("{}: {error}", path.display())));
+        let identity_pem = match (&self.client_cert_file, &self.client_key_file) {
+            (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
+            (None, None) => None,
+            _ => return Err(Error::Config("client_cert_file and client_key_file go together".into())),
+        };
+        Ok(crate::export::ClientTls { ca_pem: self.ca_file.as_ref().map(read).transpose()?, identity_pem })
     }
 
     /// The token of `token_file`, if one is configured.

@@ -96,6 +96,25 @@ pub struct ExportConfig {
     pub gzip_level: u32,
     /// Sent as `Authorization: Bearer …` with every request when the store wants a token.
     pub token: Option<BearerToken>,
+    /// For an `https://` endpoint (gRPC): the CA that signed the store's certificate (else the
+    /// system's roots), and the agent's own certificate when the store asks for one.
+    pub tls: ClientTls,
+}
+
+/// PEM contents, read at start.
+#[derive(Clone, Default)]
+pub struct ClientTls {
+    pub ca_pem: Option<Vec<u8>>,
+    pub identity_pem: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientTls")
+            .field("ca", &self.ca_pem.is_some())
+            .field("client_certificate", &self.identity_pem.is_some())
+            .finish()
+    }
 }
 
 /// A token, kept out of `Debug` output and logs.
@@ -130,6 +149,7 @@ impl ExportConfig {
             gzip: true,
             gzip_level: DEFAULT_GZIP_LEVEL,
             token: None,
+            tls: ClientTls::default(),
         }
     }
 }
@@ -460,11 +480,21 @@ fn backoff(initial: Duration, max: Duration, retry: u32) -> Duration {
 fn grpc_transport(config: &ExportConfig) -> Result<GrpcTransport, ExportError> {
     let invalid = |why: String| ExportError::InvalidEndpoint(format!("{}: {why}", config.endpoint));
     let endpoint = Endpoint::from_shared(config.endpoint.clone()).map_err(|e| invalid(e.to_string()))?;
-    match endpoint.uri().scheme_str() {
-        Some("http") => {}
-        Some("https") => return Err(invalid("https needs TLS, which this agent is built without".into())),
-        _ => return Err(invalid("expected an http:// URL".into())),
-    }
+    let endpoint = match endpoint.uri().scheme_str() {
+        Some("http") => endpoint,
+        Some("https") => {
+            let mut tls = tonic::transport::ClientTlsConfig::new();
+            tls = match &config.tls.ca_pem {
+                Some(ca) => tls.ca_certificate(tonic::transport::Certificate::from_pem(ca)),
+                None => tls.with_native_roots(),
+            };
+            if let Some((cert, key)) = &config.tls.identity_pem {
+                tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
+            }
+            endpoint.tls_config(tls).map_err(|e| invalid(format!("TLS: {e}")))?
+        }
+        _ => return Err(invalid("expected an http:// or https:// URL".into())),
+    };
     if endpoint.uri().host().is_none_or(str::is_empty) {
         return Err(invalid("no host".into()));
     }
@@ -495,7 +525,7 @@ fn http_transport(config: &ExportConfig) -> Result<HttpTransport, ExportError> {
     let base = reqwest::Url::parse(&config.endpoint).map_err(|e| invalid(e.to_string()))?;
     match base.scheme() {
         "http" => {}
-        "https" => return Err(invalid("https needs TLS, which this agent is built without".into())),
+        "https" => return Err(invalid("OTLP/HTTP over TLS is not built in: use --protocol grpc with https://".into())),
         _ => return Err(invalid("expected an http:// URL".into())),
     }
     if base.host_str().is_none_or(str::is_empty) {
@@ -1428,7 +1458,6 @@ mod tests {
         for (endpoint, protocol) in [
             ("not a url", Protocol::Grpc),
             ("127.0.0.1:4317", Protocol::Grpc),
-            ("https://store:4317", Protocol::Grpc),
             ("not a url", Protocol::Http),
             ("https://store:4318", Protocol::Http),
             ("ftp://store:4318", Protocol::Http),
@@ -1438,6 +1467,9 @@ mod tests {
             let result = Exporter::new(ExportConfig::new(endpoint, protocol), metrics);
             assert!(matches!(result, Err(ExportError::InvalidEndpoint(_))), "{endpoint} accepted");
         }
+        // gRPC over TLS, checked against the system's roots without a CA file.
+        let metrics = ExportMetrics::new(&Registry::new()).unwrap();
+        assert!(Exporter::new(ExportConfig::new("https://store:4317", Protocol::Grpc), metrics).is_ok());
     }
 
     #[test]

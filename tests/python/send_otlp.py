@@ -4,7 +4,10 @@ Run by tests/otlp_python.rs, which then reads the data back with SQL and compare
 values below. Prints the ids the SDK generated as one JSON object on stdout, and exits non-zero
 if any export failed, so a refused export cannot pass for missing data.
 
-Usage: send_otlp.py --protocol grpc|http --endpoint URL --run-id ID
+Usage: send_otlp.py --protocol grpc|http --endpoint URL --run-id ID [--ca-file PEM] [--token T]
+
+With --ca-file the endpoint is https:// and the store's certificate is checked against that CA;
+--token is sent as `Authorization: Bearer …`.
 """
 
 import argparse
@@ -31,26 +34,34 @@ TRACE_START_NS = 1_700_000_000_123_456_789
 LOG_TIME_NS = 1_700_000_000_987_654_321
 
 
-def exporters(protocol, endpoint):
+def exporters(protocol, endpoint, ca_file=None, token=None):
+    headers = {"authorization": f"Bearer {token}"} if token else None
     if protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
-        return (
-            OTLPLogExporter(endpoint=endpoint, insecure=True),
-            OTLPSpanExporter(endpoint=endpoint, insecure=True),
-            OTLPMetricExporter(endpoint=endpoint, insecure=True),
-        )
+        if ca_file:
+            import grpc
+
+            with open(ca_file, "rb") as f:
+                credentials = grpc.ssl_channel_credentials(root_certificates=f.read())
+            options = dict(endpoint=endpoint, insecure=False, credentials=credentials, headers=headers)
+        else:
+            options = dict(endpoint=endpoint, insecure=True, headers=headers)
+        return (OTLPLogExporter(**options), OTLPSpanExporter(**options), OTLPMetricExporter(**options))
     from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
     base = endpoint.rstrip("/")
+    options = dict(headers=headers)
+    if ca_file:
+        options["certificate_file"] = ca_file
     return (
-        OTLPLogExporter(endpoint=f"{base}/v1/logs"),
-        OTLPSpanExporter(endpoint=f"{base}/v1/traces"),
-        OTLPMetricExporter(endpoint=f"{base}/v1/metrics"),
+        OTLPLogExporter(endpoint=f"{base}/v1/logs", **options),
+        OTLPSpanExporter(endpoint=f"{base}/v1/traces", **options),
+        OTLPMetricExporter(endpoint=f"{base}/v1/metrics", **options),
     )
 
 
@@ -72,6 +83,8 @@ def main():
     parser.add_argument("--protocol", choices=["grpc", "http"], required=True)
     parser.add_argument("--endpoint", required=True)
     parser.add_argument("--run-id", required=True)
+    parser.add_argument("--ca-file")
+    parser.add_argument("--token")
     args = parser.parse_args()
 
     resource = Resource.create(
@@ -83,7 +96,7 @@ def main():
             "run.id": args.run_id,
         }
     )
-    log_exporter, span_exporter, metric_exporter = exporters(args.protocol, args.endpoint)
+    log_exporter, span_exporter, metric_exporter = exporters(args.protocol, args.endpoint, args.ca_file, args.token)
     failures = []
     for exporter in (log_exporter, span_exporter, metric_exporter):
         record_results(exporter, failures)
