@@ -203,6 +203,12 @@ pub fn start_server(data_dir: &Path) -> (Child, String, String) {
 
 /// [`start_server`] with more flags (`--config <file>`, say).
 pub fn start_server_with(data_dir: &Path, extra_args: &[&std::ffi::OsStr]) -> (Child, String, String) {
+    let (child, _grpc, otlp, http) = start_server_listening(data_dir, extra_args);
+    (child, otlp, http)
+}
+
+/// [`start_server_with`], also returning the OTLP/gRPC address: (server, gRPC, OTLP/HTTP, query).
+pub fn start_server_listening(data_dir: &Path, extra_args: &[&std::ffi::OsStr]) -> (Child, String, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_wake"))
         .args([
             "server",
@@ -238,12 +244,12 @@ pub fn start_server_with(data_dir: &Path, extra_args: &[&std::ffi::OsStr]) -> (C
                         .map(str::to_string)
                         .unwrap_or_default()
                 };
-                let _ = sender.send((field("otlp_http_addr="), field("http_addr=")));
+                let _ = sender.send((field("otlp_grpc_addr="), field("otlp_http_addr="), field("http_addr=")));
             }
         }
     });
-    let (otlp, http) = receiver.recv_timeout(Duration::from_secs(60)).expect("server did not start");
-    (child, otlp, http)
+    let (grpc, otlp, http) = receiver.recv_timeout(Duration::from_secs(60)).expect("server did not start");
+    (child, grpc, otlp, http)
 }
 
 /// Sends rows `0..rows` as OTLP/HTTP protobuf batches of `batch_rows` from `clients` threads,
