@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::{AsArray, BooleanArray};
+use arrow::array::{Array, AsArray, BooleanArray};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::TimestampNanosecondType;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -43,6 +43,132 @@ pub struct RetentionConfig {
     pub eviction_order: Vec<Signal>,
     /// How often retention and the disk bound are applied.
     pub interval_secs: u64,
+    /// Shorter retention for some streams: the rows a stream selector over the table's
+    /// identity columns matches (`{k8s_namespace_name=~"dev-.*"}`) go after their own time.
+    pub overrides: Vec<RetentionOverride>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionOverride {
+    /// A LogQL stream selector; its labels are the table's string columns
+    /// (`k8s_namespace_name`, `k8s_pod_name`, `service_name`, …).
+    pub selector: String,
+    #[serde(default, deserialize_with = "optional_duration", serialize_with = "seconds")]
+    pub logs: Option<Duration>,
+    #[serde(default, deserialize_with = "optional_duration", serialize_with = "seconds")]
+    pub metrics: Option<Duration>,
+    #[serde(default, deserialize_with = "optional_duration", serialize_with = "seconds")]
+    pub spans: Option<Duration>,
+}
+
+impl RetentionOverride {
+    pub fn of(&self, signal: Signal) -> Option<Duration> {
+        match signal {
+            Signal::Logs => self.logs,
+            Signal::Metrics => self.metrics,
+            Signal::Spans => self.spans,
+        }
+        .filter(|d| !d.is_zero())
+    }
+}
+
+/// A selector compiled against a table's columns: every matcher must hold (a missing value is
+/// the empty string, as in Loki).
+#[derive(Debug, Clone)]
+pub(crate) struct RowSelector {
+    matchers: Vec<(String, Matcher)>,
+}
+
+#[derive(Debug, Clone)]
+enum Matcher {
+    Equal(String, bool),
+    Regex(regex::Regex, bool),
+}
+
+impl RowSelector {
+    pub(crate) fn compile(text: &str, signal: Signal) -> std::result::Result<RowSelector, String> {
+        let selector = logql::parse_selector(text).map_err(|e| format!("selector {text:?}: {e}"))?;
+        let schema = signal.schema();
+        let mut matchers = Vec::new();
+        for matcher in selector.matchers {
+            let column = schema
+                .field_with_name(&matcher.name)
+                .ok()
+                .filter(|f| *f.data_type() == arrow::datatypes::DataType::Utf8)
+                .ok_or_else(|| format!("selector {text:?}: {} is no string column of {signal}", matcher.name))?;
+            let compiled = match matcher.op {
+                logql::MatchOp::Eq => Matcher::Equal(matcher.value, true),
+                logql::MatchOp::Neq => Matcher::Equal(matcher.value, false),
+                op => {
+                    let regex = regex::Regex::new(&format!("^(?:{})$", matcher.value))
+                        .map_err(|e| format!("selector {text:?}: {e}"))?;
+                    Matcher::Regex(regex, matches!(op, logql::MatchOp::Re))
+                }
+            };
+            matchers.push((column.name().clone(), compiled));
+        }
+        Ok(RowSelector { matchers })
+    }
+
+    /// Which rows of `batch` the selector matches.
+    fn matches(&self, batch: &arrow::record_batch::RecordBatch) -> Result<Vec<bool>> {
+        let mut selected = vec![true; batch.num_rows()];
+        for (column, matcher) in &self.matchers {
+            let values = batch
+                .column_by_name(column)
+                .and_then(|c| c.as_string_opt::<i32>())
+                .ok_or_else(|| Error::Internal(format!("no string column {column}")))?;
+            for (row, keep) in selected.iter_mut().enumerate() {
+                if !*keep {
+                    continue;
+                }
+                let value = if values.is_null(row) { "" } else { values.value(row) };
+                *keep = match matcher {
+                    Matcher::Equal(wanted, equal) => (value == wanted) == *equal,
+                    Matcher::Regex(regex, positive) => regex.is_match(value) == *positive,
+                };
+            }
+        }
+        Ok(selected)
+    }
+}
+
+/// `file` rewritten without the rows `selector` matches that are older than `cutoff_ns`;
+/// `None` when it holds none.
+pub(crate) fn trim_matching(
+    data_dir: &std::path::Path,
+    file: &Arc<DataFile>,
+    selector: &RowSelector,
+    cutoff_ns: i64,
+    config: &StoreConfig,
+    name: &str,
+) -> Result<Option<Vec<Arc<DataFile>>>> {
+    let signal = file.signal;
+    let mut kept = Vec::new();
+    let mut removed = 0;
+    for batch in writer::read_files(std::slice::from_ref(file))? {
+        let times = batch
+            .column_by_name(signal.time_column())
+            .and_then(|c| c.as_primitive_opt::<TimestampNanosecondType>())
+            .ok_or_else(|| Error::Internal(format!("{signal} file lacks its time column")))?
+            .clone();
+        let matched = selector.matches(&batch)?;
+        let keep: BooleanArray = times
+            .iter()
+            .zip(matched)
+            .map(|(time, matched)| {
+                let gone = matched && time.is_some_and(|t| t < cutoff_ns);
+                removed += usize::from(gone);
+                Some(!gone)
+            })
+            .collect();
+        kept.push(filter_record_batch(&batch, &keep)?);
+    }
+    if removed == 0 {
+        return Ok(None);
+    }
+    writer::write_partitioned(data_dir, signal, &kept, config, name).map(Some)
 }
 
 impl Default for RetentionConfig {
@@ -55,6 +181,7 @@ impl Default for RetentionConfig {
             max_disk_bytes: 0,
             eviction_order: vec![Signal::Logs, Signal::Spans, Signal::Metrics],
             interval_secs: 60,
+            overrides: Vec::new(),
         }
     }
 }
@@ -99,6 +226,14 @@ impl RetentionConfig {
                 && keep < Duration::from_secs(3600)
             {
                 return Err(format!("{signal}: retention below one hour (one partition) is not supported"));
+            }
+            for rule in &self.overrides {
+                if let Some(keep) = rule.of(signal) {
+                    if keep < Duration::from_secs(3600) {
+                        return Err(format!("override {:?}: {signal} retention below one hour", rule.selector));
+                    }
+                    RowSelector::compile(&rule.selector, signal)?;
+                }
             }
         }
         Ok(())

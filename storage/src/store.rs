@@ -241,6 +241,9 @@ pub struct Store {
     span_metrics: Option<SpanMetricsRecorder>,
     /// The `containers` table, from the lifecycle events among the logs.
     inventory: Arc<Inventory>,
+    /// For each retention override and file: the cutoff up to which the file holds no row the
+    /// override removes, so that a pass reads again only the files the cutoff moved into.
+    retention_cleaned: Mutex<std::collections::HashMap<(usize, std::path::PathBuf), i64>>,
     /// Held open, never read: see [`lock_data_dir`].
     _data_dir_lock: std::fs::File,
 }
@@ -335,6 +338,7 @@ impl Store {
             next_file_id: AtomicU64::new(0),
             span_metrics,
             inventory,
+            retention_cleaned: Mutex::default(),
             _data_dir_lock: data_dir_lock,
         }))
     }
@@ -766,6 +770,52 @@ impl Store {
                 self.remove_files(signal, vec![file], outputs, "retention", &mut outcome).await?;
             }
         }
+        for (index, rule) in self.config.retention.overrides.iter().enumerate() {
+            for signal in Signal::ALL {
+                let Some(keep) = rule.of(signal) else { continue };
+                let selector = retention::RowSelector::compile(&rule.selector, signal).map_err(Error::Config)?;
+                let cutoff = now.saturating_sub(i64::try_from(keep.as_nanos()).unwrap_or(i64::MAX));
+                let candidates: Vec<Arc<DataFile>> = {
+                    let cleaned = self.retention_cleaned.lock();
+                    self.state
+                        .lock()
+                        .catalog
+                        .files(signal)
+                        .iter()
+                        .filter(|file| file.min_time_ns < cutoff)
+                        .filter(|file| {
+                            let needed = cutoff.min(file.max_time_ns.saturating_add(1));
+                            cleaned.get(&(index, file.path.clone())).is_none_or(|&done| done < needed)
+                        })
+                        .cloned()
+                        .collect()
+                };
+                for file in candidates {
+                    let (data_dir, config, name) =
+                        (self.config.data_dir.clone(), self.config.clone(), self.file_name("o"));
+                    let (input, selector) = (file.clone(), selector.clone());
+                    let outputs = tokio::task::spawn_blocking(move || {
+                        retention::trim_matching(&data_dir, &input, &selector, cutoff, &config, &name)
+                    })
+                    .await
+                    .map_err(|e| Error::Internal(format!("retention task failed: {e}")))??;
+                    let cleaned = |path: std::path::PathBuf| {
+                        self.retention_cleaned.lock().insert((index, path), cutoff);
+                    };
+                    match outputs {
+                        None => cleaned(file.path.clone()),
+                        Some(outputs) => {
+                            let paths: Vec<std::path::PathBuf> = outputs.iter().map(|f| f.path.clone()).collect();
+                            self.remove_files(signal, vec![file.clone()], outputs, "retention", &mut outcome).await?;
+                            self.retention_cleaned.lock().remove(&(index, file.path.clone()));
+                            for path in paths {
+                                cleaned(path);
+                            }
+                        }
+                    }
+                }
+            }
+        }
         let max_bytes = self.config.retention.max_disk_bytes;
         if max_bytes > 0 {
             let (files, total) = {
@@ -1001,6 +1051,80 @@ mod tests {
             .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
             .count();
         assert_eq!(parquet_files, store.snapshot(Signal::Logs).files.len());
+    }
+
+    fn namespaced_logs(namespace: &str, times: &[i64]) -> OtlpRequest {
+        let OtlpRequest::Logs(mut request) = logs_at(times) else { unreachable!() };
+        request.resource_logs[0].resource = Some(opentelemetry_proto::tonic::resource::v1::Resource {
+            attributes: vec![opentelemetry_proto::tonic::common::v1::KeyValue {
+                key: "k8s.namespace.name".into(),
+                value: Some(AnyValue { value: Some(any_value::Value::StringValue(namespace.into())) }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        OtlpRequest::Logs(request)
+    }
+
+    #[tokio::test]
+    async fn a_namespace_override_removes_only_its_streams_older_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        const DAY: i64 = 86_400_000_000_000;
+        let now = now_ns();
+        let retention = retention::RetentionConfig {
+            default: Some(Duration::from_secs(30 * 86400)),
+            overrides: vec![retention::RetentionOverride {
+                selector: r#"{k8s_namespace_name=~"dev-.*"}"#.into(),
+                logs: Some(Duration::from_secs(3 * 86400)),
+                metrics: None,
+                spans: None,
+            }],
+            ..Default::default()
+        };
+        let config = StoreConfig { retention, ..test_config(dir.path()) };
+        let store = Store::open(config, &prometheus::Registry::new()).unwrap();
+        let times = [now - 5 * DAY, now - 4 * DAY, now - DAY, now - 3_600_000_000_000];
+        for namespace in ["dev-a", "prod"] {
+            store.ingest(namespaced_logs(namespace, &times), None).await.unwrap();
+        }
+        store.flush(Signal::Logs).await.unwrap();
+        let outcome = store.apply_retention().await.unwrap();
+        assert_eq!(outcome.rows, 2, "the dev rows older than 3 days: {outcome:?}");
+        let batches = writer::read_files(&store.snapshot(Signal::Logs).files).unwrap();
+        let mut kept: Vec<(String, i64)> = Vec::new();
+        for batch in &batches {
+            let namespaces = batch.column_by_name(crate::schema::K8S_NAMESPACE_NAME).unwrap();
+            let namespaces = namespaces.as_any().downcast_ref::<arrow::array::StringArray>().unwrap();
+            let times = batch.column_by_name(crate::schema::TIMESTAMP).unwrap();
+            let times = times.as_any().downcast_ref::<arrow::array::TimestampNanosecondArray>().unwrap();
+            for row in 0..batch.num_rows() {
+                kept.push((namespaces.value(row).to_string(), times.value(row)));
+            }
+        }
+        kept.sort();
+        let mut expected: Vec<(String, i64)> = times.iter().map(|&t| ("prod".to_string(), t)).collect();
+        expected.extend(times[2..].iter().map(|&t| ("dev-a".to_string(), t)));
+        expected.sort();
+        assert_eq!(kept, expected);
+        // The next pass reads nothing again and removes nothing.
+        assert_eq!(store.apply_retention().await.unwrap(), RetentionOutcome::default());
+    }
+
+    #[test]
+    fn override_selectors_are_checked_against_the_tables_columns() {
+        let rule = |selector: &str| retention::RetentionConfig {
+            overrides: vec![retention::RetentionOverride {
+                selector: selector.into(),
+                logs: Some(Duration::from_secs(86400)),
+                metrics: None,
+                spans: None,
+            }],
+            ..Default::default()
+        };
+        assert!(rule(r#"{k8s_namespace_name="dev"}"#).validate().is_ok());
+        assert!(rule(r#"{no_such_column="dev"}"#).validate().is_err());
+        assert!(rule(r#"{k8s_namespace_name=~"("}"#).validate().is_err());
+        assert!(rule("not a selector").validate().is_err());
     }
 
     fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
