@@ -34,6 +34,8 @@ pub struct AgentConfig {
     /// podman's events log (`events_logger = "file"` in containers.conf), tailed for container
     /// starts, exits and removals.
     pub podman_events_file: PathBuf,
+    /// CRI-O's exit files (conmon's `--exit-dir`), read for exit codes.
+    pub crio_exits_dir: PathBuf,
     /// Send container lifecycle events (`container.start`, `container.stop`, …) for the
     /// store's inventory.
     pub lifecycle_events: bool,
@@ -115,6 +117,7 @@ impl Default for AgentConfig {
             containerd_task_root: PathBuf::from("/run/containerd/io.containerd.runtime.v2.task"),
             containers_storage_root: PathBuf::from("/var/lib/containers/storage"),
             podman_events_file: PathBuf::from("/run/libpod/events/events.log"),
+            crio_exits_dir: PathBuf::from("/var/run/crio/exits"),
             lifecycle_events: true,
             token_file: None,
             ca_file: None,

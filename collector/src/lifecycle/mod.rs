@@ -7,9 +7,10 @@
 //! - `workload`: the owning Deployment, StatefulSet, DaemonSet or Job of a pod.
 //!
 //! The runtimes are authoritative for the containers they know. A container only the kubelet
-//! log layout shows (containerd, whose state is behind its API) still gets a start when its
-//! `<restart>.log` appears and a stop when the next restart's file does or its pod's directory
-//! goes, without exit code. A loop wakes on inotify events (podman's log, Docker's configs)
+//! log layout shows still gets a start when its `<restart>.log` appears and a stop when CRI-O's
+//! conmon writes its exit code (`/var/run/crio/exits/<id>`), or when the next restart's file
+//! appears or its pod's directory goes (containerd, whose state is behind its API: without exit
+//! code). A loop wakes on inotify events (podman's log, Docker's configs)
 //! and whenever the log reader's scan saw files come or go, and every `rescan_interval`; it
 //! compares what the sources say with what it sent and sends the difference, retried until the
 //! store acknowledged it. The store merges events idempotently, so whatever is sent again
@@ -299,6 +300,16 @@ pub fn to_request(events: &[Event]) -> ExportLogsServiceRequest {
 #[derive(Default)]
 struct KubeletContainers {
     containers: HashMap<String, Facts>,
+    /// CRI-O's conmon writes each container's exit code to `<exits_dir>/<id>` when it ends.
+    exits_dir: Option<std::path::PathBuf>,
+}
+
+/// The exit code CRI-O recorded for a container, and when (the file's modification time).
+fn crio_exit(exits_dir: &std::path::Path, id: &str) -> Option<(i64, i64)> {
+    let path = exits_dir.join(id);
+    let code = std::fs::read_to_string(&path).ok()?.trim().parse().ok()?;
+    let time = std::fs::metadata(&path).ok()?.modified().ok()?;
+    Some((code, i64::try_from(time.duration_since(std::time::UNIX_EPOCH).ok()?.as_nanos()).ok()?))
 }
 
 fn created_ns(path: &std::path::Path) -> Option<i64> {
@@ -331,6 +342,14 @@ impl KubeletContainers {
                 facts
             });
             facts.image_name.clone_from(&identity.image_name);
+            if facts.state == RunState::Running
+                && let Some((code, finished)) = self.exits_dir.as_deref().and_then(|dir| crio_exit(dir, id))
+            {
+                facts.state = RunState::Exited;
+                facts.finished_at_ns = Some(finished);
+                facts.exit_code = Some(code);
+                facts.runtime = "cri-o";
+            }
             let superseded = newest.get(&key(identity)).is_some_and(|&n| n > identity.restart_count.unwrap_or(0));
             if facts.state == RunState::Running && superseded {
                 facts.state = RunState::Exited;
@@ -378,7 +397,7 @@ pub async fn run(
     let cgroups = CgroupReader::new(config.cgroup_root.clone());
     let mut podman = PodmanEvents::new(config.podman_events_file.clone(), config.containers_storage_root.clone());
     let mut docker = DockerContainers::new(config.docker_root.clone());
-    let mut kubelet = KubeletContainers::default();
+    let mut kubelet = KubeletContainers { exits_dir: Some(config.crio_exits_dir.clone()), ..Default::default() };
     let mut tracker = Tracker::default();
     let _watcher = watch_runtimes(&podman, &docker, wake.clone());
     info!(podman_events = %podman.path().display(), docker_root = %docker.root().display(), "container lifecycle started");
@@ -551,6 +570,43 @@ mod tests {
         removed.finished_at_ns = Some(40);
         removed.removed_at_ns = Some(41);
         assert_eq!(names(&tracker.diff(&removed, &named, 42)), ["container.stop", "container.remove"]);
+    }
+
+    #[test]
+    fn a_cri_container_ends_with_cri_os_exit_code_or_when_its_next_restart_appears() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = |id: &str, restart: u32| crate::discovery::Source {
+            path: dir.path().join(format!("{restart}.log")),
+            format: crate::parse::Format::Cri,
+            identity: ContainerIdentity {
+                namespace: Some("shop".into()),
+                pod_name: Some("web-0".into()),
+                container_name: Some("app".into()),
+                restart_count: Some(restart),
+                container_id: Some(id.into()),
+                ..Default::default()
+            },
+        };
+        let exits = dir.path().join("exits");
+        std::fs::create_dir_all(&exits).unwrap();
+        let mut kubelet = KubeletContainers { exits_dir: Some(exits.clone()), ..Default::default() };
+        let mut scanned: HashMap<String, crate::discovery::Source> = HashMap::from([("a".into(), source("a", 0))]);
+        kubelet.update(&scanned, 10);
+        assert_eq!(kubelet.containers["a"].state, RunState::Running);
+        std::fs::write(exits.join("a"), "137\n").unwrap();
+        kubelet.update(&scanned, 20);
+        let a = &kubelet.containers["a"];
+        assert_eq!((a.state, a.exit_code, a.runtime), (RunState::Exited, Some(137), "cri-o"));
+        // containerd: no exit file; the next restart's log ends the instance before it.
+        scanned.insert("b".into(), source("b", 1));
+        scanned.insert("c".into(), source("c", 2));
+        kubelet.update(&scanned, 30);
+        let b = &kubelet.containers["b"];
+        assert_eq!((b.state, b.exit_code, b.finished_at_ns), (RunState::Exited, None, Some(30)));
+        assert_eq!(kubelet.containers["c"].state, RunState::Running);
+        // The pod's files gone: removed.
+        kubelet.update(&HashMap::new(), 40);
+        assert_eq!(kubelet.containers["c"].removed_at_ns, Some(40));
     }
 
     #[test]
