@@ -631,16 +631,7 @@ impl Store {
             // and query takes.
             let _committing = self.committing.lock().await;
             let change = self.state.lock().catalog.with_flushed(signal, &files, through_seq);
-            let metrics = self.metrics.manifest.clone();
-            let committed = tokio::task::spawn_blocking(move || change.commit(&metrics))
-                .await
-                .map_err(|e| Error::Internal(format!("manifest task failed: {e}")))?;
-            if let Err(error) = committed {
-                for file in &files {
-                    file.retire();
-                }
-                return Err(error);
-            }
+            self.commit(change, &files).await?;
             let mut state = self.state.lock();
             state.catalog.apply_flushed(signal, files, through_seq);
             state.buffers[slot(signal)].drop_through(through_seq);
@@ -740,10 +731,7 @@ impl Store {
     pub async fn rewrite_manifest(&self) -> Result<()> {
         let _committing = self.committing.lock().await;
         let change = self.state.lock().catalog.with_checkpoint();
-        let metrics = self.metrics.manifest.clone();
-        tokio::task::spawn_blocking(move || change.commit(&metrics))
-            .await
-            .map_err(|e| Error::Internal(format!("manifest task failed: {e}")))?
+        self.commit(change, &[]).await
     }
 
     /// Applies retention to every signal, then the disk bound; returns what went.
@@ -870,20 +858,26 @@ impl Store {
     async fn replace_files(&self, signal: Signal, inputs: &[Arc<DataFile>], outputs: Vec<Arc<DataFile>>) -> Result<()> {
         let _committing = self.committing.lock().await;
         let change = self.state.lock().catalog.with_replaced(signal, inputs, &outputs);
-        let metrics = self.metrics.manifest.clone();
-        let committed = tokio::task::spawn_blocking(move || change.commit(&metrics))
-            .await
-            .map_err(|e| Error::Internal(format!("manifest task failed: {e}")))?;
-        if let Err(error) = committed {
-            for output in &outputs {
-                output.retire();
-            }
-            return Err(error);
-        }
+        self.commit(change, &outputs).await?;
         let mut state = self.state.lock();
         state.catalog.apply_replaced(signal, inputs, outputs);
         self.update_gauges(&state, signal);
         Ok(())
+    }
+
+    /// Writes and fsyncs a manifest change on a blocking thread; if it fails, the files written
+    /// for it (`new_files`) are retired, since no manifest will name them.
+    async fn commit(&self, change: crate::manifest::ManifestChange, new_files: &[Arc<DataFile>]) -> Result<()> {
+        let metrics = self.metrics.manifest.clone();
+        let committed = tokio::task::spawn_blocking(move || change.commit(&metrics))
+            .await
+            .map_err(|e| Error::Internal(format!("manifest task failed: {e}")))?;
+        if committed.is_err() {
+            for file in new_files {
+                file.retire();
+            }
+        }
+        committed
     }
 
     /// Writes down the inventory's heartbeats and applies its retention.
