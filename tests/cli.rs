@@ -6,7 +6,6 @@ use std::process::{Command, Output};
 
 use common::{WakeServer, attribute, log_request, string_value};
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
-use prost::Message;
 
 /// 2026-11-23T00:00:00Z.
 const T0_NS: u64 = 1_795_392_000_000_000_000;
@@ -43,14 +42,7 @@ fn start() -> (tempfile::TempDir, WakeServer) {
         resource.attributes.push(attribute("k8s.pod.name", "api-1"));
         resource.attributes.push(attribute("k8s.container.name", "api"));
     }
-    let response = server
-        .client()
-        .post(server.otlp_url("/v1/logs"))
-        .header("content-type", "application/x-protobuf")
-        .body(request.encode_to_vec())
-        .send()
-        .expect("POST /v1/logs");
-    assert_eq!(response.status(), 200);
+    server.post_logs(&request);
     server.wait_for_count("SELECT count(*) FROM logs", 4, std::time::Duration::from_secs(5));
     (dir, server)
 }

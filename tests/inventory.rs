@@ -18,7 +18,6 @@ use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use prost::Message;
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -281,14 +280,7 @@ fn image_filters_and_time_ranges_over_the_api_and_the_cli() {
             lifecycle("d", "redis:7", "n2", now - 24 * HOUR, None, &[digest]),
         ],
     };
-    let response = server
-        .client()
-        .post(server.otlp_url("/v1/logs"))
-        .header("content-type", "application/x-protobuf")
-        .body(request.encode_to_vec())
-        .send()
-        .expect("POST /v1/logs");
-    assert_eq!(response.status(), 200);
+    server.post_logs(&request);
     // Lifecycle events are the inventory's, not log lines.
     assert_eq!(server.count("SELECT count(*) FROM logs"), 0);
 

@@ -14,7 +14,6 @@ use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use prost::Message as _;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -64,14 +63,7 @@ fn send(server: &WakeServer, service: &str, lines: &[(u64, &str)]) {
             ..Default::default()
         }],
     };
-    let response = server
-        .client()
-        .post(server.otlp_url("/v1/logs"))
-        .header("content-type", "application/x-protobuf")
-        .body(request.encode_to_vec())
-        .send()
-        .expect("POST /v1/logs");
-    assert_eq!(response.status(), 200);
+    server.post_logs(&request);
 }
 
 /// One line as the tail sent it.

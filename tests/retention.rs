@@ -13,7 +13,6 @@ use common::{WakeServer, attribute, now_ns, string_value};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use prost::Message;
 use serde_json::Value;
 
 const HOUR: u64 = 3_600_000_000_000;
@@ -56,14 +55,7 @@ fn send_logs(server: &WakeServer, hours_ago: &[u64], per_hour: u64, now: u64) {
             ..Default::default()
         }],
     };
-    let response = server
-        .client()
-        .post(server.otlp_url("/v1/logs"))
-        .header("content-type", "application/x-protobuf")
-        .body(request.encode_to_vec())
-        .send()
-        .expect("POST /v1/logs");
-    assert_eq!(response.status(), 200, "{}", response.text().unwrap_or_default());
+    server.post_logs(&request);
 }
 
 fn wake_check(data: &Path, repair: bool) -> (bool, Value) {

@@ -347,6 +347,20 @@ impl WakeServer {
         let body = response.text().unwrap_or_default();
         assert_eq!(status, 200, "flush answered {body}\nserver log tail:\n{}", self.log_tail());
     }
+
+    /// POSTs `request` to `/v1/logs` as protobuf and expects it taken whole (200).
+    #[allow(dead_code)]
+    pub fn post_logs(&self, request: &ExportLogsServiceRequest) {
+        let response = self
+            .client
+            .post(self.otlp_url("/v1/logs"))
+            .header("content-type", "application/x-protobuf")
+            .body(request.encode_to_vec())
+            .send()
+            .expect("POST /v1/logs");
+        let status = response.status();
+        assert_eq!(status, 200, "POST /v1/logs answered {}", response.text().unwrap_or_default());
+    }
 }
 
 impl WakeProcess {
