@@ -109,6 +109,8 @@ pub struct ServerConfig {
     pub auth: wake_query::auth::AuthConfig,
     /// TLS on every listener; without a certificate, plaintext.
     pub tls: crate::tls::TlsConfig,
+    /// How many tenants, and the limits of named ones.
+    pub tenants: wake_storage::TenantsConfig<wake_query::QueryLimitOverrides>,
 }
 
 impl Default for ServerConfig {
@@ -125,6 +127,7 @@ impl Default for ServerConfig {
             ruler: wake_query::rules::RulerConfig::default(),
             auth: wake_query::auth::AuthConfig::default(),
             tls: crate::tls::TlsConfig::default(),
+            tenants: wake_storage::TenantsConfig::default(),
         }
     }
 }
@@ -180,6 +183,14 @@ impl ServerConfig {
         config.store.validate().context("invalid configuration")?;
         config.query.validate().context("invalid configuration")?;
         config.ruler.validate().context("invalid configuration")?;
+        config.tenants.validate().map_err(|e| anyhow::anyhow!("invalid configuration: tenants: {e}"))?;
+        for (tenant, limits) in &config.tenants.overrides {
+            limits
+                .query
+                .apply(&config.query)
+                .validate()
+                .with_context(|| format!("invalid configuration: tenants.overrides.{tenant}.query"))?;
+        }
         Ok(config)
     }
 }
@@ -218,6 +229,9 @@ pub struct AgentArgs {
     /// A file holding the token the store wants (its `auth:` tokens).
     #[arg(long, env = "WAKE_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// The tenant of this node's data, sent as X-Scope-OrgID [default: the store's default tenant].
+    #[arg(long, env = "WAKE_TENANT")]
+    pub tenant: Option<String>,
     /// With an https:// endpoint: the PEM CA of the store's certificate [default: the system's roots].
     #[arg(long, env = "WAKE_CA_FILE")]
     pub ca_file: Option<PathBuf>,
@@ -337,6 +351,9 @@ pub fn load_agent_config(args: &AgentArgs) -> anyhow::Result<AgentConfig> {
     );
     if args.containers_dir.is_some() {
         config.containers_dir = args.containers_dir.clone();
+    }
+    if args.tenant.is_some() {
+        config.tenant.clone_from(&args.tenant);
     }
     for (flag, field) in [
         (&args.token_file, &mut config.token_file),

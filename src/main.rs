@@ -8,6 +8,7 @@ mod containers;
 mod rules;
 mod server;
 mod standalone;
+mod tenancy;
 mod tls;
 mod token;
 mod traces;

@@ -1,5 +1,5 @@
-//! `wake server`: opens the store and serves OTLP/gRPC, OTLP/HTTP and the query/admin API
-//! until SIGTERM or Ctrl-C, then drains the listeners and flushes the store.
+//! `wake server`: opens the tenants' stores and serves OTLP/gRPC, OTLP/HTTP and the
+//! query/admin API until SIGTERM or Ctrl-C, then drains the listeners and flushes the stores.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,19 +18,20 @@ use tracing::{debug, error, info, warn};
 use wake_collector::time::now_unix_nano;
 use wake_query::QueryEngine;
 use wake_query::rules::{RuleSources, Ruler};
-use wake_storage::{OtlpRequest, Store};
+use wake_storage::{OtlpRequest, Store, TenantStores};
 
 use crate::config::ServerConfig;
+use crate::tenancy::{Listener, Tenancy};
 
 #[derive(Clone)]
 struct AdminState {
-    registry: Registry,
-    store: Arc<Store>,
+    tenancy: Arc<Tenancy>,
 }
 
+/// Every tenant's self-metrics: the server's own, and the other tenants' with `tenant=`.
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
     let mut body = Vec::new();
-    match TextEncoder::new().encode(&state.registry.gather(), &mut body) {
+    match TextEncoder::new().encode(&state.tenancy.stores.gather(), &mut body) {
         Ok(()) => (StatusCode::OK, [(header::CONTENT_TYPE, TextEncoder::new().format_type().to_string())], body),
         Err(error) => (
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -41,7 +42,7 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
 }
 
 async fn ready(State(state): State<AdminState>) -> impl IntoResponse {
-    if state.store.is_shutting_down() {
+    if state.tenancy.stores.default_store().is_shutting_down() {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
     } else {
         (StatusCode::OK, "ready\n")
@@ -51,34 +52,15 @@ async fn ready(State(state): State<AdminState>) -> impl IntoResponse {
 /// A listener's serving task.
 type ServerTask = tokio::task::JoinHandle<std::io::Result<()>>;
 
-/// Flushes every buffered row to Parquet now, as Loki's `/flush` does: for benchmarks and
-/// before maintenance.
-async fn flush(State(state): State<AdminState>) -> impl IntoResponse {
-    match state.store.flush_all().await {
-        Ok(()) => (StatusCode::OK, axum::Json(serde_json::json!({ "flushed": true }))),
-        Err(error) => (StatusCode::SERVICE_UNAVAILABLE, axum::Json(serde_json::json!({ "error": error.to_string() }))),
-    }
-}
-
-/// Applies retention and the disk bound now, rather than at the next interval.
-async fn retention(State(state): State<AdminState>) -> impl IntoResponse {
-    match state.store.apply_retention().await {
-        Ok(outcome) => (
-            StatusCode::OK,
-            axum::Json(serde_json::json!({ "files": outcome.files, "bytes": outcome.bytes, "rows": outcome.rows })),
-        ),
-        Err(error) => (StatusCode::SERVICE_UNAVAILABLE, axum::Json(serde_json::json!({ "error": error.to_string() }))),
-    }
-}
-
-fn admin_router(state: AdminState) -> Router {
+/// The routes of the query listener that are the server's, not a tenant's; every other path
+/// goes to the tenant's routers.
+fn server_router(state: AdminState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
-        .route("/api/v1/admin/flush", axum::routing::post(flush))
-        .route("/api/v1/admin/retention", axum::routing::post(retention))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(state.tenancy.dispatch(Listener::Query))
 }
 
 /// Stores the server's own metrics (the registry behind `/metrics`) in the store every
@@ -198,13 +180,14 @@ pub async fn shutdown_signal() {
 pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     let start_ns = now_unix_nano();
     let registry = Registry::new();
-    let store_config = config.store.clone();
+    let (store_config, tenants_config) = (config.store.clone(), config.tenants.clone());
     let store_registry = registry.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open(store_config, &store_registry))
+    let stores = tokio::task::spawn_blocking(move || TenantStores::open(store_config, tenants_config, &store_registry))
         .await
         .context("opening the store")?
         .context("opening the store")?;
-    let background = store.start_background();
+    stores.start_background();
+    let store = stores.default_store();
     let engine = Arc::new(
         QueryEngine::with_config(store.clone(), config.query.clone(), &registry)
             .context("starting the query engine")?,
@@ -216,11 +199,13 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     // Before `listening`: a rule file refused at start-up stops the server before any client
     // is told it is up.
     let ruler = start_ruler(&config, &engine, &store, &registry, query_listener.local_addr()?).await?;
+    let tenancy = Tenancy::new(stores, engine, ruler.clone());
     info!(
         otlp_grpc_addr = %grpc_listener.local_addr()?,
         otlp_http_addr = %http_listener.local_addr()?,
         http_addr = %query_listener.local_addr()?,
         data_dir = %config.store.data_dir.display(),
+        tenants = tenancy.stores.list().len(),
         "listening"
     );
 
@@ -237,27 +222,20 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         None => router,
     };
     let tls = crate::tls::server_config(&config.tls)?;
-    let grpc_routes = wake_storage::receiver::grpc_routes(store.clone());
-    let otlp_http_app = guarded(wake_storage::receiver::http_router(store.clone()));
+    let grpc_app = guarded(tenancy.dispatch(Listener::OtlpGrpc));
+    let otlp_http_app = guarded(tenancy.dispatch(Listener::OtlpHttp));
     let (grpc, otlp_http): (ServerTask, ServerTask) = match &tls {
         Some(tls) => (
-            tokio::spawn(crate::tls::serve(
-                grpc_listener,
-                guarded(grpc_routes.into_axum_router()),
-                tls.clone(),
-                stop.clone(),
-            )),
+            tokio::spawn(crate::tls::serve(grpc_listener, grpc_app, tls.clone(), stop.clone())),
             tokio::spawn(crate::tls::serve(http_listener, otlp_http_app, tls.clone(), stop.clone())),
         ),
         None => {
-            let grpc_routes = match &auth {
-                Some(_) => tonic::service::Routes::from(guarded(grpc_routes.into_axum_router())),
-                None => grpc_routes,
-            };
-            let grpc = tonic::transport::Server::builder().add_routes(grpc_routes).serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
-                stopped(stop.clone()),
-            );
+            let grpc = tonic::transport::Server::builder()
+                .add_routes(tonic::service::Routes::from(grpc_app))
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+                    stopped(stop.clone()),
+                );
             let otlp_http = axum::serve(http_listener, otlp_http_app).with_graceful_shutdown(stopped(stop.clone()));
             (
                 tokio::spawn(async move { grpc.await.map_err(std::io::Error::other) }),
@@ -275,14 +253,11 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         ))
     });
     let reloads = tokio::spawn(reload_on_sighup(ruler.clone(), stop.clone()));
-    let query_app = wake_query::router(engine)
-        .merge(wake_query::rules::router(ruler.clone()))
-        .merge(admin_router(AdminState { registry, store: store.clone() }))
-        .merge(wake_storage::receiver::remote_write_router(store.clone()));
+    let query_app = guarded(server_router(AdminState { tenancy: tenancy.clone() }));
     let query_http: ServerTask = match &tls {
-        Some(tls) => tokio::spawn(crate::tls::serve(query_listener, guarded(query_app), tls.clone(), stop.clone())),
+        Some(tls) => tokio::spawn(crate::tls::serve(query_listener, query_app, tls.clone(), stop.clone())),
         None => tokio::spawn(
-            axum::serve(query_listener, guarded(query_app)).with_graceful_shutdown(stopped(stop.clone())).into_future(),
+            axum::serve(query_listener, query_app).with_graceful_shutdown(stopped(stop.clone())).into_future(),
         ),
     };
     shutdown_signal().await;
@@ -296,12 +271,9 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         self_metrics.await.context("self-metrics task")?;
     }
     reloads.abort();
-    // Before the store closes: the last evaluations write through it, and the notifier sends
-    // what is queued.
-    ruler.stop().await;
-
-    store.shutdown().await.context("flushing the store at shutdown")?;
-    background.abort();
+    // Before the stores close: the last evaluations write through them, and the notifiers
+    // send what is queued.
+    tenancy.shutdown().await.context("flushing the stores at shutdown")?;
     info!("stopped");
     Ok(())
 }

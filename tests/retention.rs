@@ -179,7 +179,9 @@ fn a_lost_file_is_damage_and_repair_makes_the_store_open_clean() {
     let data = dir.path().join("data");
     let config = config(dir.path(), 3600);
     let mut server = start(&data, &config);
-    let now = now_ns();
+    // A minute into the hour, so that each hour's 20 seconds of lines stay in one partition
+    // (and one file) whatever the clock says.
+    let now = now_ns() / HOUR * HOUR + 60_000_000_000;
     send_logs(&server, &[3, 2, 1], 20, now);
     server.flush();
     server.terminate();

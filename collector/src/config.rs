@@ -42,6 +42,9 @@ pub struct AgentConfig {
     /// A file holding the token the store wants (`auth` in its config), sent as
     /// `Authorization: Bearer …`; read at start.
     pub token_file: Option<PathBuf>,
+    /// The tenant the node's data belongs to, sent as `X-Scope-OrgID` (none: the store's
+    /// default tenant, or the token's).
+    pub tenant: Option<String>,
     /// With an `https://` endpoint: the PEM CA that signed the store's certificate (default:
     /// the system's roots)...
     pub ca_file: Option<PathBuf>,
@@ -120,6 +123,7 @@ impl Default for AgentConfig {
             crio_exits_dir: PathBuf::from("/var/run/crio/exits"),
             lifecycle_events: true,
             token_file: None,
+            tenant: None,
             ca_file: None,
             client_cert_file: None,
             client_key_file: None,
@@ -241,6 +245,12 @@ impl AgentConfig {
             gzip: self.gzip_level > 0,
             gzip_level: self.gzip_level,
             token: self.token()?,
+            tenant: self
+                .tenant
+                .as_deref()
+                .map(|tenant| http::HeaderValue::from_str(tenant.trim()))
+                .transpose()
+                .map_err(|_| Error::Config("tenant holds characters a header cannot".into()))?,
             tls: self.client_tls()?,
         })
     }

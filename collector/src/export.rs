@@ -96,6 +96,9 @@ pub struct ExportConfig {
     pub gzip_level: u32,
     /// Sent as `Authorization: Bearer …` with every request when the store wants a token.
     pub token: Option<BearerToken>,
+    /// Sent as `X-Scope-OrgID` (gRPC metadata `x-scope-orgid`): the tenant whose data this is,
+    /// for a store without tokens (a token names its tenant itself).
+    pub tenant: Option<http::HeaderValue>,
     /// For an `https://` endpoint (gRPC): the CA that signed the store's certificate (else the
     /// system's roots), and the agent's own certificate when the store asks for one.
     pub tls: ClientTls,
@@ -130,6 +133,16 @@ impl BearerToken {
     }
 }
 
+/// The header that names the tenant, as Loki, Mimir and Tempo read it.
+const TENANT_HEADER: &str = "x-scope-orgid";
+
+/// What every request carries to say whose it is.
+#[derive(Clone)]
+struct Credentials {
+    token: Option<BearerToken>,
+    tenant: Option<http::HeaderValue>,
+}
+
 impl fmt::Debug for BearerToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("BearerToken(…)")
@@ -149,6 +162,7 @@ impl ExportConfig {
             gzip: true,
             gzip_level: DEFAULT_GZIP_LEVEL,
             token: None,
+            tenant: None,
             tls: ClientTls::default(),
         }
     }
@@ -347,7 +361,7 @@ impl Exporter {
             return Err(ExportError::Cancelled);
         }
         let timeout = self.inner.config.timeout;
-        let token = self.inner.config.token.clone();
+        let token = Credentials { token: self.inner.config.token.clone(), tenant: self.inner.config.tenant.clone() };
         let body = self.wire_body(encoded).await?;
         let WireBody { bytes, gzip } = body;
         match &self.inner.transport {
@@ -651,7 +665,7 @@ async fn grpc_attempt(
     body: Bytes,
     gzip: bool,
     timeout: Duration,
-    token: Option<BearerToken>,
+    token: Credentials,
     decode: fn(&[u8]) -> Result<Acknowledged, prost::DecodeError>,
 ) -> Attempt {
     use http::header::{AUTHORIZATION, CONTENT_TYPE, TE};
@@ -667,8 +681,11 @@ async fn grpc_attempt(
     if gzip {
         request = request.header("grpc-encoding", "gzip");
     }
-    if let Some(BearerToken(value)) = token {
+    if let Some(BearerToken(value)) = token.token {
         request = request.header(AUTHORIZATION, value);
+    }
+    if let Some(tenant) = token.tenant {
+        request = request.header(TENANT_HEADER, tenant);
     }
     // No grpc-accept-encoding: the store's answer is a few bytes, sent as they are.
     let request = match request.body(tonic::body::Body::new(http_body_util::Full::new(body))) {
@@ -838,7 +855,7 @@ async fn http_attempt(
     url: &reqwest::Url,
     body: Bytes,
     gzip: bool,
-    token: Option<BearerToken>,
+    token: Credentials,
     decode: fn(&[u8]) -> Result<Acknowledged, prost::DecodeError>,
 ) -> Attempt {
     use reqwest::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
@@ -847,8 +864,11 @@ async fn http_attempt(
     if gzip {
         request = request.header(CONTENT_ENCODING, "gzip");
     }
-    if let Some(BearerToken(value)) = token {
+    if let Some(BearerToken(value)) = token.token {
         request = request.header(AUTHORIZATION, value);
+    }
+    if let Some(tenant) = token.tenant {
+        request = request.header(TENANT_HEADER, tenant);
     }
     let response = match request.body(body).send().await {
         Ok(response) => response,

@@ -109,6 +109,51 @@ impl Default for QueryConfig {
     }
 }
 
+/// One tenant's query limits (`tenants.overrides.<tenant>.query`); each one unset is the
+/// server's `query:` value. The resources (memory, threads, spill) and the admission queues
+/// are the server's, shared by all tenants.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueryLimitOverrides {
+    pub timeout_secs: Option<u64>,
+    pub max_query_bytes: Option<usize>,
+    pub max_query_depth: Option<usize>,
+    pub max_samples: Option<usize>,
+    pub max_series: Option<usize>,
+    pub max_result_rows: Option<usize>,
+    pub max_result_bytes: Option<usize>,
+    pub max_entries_limit_per_query: Option<usize>,
+    pub max_query_length_secs: Option<u64>,
+    pub max_spans_per_trace: Option<usize>,
+    pub max_search_traces_inspected: Option<usize>,
+    pub max_tag_values: Option<usize>,
+}
+
+impl QueryLimitOverrides {
+    /// The server's configuration with these limits in place of its own.
+    pub fn apply(&self, server: &QueryConfig) -> QueryConfig {
+        let mut config = server.clone();
+        macro_rules! over {
+            ($($field:ident),*) => { $( if let Some(value) = self.$field { config.$field = value; } )* };
+        }
+        over!(
+            timeout_secs,
+            max_query_bytes,
+            max_query_depth,
+            max_samples,
+            max_series,
+            max_result_rows,
+            max_result_bytes,
+            max_entries_limit_per_query,
+            max_query_length_secs,
+            max_spans_per_trace,
+            max_search_traces_inspected,
+            max_tag_values
+        );
+        config
+    }
+}
+
 /// The scheduling class of the query threads (see [`QueryConfig::thread_policy`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -179,6 +224,16 @@ impl QueryConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tenant_overrides_replace_only_what_they_set() {
+        let overrides = QueryLimitOverrides { max_samples: Some(1000), ..Default::default() };
+        let server = QueryConfig::default();
+        let config = overrides.apply(&server);
+        assert_eq!(config.max_samples, 1000);
+        assert_eq!(config.max_series, server.max_series);
+        assert!(serde_json::from_str::<QueryLimitOverrides>(r#"{"threads": 4}"#).is_err(), "resources are shared");
+    }
 
     #[test]
     fn defaults_are_valid() {

@@ -15,7 +15,7 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use tracing::{debug, warn};
 use wake_storage::{Signal, Store};
 
-use crate::config::{QueryConfig, ThreadPolicy};
+use crate::config::{QueryConfig, QueryLimitOverrides, ThreadPolicy};
 use crate::error::{Error, Result};
 use crate::fulltext::TextFunction;
 use crate::limits::{Admitted, Api, Limits};
@@ -34,6 +34,7 @@ impl QueryOutput {
     }
 }
 
+#[derive(Clone)]
 struct QueryMetrics {
     queries: IntCounterVec,
     duration: HistogramVec,
@@ -68,10 +69,23 @@ fn metric_error(error: prometheus::Error) -> Error {
 pub struct QueryEngine {
     store: Arc<Store>,
     context: SessionContext,
-    runtime: Option<tokio::runtime::Runtime>,
+    /// Shared by the engines of all tenants.
+    runtime: Arc<QueryRuntime>,
     metrics: QueryMetrics,
     threads: usize,
     limits: Arc<Limits>,
+}
+
+/// The query threads; shut down without blocking when the last engine using them goes
+/// (dropping a runtime blocks, which is not allowed inside another runtime).
+struct QueryRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for QueryRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 /// Aborts a task when dropped: a query whose client went away stops instead of running on.
@@ -145,6 +159,20 @@ fn spill_dir(config: &QueryConfig, store: &Store) -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// Registers the functions and the tables over `store` in a session.
+fn tables_over(store: &Arc<Store>, context: SessionContext) -> Result<SessionContext> {
+    context.register_udf(TextFunction::matches());
+    context.register_udf(TextFunction::contains_text());
+    for signal in Signal::ALL {
+        context.register_table(signal.table_name(), Arc::new(WakeTable::new(store.clone(), signal)))?;
+    }
+    context.register_table(
+        crate::inventory::table::TABLE_NAME,
+        Arc::new(crate::inventory::ContainersTable::new(store.clone())),
+    )?;
+    Ok(context)
+}
+
 impl QueryEngine {
     pub fn new(store: Arc<Store>, registry: &Registry) -> Result<Self> {
         Self::with_config(store, QueryConfig::default(), registry)
@@ -175,16 +203,7 @@ impl QueryEngine {
             .with_temp_file_path(spill_dir(&config, &store)?)
             .with_max_temp_directory_size(config.max_spill_bytes)
             .build_arc()?;
-        let context = SessionContext::new_with_config_rt(session, runtime_env);
-        context.register_udf(TextFunction::matches());
-        context.register_udf(TextFunction::contains_text());
-        for signal in Signal::ALL {
-            context.register_table(signal.table_name(), Arc::new(WakeTable::new(store.clone(), signal)))?;
-        }
-        context.register_table(
-            crate::inventory::table::TABLE_NAME,
-            Arc::new(crate::inventory::ContainersTable::new(store.clone())),
-        )?;
+        let context = tables_over(&store, SessionContext::new_with_config_rt(session, runtime_env))?;
         let (policy, nice) = (config.thread_policy, config.thread_nice);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
@@ -198,11 +217,36 @@ impl QueryEngine {
         Ok(QueryEngine {
             store,
             context,
-            runtime: Some(runtime),
+            runtime: Arc::new(QueryRuntime(Some(runtime))),
             metrics: QueryMetrics::new(registry)?,
             threads,
             limits,
         })
+    }
+
+    /// The engine of another tenant: its tables read only `store` (that tenant's), and its
+    /// limits are `limits` applied to this engine's; the query threads, the memory pool, the
+    /// spill space and the admission queues are this engine's, shared.
+    pub fn for_tenant(&self, tenant: &str, store: Arc<Store>, limits: &QueryLimitOverrides) -> Result<QueryEngine> {
+        let config = limits.apply(self.config());
+        config.validate().map_err(|e| Error::Task(format!("tenant {tenant:?}: {e}")))?;
+        let context = tables_over(
+            &store,
+            SessionContext::new_with_config_rt(self.context.copied_config(), self.context.runtime_env()),
+        )?;
+        Ok(QueryEngine {
+            store,
+            context,
+            runtime: self.runtime.clone(),
+            metrics: self.metrics.clone(),
+            threads: self.threads,
+            limits: Arc::new(self.limits.for_tenant(tenant, config)),
+        })
+    }
+
+    /// The tenant whose data this engine reads.
+    pub fn tenant(&self) -> &str {
+        self.limits.tenant()
     }
 
     /// The limits and admission of every query API.
@@ -226,7 +270,7 @@ impl QueryEngine {
     ) -> Result<T> {
         let mut admitted: Admitted = self.limits.admit(api, query).await?;
         let timeout = self.config().timeout();
-        let result = match &self.runtime {
+        let result = match &self.runtime.0 {
             Some(runtime) => match AbortOnDrop(runtime.spawn(tokio::time::timeout(timeout, work))).await {
                 Ok(Ok(result)) => result,
                 Ok(Err(_elapsed)) => Err(Error::Timeout(timeout)),
@@ -299,7 +343,7 @@ impl QueryEngine {
         sql: &str,
         started: Instant,
     ) -> Result<T> {
-        let result = match &self.runtime {
+        let result = match &self.runtime.0 {
             Some(runtime) => AbortOnDrop(runtime.spawn(run)).await.unwrap_or_else(|e| Err(Error::Task(e.to_string()))),
             None => Err(Error::Task("the query engine is shut down".into())),
         };
@@ -388,15 +432,6 @@ async fn read_only_frame(
     let plan = state.statement_to_plan(statement).await?;
     ensure_read_only(&plan)?;
     Ok(context.execute_logical_plan(plan).await?)
-}
-
-impl Drop for QueryEngine {
-    fn drop(&mut self) {
-        // Dropping a runtime blocks, which is not allowed inside another runtime.
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
-        }
-    }
 }
 
 /// Refuses DDL (`CREATE [EXTERNAL] TABLE`, `DROP`…), DML (`INSERT`, `COPY`…) and statements

@@ -41,7 +41,7 @@ pub mod rules;
 mod table;
 pub mod traces;
 
-pub use config::{ConfigError, QueryConfig, ThreadPolicy};
+pub use config::{ConfigError, QueryConfig, QueryLimitOverrides, ThreadPolicy};
 pub use engine::{QueryEngine, QueryOutput};
 pub use error::{Error, Result};
 pub use http::router;

@@ -75,6 +75,7 @@ impl Drop for Waiting<'_> {
 #[derive(Debug, Clone, Serialize)]
 pub struct ActiveQuery {
     pub id: u64,
+    pub tenant: String,
     pub api: Api,
     pub query: String,
     /// Unix seconds.
@@ -86,8 +87,16 @@ pub struct ActiveQuery {
 /// The text kept of a query in the active list and the slow-query log.
 const LOGGED_QUERY_BYTES: usize = 4096;
 
+/// A tenant's limits: its own query limits, over the admission that all tenants share (the
+/// queues and the concurrency bound protect the server, whoever asks).
 pub struct Limits {
     config: QueryConfig,
+    tenant: String,
+    shared: Arc<Shared>,
+}
+
+/// The server's admission: one per process.
+struct Shared {
     gates: [Gate; Api::ALL.len()],
     /// Open live tails, `query.max_concurrent_tail_requests` at most.
     tails: Arc<Semaphore>,
@@ -97,6 +106,7 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// The default tenant's limits; other tenants' come from [`Limits::for_tenant`].
     pub fn new(config: QueryConfig, registry: &Registry) -> Result<Self> {
         let gate =
             || Gate { running: Arc::new(Semaphore::new(config.max_concurrent_queries)), waiting: AtomicUsize::new(0) };
@@ -108,14 +118,23 @@ impl Limits {
         registry
             .register(Box::new(hits.clone()))
             .map_err(|e| Error::Task(format!("registering limit metrics: {e}")))?;
-        Ok(Limits {
+        let shared = Shared {
             gates: std::array::from_fn(|_| gate()),
             tails: Arc::new(Semaphore::new(config.max_concurrent_tail_requests)),
-            config,
             next_id: AtomicU64::new(1),
             active: Mutex::new(BTreeMap::new()),
             hits,
-        })
+        };
+        Ok(Limits { config, tenant: wake_storage::DEFAULT_TENANT.to_string(), shared: Arc::new(shared) })
+    }
+
+    /// A tenant's limits (`config` holds its query limits) within this server's admission.
+    pub fn for_tenant(&self, tenant: &str, config: QueryConfig) -> Limits {
+        Limits { config, tenant: tenant.to_string(), shared: self.shared.clone() }
+    }
+
+    pub fn tenant(&self) -> &str {
+        &self.tenant
     }
 
     pub fn config(&self) -> &QueryConfig {
@@ -124,7 +143,7 @@ impl Limits {
 
     /// Counts a limit that stopped a query.
     pub fn hit(&self, api: Api, limit: &str) {
-        self.hits.with_label_values(&[api.name(), limit]).inc();
+        self.shared.hits.with_label_values(&[api.name(), limit]).inc();
     }
 
     /// Checks the query text, then waits for a turn to run: at once when fewer than
@@ -142,7 +161,7 @@ impl Limits {
                 ),
             });
         }
-        let gate = &self.gates[api.index()];
+        let gate = &self.shared.gates[api.index()];
         let permit = match gate.running.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
@@ -162,10 +181,14 @@ impl Limits {
                 }
             }
         };
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let started = wake_collector::time::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
         let query = truncated(query, LOGGED_QUERY_BYTES).to_string();
-        self.active.lock().insert(id, ActiveQuery { id, api, query, started, started_at: Instant::now() });
+        let tenant = self.tenant.clone();
+        self.shared
+            .active
+            .lock()
+            .insert(id, ActiveQuery { id, tenant, api, query, started, started_at: Instant::now() });
         Ok(Admitted { limits: self.clone(), id, api, _permit: permit, outcome: None })
     }
 
@@ -173,7 +196,7 @@ impl Limits {
     /// Loki: a tail waits for lines, not for its turn, and a client that is refused retries after
     /// `Retry-After`.
     pub fn admit_tail(&self) -> Result<TailPermit> {
-        match self.tails.clone().try_acquire_owned() {
+        match self.shared.tails.clone().try_acquire_owned() {
             Ok(permit) => Ok(TailPermit { _permit: permit }),
             Err(_) => {
                 self.hit(Api::Loki, "max_concurrent_tail_requests");
@@ -182,9 +205,15 @@ impl Limits {
         }
     }
 
-    /// The queries running now, oldest first, with how long each has run.
+    /// This tenant's queries running now, oldest first, with how long each has run.
     pub fn active(&self) -> Vec<(ActiveQuery, Duration)> {
-        self.active.lock().values().map(|query| (query.clone(), query.started_at.elapsed())).collect()
+        self.shared
+            .active
+            .lock()
+            .values()
+            .filter(|query| query.tenant == self.tenant)
+            .map(|query| (query.clone(), query.started_at.elapsed()))
+            .collect()
     }
 }
 
@@ -219,7 +248,7 @@ impl Admitted {
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        let Some(query) = self.limits.active.lock().remove(&self.id) else { return };
+        let Some(query) = self.limits.shared.active.lock().remove(&self.id) else { return };
         let elapsed = query.started_at.elapsed();
         let outcome = self.outcome.unwrap_or("cancelled");
         if outcome == "cancelled" {
@@ -227,9 +256,9 @@ impl Drop for Admitted {
         }
         let elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
         if elapsed_ms >= self.limits.config.slow_query_ms {
-            warn!(target: "wake::slow_query", api = self.api.name(), elapsed_ms, outcome, query = %query.query, "slow query");
+            warn!(target: "wake::slow_query", tenant = %query.tenant, api = self.api.name(), elapsed_ms, outcome, query = %query.query, "slow query");
         } else if outcome != "ok" {
-            info!(api = self.api.name(), elapsed_ms, outcome, query = %query.query, "query stopped");
+            info!(tenant = %query.tenant, api = self.api.name(), elapsed_ms, outcome, query = %query.query, "query stopped");
         }
     }
 }
@@ -289,7 +318,7 @@ mod tests {
         assert!(matches!(error, Error::Overloaded { .. }));
         assert_eq!(started.elapsed(), Duration::from_secs(3));
         // It left the queue: the next one may wait again.
-        assert_eq!(limits.gates[Api::Prometheus.index()].waiting.load(Ordering::Acquire), 0);
+        assert_eq!(limits.shared.gates[Api::Prometheus.index()].waiting.load(Ordering::Acquire), 0);
     }
 
     #[tokio::test]
@@ -297,7 +326,7 @@ mod tests {
         let limits = limits(QueryConfig { max_query_bytes: 1024, ..QueryConfig::default() });
         let error = limits.admit(Api::Loki, &"x".repeat(1025)).await.err().expect("too long");
         assert!(error.to_string().contains("query.max_query_bytes"), "{error}");
-        assert_eq!(limits.hits.with_label_values(&["loki", "max_query_bytes"]).get(), 1);
+        assert_eq!(limits.shared.hits.with_label_values(&["loki", "max_query_bytes"]).get(), 1);
     }
 
     #[test]
@@ -309,12 +338,12 @@ mod tests {
         assert!(matches!(refused, Error::TooManyTails { max: 2 }), "{refused}");
         assert!(refused.to_string().contains("(3 > 2)"), "{refused}");
         assert!(limits.admit_tail().is_err(), "still full");
-        assert_eq!(limits.hits.with_label_values(&["loki", "max_concurrent_tail_requests"]).get(), 2);
+        assert_eq!(limits.shared.hits.with_label_values(&["loki", "max_concurrent_tail_requests"]).get(), 2);
         // Tails are not queries: a full tail limit leaves the Loki API's turns alone.
-        assert_eq!(limits.gates[Api::Loki.index()].running.available_permits(), 16);
+        assert_eq!(limits.shared.gates[Api::Loki.index()].running.available_permits(), 16);
         drop(first);
         let _third = limits.admit_tail().expect("a closed tail frees its place");
-        assert_eq!(limits.hits.with_label_values(&["loki", "max_concurrent_tail_requests"]).get(), 2);
+        assert_eq!(limits.shared.hits.with_label_values(&["loki", "max_concurrent_tail_requests"]).get(), 2);
     }
 
     #[test]

@@ -64,6 +64,14 @@ pub struct StoreConfig {
     pub inventory: crate::inventory::InventoryConfig,
     /// How long each signal is kept, and the bound on the bytes of all files.
     pub retention: crate::retention::RetentionConfig,
+    /// Bytes per second of OTLP and remote-write requests (their protobuf size) this store
+    /// accepts on average; beyond, ingest answers "retry later" (HTTP 429, gRPC UNAVAILABLE).
+    /// 0: no bound. Set per tenant under `tenants.overrides`, as Loki's `ingestion_rate_mb`.
+    pub ingestion_rate_bytes: u64,
+    /// Bytes accepted at once above the average, as Loki's `ingestion_burst_size_mb`; 0: the
+    /// larger of `ingestion_rate_bytes` and `max_request_bytes`, so that any accepted request
+    /// can pass.
+    pub ingestion_burst_bytes: u64,
 }
 
 impl Default for StoreConfig {
@@ -97,6 +105,8 @@ impl Default for StoreConfig {
             span_metrics: crate::spanmetrics::SpanMetricsConfig::default(),
             inventory: crate::inventory::InventoryConfig::default(),
             retention: crate::retention::RetentionConfig::default(),
+            ingestion_rate_bytes: 0,
+            ingestion_burst_bytes: 0,
         }
     }
 }
@@ -166,7 +176,25 @@ impl StoreConfig {
                 return fail(format!("{name} must be 0 (no bound) or between 60 and 3153600000, got {secs}"));
             }
         }
+        if self.ingestion_rate_bytes > 0
+            && self.ingestion_burst_bytes > 0
+            && self.ingestion_burst_bytes < self.max_request_bytes as u64
+        {
+            return fail(format!(
+                "ingestion_burst_bytes ({}) must be at least max_request_bytes ({}), or a request \
+                 the store accepts could never pass",
+                self.ingestion_burst_bytes, self.max_request_bytes
+            ));
+        }
         Ok(())
+    }
+
+    /// The burst of the ingestion rate limit (see `ingestion_burst_bytes`).
+    pub fn ingestion_burst(&self) -> u64 {
+        match self.ingestion_burst_bytes {
+            0 => self.ingestion_rate_bytes.max(self.max_request_bytes as u64),
+            burst => burst,
+        }
     }
 
     /// The accepted time window of records.

@@ -32,6 +32,12 @@ pub enum Error {
     #[error("the store is over its memory budget ({buffered_bytes} bytes buffered), retry later")]
     Backpressure { buffered_bytes: usize },
 
+    #[error(
+        "ingestion rate limit exceeded: {rate_bytes} bytes/s with a burst of {burst_bytes} bytes \
+         (ingestion_rate_bytes), retry later"
+    )]
+    RateLimited { rate_bytes: u64, burst_bytes: u64 },
+
     #[error("not enough free disk space in {path}: {available_bytes} bytes available, {required_bytes} required")]
     DiskFull { path: PathBuf, available_bytes: u64, required_bytes: u64 },
 
@@ -93,7 +99,9 @@ impl Error {
             Error::InvalidRequest(_) | Error::FullTextQuery { .. } => ErrorClass::BadRequest,
             Error::RequestTooLarge { .. } | Error::RowsTooLarge { .. } => ErrorClass::TooLarge,
             Error::UnsupportedContentType(_) => ErrorClass::UnsupportedMediaType,
-            Error::Backpressure { .. } | Error::DiskFull { .. } | Error::ShuttingDown => ErrorClass::Unavailable,
+            Error::Backpressure { .. } | Error::RateLimited { .. } | Error::DiskFull { .. } | Error::ShuttingDown => {
+                ErrorClass::Unavailable
+            }
             // A full disk or quota surfaces as an i/o error from write or fsync: it is transient
             // from the client's point of view, so it must be retried, not dropped.
             Error::Io { source, .. } if is_out_of_space(source) => ErrorClass::Unavailable,
@@ -104,7 +112,7 @@ impl Error {
     /// Seconds a client should wait before retrying an `Unavailable` error.
     pub fn retry_after_secs(&self) -> u64 {
         match self {
-            Error::Backpressure { .. } => 1,
+            Error::Backpressure { .. } | Error::RateLimited { .. } => 1,
             Error::ShuttingDown => 5,
             _ => 5,
         }

@@ -15,8 +15,11 @@
 //! - `series`: the `series_id` of metric rows, a stable hash of their series identity.
 //! - `wal`: the write-ahead log, its group-commit thread and replay.
 //! - `store`: ingest, buffers, flush, snapshots and shutdown; runs compaction passes.
+//! - `tenants`: one store per tenant under the data dir, their limits and merged metrics.
+//! - `rate`: the token bucket of the ingestion rate limit.
 //! - `check`: `wake check`, the store's files and logs checked against each other.
 //! - `retention`: which files retention and the disk bound drop or trim.
+//! - `deletion`: deletion requests (Loki's and Prometheus' APIs), durable, then executed.
 //! - `compaction`: which files to merge, and the merge (streaming when the inputs are sorted).
 //! - `writer`: hour-partitioned, sorted Parquet files and their full-text indexes.
 //! - `catalog`: the files of each table, and when replaced files may be deleted.
@@ -34,6 +37,7 @@ pub mod check;
 mod compaction;
 mod config;
 mod convert;
+pub mod deletion;
 mod error;
 mod framing;
 pub mod fulltext;
@@ -41,12 +45,14 @@ pub mod inventory;
 mod manifest;
 mod metrics;
 pub mod prompb;
+mod rate;
 pub mod receiver;
 pub mod retention;
 pub mod schema;
 pub mod series;
 pub mod spanmetrics;
 mod store;
+pub mod tenants;
 mod wal;
 mod writer;
 
@@ -57,6 +63,7 @@ pub use error::{Error, ErrorClass, Result};
 pub use metrics::StorageMetrics;
 pub use schema::Signal;
 pub use store::{IngestOutcome, OtlpRequest, RetentionOutcome, Store, TableSnapshot, now_ns};
+pub use tenants::{DEFAULT_TENANT, TenantError, TenantLimits, TenantStores, TenantsConfig};
 
 /// Entry points for the fuzz targets under `fuzz/`: the steps ingest runs on a client's bytes
 /// that are not public otherwise. Not an API: nothing outside `fuzz/` may rely on it.

@@ -13,6 +13,7 @@ pub struct StorageMetrics {
     pub records_ingested: IntCounterVec,
     pub bytes_ingested: IntCounterVec,
     pub records_rejected: IntCounterVec,
+    pub rate_limited: IntCounterVec,
     pub requests: IntCounterVec,
     pub buffered_bytes: IntGaugeVec,
     pub files: IntGaugeVec,
@@ -69,6 +70,11 @@ impl StorageMetrics {
             records_rejected: counter(
                 "wake_server_records_rejected_total",
                 "Records refused as invalid and reported in partial_success, by signal",
+                &["signal"],
+            )?,
+            rate_limited: counter(
+                "wake_server_rate_limited_requests_total",
+                "Ingest requests refused by the ingestion rate limit (ingestion_rate_bytes), by signal",
                 &["signal"],
             )?,
             requests: counter(

@@ -89,6 +89,15 @@ enum Matcher {
 impl RowSelector {
     pub(crate) fn compile(text: &str, signal: Signal) -> std::result::Result<RowSelector, String> {
         let selector = logql::parse_selector(text).map_err(|e| format!("selector {text:?}: {e}"))?;
+        Self::from_matchers(text, selector, signal)
+    }
+
+    /// The selector `selector`, parsed from `text`, over `signal`'s string columns.
+    pub(crate) fn from_matchers(
+        text: &str,
+        selector: logql::StreamSelector,
+        signal: Signal,
+    ) -> std::result::Result<RowSelector, String> {
         let schema = signal.schema();
         let mut matchers = Vec::new();
         for matcher in selector.matchers {
@@ -112,7 +121,7 @@ impl RowSelector {
     }
 
     /// Which rows of `batch` the selector matches.
-    fn matches(&self, batch: &arrow::record_batch::RecordBatch) -> Result<Vec<bool>> {
+    pub(crate) fn matches(&self, batch: &arrow::record_batch::RecordBatch) -> Result<Vec<bool>> {
         let mut selected = vec![true; batch.num_rows()];
         for (column, matcher) in &self.matchers {
             let values = batch
@@ -144,6 +153,26 @@ pub(crate) fn trim_matching(
     config: &StoreConfig,
     name: &str,
 ) -> Result<Option<Vec<Arc<DataFile>>>> {
+    rewrite_without(data_dir, file, config, name, |batch, time| {
+        Ok(selector
+            .matches(batch)?
+            .into_iter()
+            .zip(time)
+            .map(|(matched, t)| matched && t.is_some_and(|t| t < cutoff_ns))
+            .collect())
+    })
+}
+
+/// `file` rewritten without the rows `gone` picks (it is given each batch and the rows' times,
+/// and answers one decision per row); `None` when it picks none. Retention's overrides and
+/// deletion requests both rewrite files this way.
+pub(crate) fn rewrite_without(
+    data_dir: &std::path::Path,
+    file: &Arc<DataFile>,
+    config: &StoreConfig,
+    name: &str,
+    mut gone: impl FnMut(&arrow::record_batch::RecordBatch, Vec<Option<i64>>) -> Result<Vec<bool>>,
+) -> Result<Option<Vec<Arc<DataFile>>>> {
     let signal = file.signal;
     let mut kept = Vec::new();
     let mut removed = 0;
@@ -151,18 +180,10 @@ pub(crate) fn trim_matching(
         let times = batch
             .column_by_name(signal.time_column())
             .and_then(|c| c.as_primitive_opt::<TimestampNanosecondType>())
-            .ok_or_else(|| Error::Internal(format!("{signal} file lacks its time column")))?
-            .clone();
-        let matched = selector.matches(&batch)?;
-        let keep: BooleanArray = times
-            .iter()
-            .zip(matched)
-            .map(|(time, matched)| {
-                let gone = matched && time.is_some_and(|t| t < cutoff_ns);
-                removed += usize::from(gone);
-                Some(!gone)
-            })
-            .collect();
+            .ok_or_else(|| Error::Internal(format!("{signal} file lacks its time column")))?;
+        let picked = gone(&batch, times.iter().collect())?;
+        removed += picked.iter().filter(|&&p| p).count();
+        let keep: BooleanArray = picked.into_iter().map(|p| Some(!p)).collect();
         kept.push(filter_record_batch(&batch, &keep)?);
     }
     if removed == 0 {

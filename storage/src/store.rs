@@ -83,6 +83,15 @@ impl OtlpRequest {
         })
     }
 
+    /// The request's protobuf size, without encoding it.
+    pub fn encoded_len(&self) -> usize {
+        match self {
+            OtlpRequest::Logs(request) => request.encoded_len(),
+            OtlpRequest::Metrics(request) => request.encoded_len(),
+            OtlpRequest::Traces(request) => request.encoded_len(),
+        }
+    }
+
     fn encode_protobuf(&self) -> Vec<u8> {
         match self {
             OtlpRequest::Logs(request) => request.encode_to_vec(),
@@ -244,6 +253,14 @@ pub struct Store {
     /// For each retention override and file: the cutoff up to which the file holds no row the
     /// override removes, so that a pass reads again only the files the cutoff moved into.
     retention_cleaned: Mutex<std::collections::HashMap<(usize, std::path::PathBuf), i64>>,
+    /// The ingestion rate limit (`ingestion_rate_bytes`).
+    ingestion_bucket: Mutex<crate::rate::TokenBucket>,
+    /// The bound on the bytes of all files: `retention.max_disk_bytes`, or this tenant's share
+    /// of it when several tenants share the data dir (see [`crate::tenants`]). 0: no bound.
+    disk_bound: AtomicU64,
+    /// The deletion requests (`deletes.json`); held while one is recorded or executed.
+    deletes: tokio::sync::Mutex<crate::deletion::DeleteLog>,
+    next_request_id: AtomicU64,
     /// Held open, never read: see [`lock_data_dir`].
     _data_dir_lock: std::fs::File,
 }
@@ -326,6 +343,13 @@ impl Store {
         let inventory = Arc::new(Inventory::open(&data_dir, config.inventory.clone(), metrics.inventory.clone())?);
         let wal = Wal::start(&wal_dir, max_seq + 1, metrics.wal.clone(), sink)?;
         let span_metrics = SpanMetricsRecorder::new(&config.span_metrics, registry)?;
+        let ingestion_bucket = Mutex::new(crate::rate::TokenBucket::new(
+            config.ingestion_rate_bytes,
+            config.ingestion_burst(),
+            Instant::now(),
+        ));
+        let disk_bound = AtomicU64::new(config.retention.max_disk_bytes);
+        let deletes = tokio::sync::Mutex::new(crate::deletion::DeleteLog::load(&data_dir)?);
         Ok(Arc::new(Store {
             config,
             state,
@@ -339,6 +363,10 @@ impl Store {
             span_metrics,
             inventory,
             retention_cleaned: Mutex::default(),
+            ingestion_bucket,
+            disk_bound,
+            deletes,
+            next_request_id: AtomicU64::new(0),
             _data_dir_lock: data_dir_lock,
         }))
     }
@@ -373,6 +401,14 @@ impl Store {
             return Err(Error::Backpressure { buffered_bytes });
         }
         self.check_free_space()?;
+        let request_bytes = raw_protobuf.as_ref().map_or_else(|| request.encoded_len(), Bytes::len) as u64;
+        if !self.ingestion_bucket.lock().try_take(request_bytes, Instant::now()) {
+            self.metrics.rate_limited.with_label_values(&[signal.table_name()]).inc();
+            return Err(Error::RateLimited {
+                rate_bytes: self.config.ingestion_rate_bytes,
+                burst_bytes: self.config.ingestion_burst(),
+            });
+        }
         // A request whose rows would take far more memory than its bytes is refused before it
         // is converted (128 KB of records under one 64 KB resource attribute would be 2 GB).
         let converted_limit = self.config.max_request_bytes.saturating_mul(MAX_EXPANSION);
@@ -556,6 +592,10 @@ impl Store {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             while !keeper.shutting_down.load(Ordering::SeqCst) {
                 tick.tick().await;
+                // Deletion requests a crash or a failure left unfinished, first.
+                if let Err(error) = keeper.process_deletes().await {
+                    warn!(%error, "executing deletion requests failed; will retry");
+                }
                 if let Err(error) = keeper.apply_retention().await {
                     warn!(%error, "retention failed; will retry");
                 }
@@ -804,7 +844,7 @@ impl Store {
                 }
             }
         }
-        let max_bytes = self.config.retention.max_disk_bytes;
+        let max_bytes = self.disk_bound();
         if max_bytes > 0 {
             let (files, total) = {
                 let state = self.state.lock();
@@ -889,6 +929,136 @@ impl Store {
             Ok(Err(error)) => warn!(%error, "persisting the inventory failed; will retry"),
             Err(error) => warn!(%error, "inventory task failed"),
         }
+    }
+
+    /// Records a deletion request durably, then executes it: when this returns, no query sees
+    /// the rows it names that were acknowledged before it.
+    pub async fn request_delete(
+        &self,
+        target: crate::deletion::DeleteTarget,
+        start_ns: i64,
+        end_ns: i64,
+    ) -> Result<crate::deletion::DeleteRequest> {
+        use crate::deletion::{DeleteRequest, DeleteStatus, RowPredicate};
+        if start_ns > end_ns {
+            return Err(Error::InvalidRequest(format!(
+                "the deletion's start ({start_ns}) is after its end ({end_ns})"
+            )));
+        }
+        RowPredicate::compile(&target).map_err(Error::InvalidRequest)?;
+        let created_at_ns = now_ns();
+        let request = DeleteRequest {
+            request_id: format!(
+                "{:x}{:02x}",
+                created_at_ns,
+                self.next_request_id.fetch_add(1, Ordering::Relaxed) % 256
+            ),
+            target,
+            start_ns,
+            end_ns,
+            created_at_ns,
+            status: DeleteStatus::Received,
+        };
+        {
+            let mut log = self.deletes.lock().await;
+            log.requests.push(request.clone());
+            if let Err(error) = self.save_deletes(&log).await {
+                log.requests.pop();
+                return Err(error);
+            }
+        }
+        info!(request_id = %request.request_id, signal = %request.target.signal(), query = %request.target.query(), start_ns, end_ns, "deletion requested");
+        self.process_deletes().await?;
+        let log = self.deletes.lock().await;
+        Ok(log.requests.iter().find(|r| r.request_id == request.request_id).cloned().unwrap_or(request))
+    }
+
+    async fn save_deletes(&self, log: &crate::deletion::DeleteLog) -> Result<()> {
+        let snapshot = crate::deletion::DeleteLog { requests: log.requests.clone() };
+        let data_dir = self.config.data_dir.clone();
+        tokio::task::spawn_blocking(move || snapshot.save(&data_dir))
+            .await
+            .map_err(|e| Error::Internal(format!("deletion log task failed: {e}")))?
+    }
+
+    /// Every deletion request of this store, oldest first.
+    pub async fn delete_requests(&self) -> Vec<crate::deletion::DeleteRequest> {
+        self.deletes.lock().await.requests.clone()
+    }
+
+    /// Cancels a request that is not executed yet: `Ok(false)` when there is none by that id,
+    /// an error when it is already processed (its rows are gone).
+    pub async fn cancel_delete(&self, request_id: &str) -> Result<bool> {
+        let mut log = self.deletes.lock().await;
+        let Some(position) = log.requests.iter().position(|r| r.request_id == request_id) else { return Ok(false) };
+        if log.requests[position].status == crate::deletion::DeleteStatus::Processed {
+            return Err(Error::InvalidRequest(format!(
+                "deletion request {request_id} is already processed; its data is gone"
+            )));
+        }
+        let removed = log.requests.remove(position);
+        if let Err(error) = self.save_deletes(&log).await {
+            log.requests.insert(position, removed);
+            return Err(error);
+        }
+        Ok(true)
+    }
+
+    /// Executes every deletion request not yet processed: flushes the buffers, then rewrites
+    /// each overlapping file without the request's rows.
+    pub async fn process_deletes(&self) -> Result<()> {
+        use crate::deletion::{DeleteStatus, RowPredicate};
+        let mut log = self.deletes.lock().await;
+        if log.requests.iter().all(|r| r.status == DeleteStatus::Processed) {
+            return Ok(());
+        }
+        self.flush_all().await?;
+        let _compacting = self.compacting.lock().await;
+        for index in 0..log.requests.len() {
+            let request = log.requests[index].clone();
+            if request.status == DeleteStatus::Processed {
+                continue;
+            }
+            let signal = request.target.signal();
+            let predicate = Arc::new(RowPredicate::compile(&request.target).map_err(Error::InvalidRequest)?);
+            let files: Vec<Arc<DataFile>> = self
+                .state
+                .lock()
+                .catalog
+                .files(signal)
+                .iter()
+                .filter(|f| f.min_time_ns <= request.end_ns && f.max_time_ns >= request.start_ns)
+                .cloned()
+                .collect();
+            let mut outcome = RetentionOutcome::default();
+            for file in files {
+                let (data_dir, config, name) = (self.config.data_dir.clone(), self.config.clone(), self.file_name("d"));
+                let (input, predicate) = (file.clone(), predicate.clone());
+                let range = (request.start_ns, request.end_ns);
+                let outputs = tokio::task::spawn_blocking(move || {
+                    crate::deletion::rewrite(&data_dir, &input, &predicate, range, &config, &name)
+                })
+                .await
+                .map_err(|e| Error::Internal(format!("deletion task failed: {e}")))??;
+                if let Some(outputs) = outputs {
+                    self.remove_files(signal, vec![file], outputs, "delete", &mut outcome).await?;
+                }
+            }
+            log.requests[index].status = DeleteStatus::Processed;
+            self.save_deletes(&log).await?;
+            info!(request_id = %request.request_id, rows = outcome.rows, files = outcome.files, "deletion processed");
+        }
+        Ok(())
+    }
+
+    /// The bound on the bytes of this store's files that retention keeps (0: none).
+    pub fn disk_bound(&self) -> u64 {
+        self.disk_bound.load(Ordering::Relaxed)
+    }
+
+    /// Changes the disk bound: a tenant's share of it moves when tenants come and go.
+    pub fn set_disk_bound(&self, bytes: u64) {
+        self.disk_bound.store(bytes, Ordering::Relaxed);
     }
 
     pub fn is_shutting_down(&self) -> bool {

@@ -7,9 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Scope;
 
-/// The tenant of tokens that name none, and of data written before tenants (Mimir's name for
-/// it; Loki without `auth_enabled` calls it `fake`).
-pub const DEFAULT_TENANT: &str = "anonymous";
+pub use wake_storage::DEFAULT_TENANT;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

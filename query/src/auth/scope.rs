@@ -36,6 +36,24 @@ pub enum Refusal {
     Unauthenticated(&'static str),
     /// A known token without the scope (or for another tenant): 403.
     Forbidden(String),
+    /// `X-Scope-OrgID` names no valid tenant: 400.
+    InvalidTenant(String),
+    /// The tenant cannot be served now (too many tenants, its store does not open): 429 or 503.
+    TenantUnavailable { message: String, too_many: bool },
+}
+
+impl From<wake_storage::TenantError> for Refusal {
+    fn from(error: wake_storage::TenantError) -> Self {
+        match error {
+            wake_storage::TenantError::InvalidName(message) => Refusal::InvalidTenant(message),
+            wake_storage::TenantError::TooManyTenants { .. } => {
+                Refusal::TenantUnavailable { message: error.to_string(), too_many: true }
+            }
+            wake_storage::TenantError::Open { .. } => {
+                Refusal::TenantUnavailable { message: error.to_string(), too_many: false }
+            }
+        }
+    }
 }
 
 impl std::fmt::Display for Refusal {
@@ -43,6 +61,8 @@ impl std::fmt::Display for Refusal {
         match self {
             Refusal::Unauthenticated(reason) => write!(f, "unauthenticated: {reason}"),
             Refusal::Forbidden(reason) => write!(f, "forbidden: {reason}"),
+            Refusal::InvalidTenant(reason) => write!(f, "invalid tenant: {reason}"),
+            Refusal::TenantUnavailable { message, .. } => write!(f, "{message}"),
         }
     }
 }
@@ -72,6 +92,14 @@ pub fn refusal_response(path: &str, headers: &HeaderMap, refusal: &Refusal) -> R
     let (status, grpc_code, message) = match refusal {
         Refusal::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, tonic::Code::Unauthenticated, refusal.to_string()),
         Refusal::Forbidden(_) => (StatusCode::FORBIDDEN, tonic::Code::PermissionDenied, refusal.to_string()),
+        Refusal::InvalidTenant(_) => (StatusCode::BAD_REQUEST, tonic::Code::InvalidArgument, refusal.to_string()),
+        // Retryable in every protocol: 429/503 and UNAVAILABLE.
+        Refusal::TenantUnavailable { too_many: true, .. } => {
+            (StatusCode::TOO_MANY_REQUESTS, tonic::Code::Unavailable, refusal.to_string())
+        }
+        Refusal::TenantUnavailable { too_many: false, .. } => {
+            (StatusCode::SERVICE_UNAVAILABLE, tonic::Code::Unavailable, refusal.to_string())
+        }
     };
     let mut response = if path.starts_with(GRPC_PREFIX) {
         // A trailers-only gRPC response: the status is in the headers of an HTTP 200.
@@ -106,13 +134,21 @@ pub fn refusal_response(path: &str, headers: &HeaderMap, refusal: &Refusal) -> R
         if path == "/api/v1/write" {
             (status, message).into_response()
         } else {
-            let error_type = if status == StatusCode::UNAUTHORIZED { "unauthorized" } else { "forbidden" };
+            let error_type = match status {
+                StatusCode::UNAUTHORIZED => "unauthorized",
+                StatusCode::FORBIDDEN => "forbidden",
+                StatusCode::BAD_REQUEST => "bad_data",
+                _ => "unavailable",
+            };
             (status, axum::Json(json!({"status": "error", "errorType": error_type, "error": message}))).into_response()
         }
     } else {
         // Loki, Tempo, `/metrics`, `/-/reload`: plain text.
         (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], message).into_response()
     };
+    if matches!(status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    }
     if status == StatusCode::UNAUTHORIZED {
         response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"wake\""));
     }

@@ -40,7 +40,8 @@ pub fn router(engine: Engine) -> Router {
         .route("/loki/api/v1/status/buildinfo", get(build_info))
         .route("/loki/api/v1/tail", get(super::tail::handler))
         .route("/ready", get(|| async { "ready\n" }))
-        .with_state(engine)
+        .with_state(engine.clone())
+        .merge(super::delete::router(engine))
 }
 
 /// Query string and form body together; a body over the limit is a 413.

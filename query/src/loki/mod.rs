@@ -7,8 +7,10 @@
 //!   evaluated over its rows;
 //! - `api`: the routes and Loki's response shapes;
 //! - `tail`: the live tail over WebSocket, by polling the store.
+//! - `delete`: the log deletion API.
 
 pub mod api;
+pub mod delete;
 pub mod eval;
 pub mod labels;
 pub mod params;

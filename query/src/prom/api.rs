@@ -58,7 +58,52 @@ pub fn router(engine: Arc<QueryEngine>) -> Router {
         .route("/api/v1/metadata", get(metadata))
         .route("/api/v1/query_exemplars", get(exemplars).post(exemplars))
         .route("/api/v1/status/buildinfo", get(build_info))
+        .route("/api/v1/admin/tsdb/delete_series", axum::routing::post(delete_series).put(delete_series))
         .with_state(state)
+}
+
+/// Prometheus' `delete_series`: the samples of every series `match[]` selects within
+/// `start`/`end` (default: all time) are deleted before the 204, durably.
+async fn delete_series(
+    State(state): State<ApiState>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let outcome = async {
+        let params = all_params(&state, raw, &headers, body).await?;
+        let engine = state.source.engine();
+        let groups = match_params(engine, &params)?;
+        if groups.is_empty() {
+            return Err(bad("no match[] parameter provided"));
+        }
+        let (start, end) = (bound_param(&params, "start", STORE_MIN_MS)?, bound_param(&params, "end", STORE_MAX_MS)?);
+        let max_series = engine.config().max_series;
+        let mut ids = BTreeSet::new();
+        for group in &groups {
+            ids.extend(state.source.series_ids(group, start, end).await?);
+            if ids.len() > max_series {
+                return Err(PromError::Limit {
+                    limit: "max_series",
+                    message: format!("the selectors match more than {max_series} series (query.max_series)"),
+                });
+            }
+        }
+        let selector = params.get("match[]").map(|m| m.join(", ")).unwrap_or_default();
+        let ns = |ms: i64| ms.saturating_mul(1_000_000);
+        let target = wake_storage::deletion::DeleteTarget::Series { selector, series_ids: ids.into_iter().collect() };
+        engine.store().request_delete(target, ns(start), ns(end).saturating_add(999_999)).await.map_err(|error| {
+            match error.class() {
+                wake_storage::ErrorClass::BadRequest => PromError::BadData(error.to_string()),
+                wake_storage::ErrorClass::Unavailable => PromError::Unavailable(error.to_string()),
+                _ => PromError::Internal(error.to_string()),
+            }
+        })
+    };
+    match outcome.await {
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+        Err(error) => error_response(error),
+    }
 }
 
 /// Query string and form body together; a body over the limit is a 413 in Prometheus's shape.

@@ -512,6 +512,25 @@ impl StoreSource {
     }
 }
 
+impl StoreSource {
+    /// The ids of the stored series `matchers` select among the files of the range (what
+    /// `delete_series` deletes: a histogram's `_bucket`, `_sum` and `_count` are one).
+    pub async fn series_ids(&self, matchers: &[Matcher], min_ms: i64, max_ms: i64) -> Result<Vec<u64>> {
+        let (engine, index) = (self.engine.clone(), self.index.clone());
+        let (min_ns, max_ns) = nanosecond_bounds(min_ms, max_ms);
+        let matchers = matchers.to_vec();
+        let work = move || {
+            sources(&engine, &index, min_ns, max_ns)?;
+            let candidates = index.series_of(|descriptor| !wanted_exposures(descriptor, &matchers).is_empty());
+            let scan = Scan::new(&matchers, candidates, min_ns, max_ns, false);
+            let mut ids: Vec<u64> = scan.by_id.keys().copied().collect();
+            ids.sort_unstable();
+            Ok(ids)
+        };
+        self.engine.run_blocking("promql: series ids", work).await.map_err(engine_error)
+    }
+}
+
 #[async_trait::async_trait]
 impl SeriesSource for StoreSource {
     async fn select(&self, matchers: &[Matcher], min_ms: i64, max_ms: i64) -> Result<Vec<SeriesData>> {

@@ -183,7 +183,7 @@ fn failure(encoding: Encoding, error: &Error) -> Response {
         ErrorClass::BadRequest => (StatusCode::BAD_REQUEST, tonic::Code::InvalidArgument),
         ErrorClass::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, tonic::Code::ResourceExhausted),
         ErrorClass::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, tonic::Code::InvalidArgument),
-        ErrorClass::Unavailable if matches!(error, Error::Backpressure { .. }) => {
+        ErrorClass::Unavailable if matches!(error, Error::Backpressure { .. } | Error::RateLimited { .. }) => {
             (StatusCode::TOO_MANY_REQUESTS, tonic::Code::ResourceExhausted)
         }
         ErrorClass::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, tonic::Code::Unavailable),
