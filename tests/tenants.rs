@@ -1,8 +1,8 @@
 //! Tenants: data written with `X-Scope-OrgID: team-a` (OTLP/HTTP, and the agent over gRPC with
 //! `--tenant`) is answered to team-a by every read API and table, and to no other tenant (the
 //! default one included); it stays apart across a restart; bad tenant names and tenants beyond
-//! `max_tenants` are refused in each API's shape; per-tenant ingestion rates and query limits
-//! apply to their tenant only.
+//! `max_tenants` are refused in each API's shape; per-tenant ingestion rates, retention and query
+//! limits apply to their tenant only.
 
 mod common;
 
@@ -224,8 +224,10 @@ fn bad_tenants_extra_tenants_and_per_tenant_limits_are_refused_in_each_apis_shap
 store:
   max_request_bytes: 65536
 tenants:
-  max_tenants: 3
+  max_tenants: 4
   overrides:
+    short:
+      retention: {logs: 2h}
     slow:
       ingestion_rate_bytes: 1000
       ingestion_burst_bytes: 65536
@@ -293,8 +295,32 @@ tenants:
     let (status, body) = loki("slow");
     assert_eq!(status, 200, "slow has the server's limit: {body}");
 
-    // The default tenant, slow and terse are three: a fourth is refused, retryably.
-    let (status, body) = post_otlp(&server, "/v1/logs", Some("fourth"), &json!({"resourceLogs": []}));
+    // short's retention is its own: its lines of three hours ago go, the default tenant's stay.
+    let three_hours_ago = now_ns() - 3 * 3600 * 1_000_000_000;
+    let old_and_new = |tenant: Option<&str>| {
+        for at in [three_hours_ago, now_ns()] {
+            let body = json!({"resourceLogs": [{"resource": resource("svc-r", "ns"), "scopeLogs": [{"logRecords": [
+                {"timeUnixNano": at.to_string(), "body": {"stringValue": "kept or not"}}
+            ]}]}]});
+            assert_eq!(post_otlp(&server, "/v1/logs", tenant, &body).0, 200);
+        }
+        for path in ["/api/v1/admin/flush", "/api/v1/admin/retention"] {
+            let mut request = server.client().post(server.api_url(path));
+            if let Some(tenant) = tenant {
+                request = request.header("X-Scope-OrgID", tenant);
+            }
+            let response = request.send().expect(path);
+            assert_eq!(response.status(), 200, "{path}: {}", response.text().unwrap_or_default());
+        }
+    };
+    old_and_new(Some("short"));
+    old_and_new(None);
+    let count = "SELECT count(*) FROM logs WHERE service_name = 'svc-r'";
+    assert_eq!(count_as(&server, Some("short"), count), 1, "short keeps 2 h of logs");
+    assert_eq!(count_as(&server, None, count), 2, "the default tenant keeps its logs for ever");
+
+    // The default tenant, short, slow and terse are four: a fifth is refused, retryably.
+    let (status, body) = post_otlp(&server, "/v1/logs", Some("fifth"), &json!({"resourceLogs": []}));
     assert_eq!(status, 429, "{body}");
     assert!(body.contains("max_tenants"), "{body}");
 
