@@ -129,9 +129,9 @@ async fn start_ruler(
     Ok(ruler)
 }
 
-/// Reloads the rule files on SIGHUP, as Prometheus does; a refused file is logged and the
-/// previous rules keep running.
-async fn reload_on_sighup(ruler: Arc<Ruler>, mut stop: watch::Receiver<bool>) {
+/// Reloads every tenant's rule files on SIGHUP, as Prometheus does; a refused file is logged
+/// and the previous rules keep running.
+async fn reload_on_sighup(tenancy: Arc<Tenancy>, mut stop: watch::Receiver<bool>) {
     let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(signal) => signal,
         Err(error) => {
@@ -146,8 +146,7 @@ async fn reload_on_sighup(ruler: Arc<Ruler>, mut stop: watch::Receiver<bool>) {
                     return;
                 }
                 info!("SIGHUP received, reloading the rule files");
-                // `reload` logs a refusal itself.
-                let _ = ruler.reload().await;
+                tenancy.reload_rules().await;
             }
             // Only ever set to true: any change is the stop.
             _ = stop.changed() => return,
@@ -200,6 +199,12 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     // is told it is up.
     let ruler = start_ruler(&config, &engine, &store, &registry, query_listener.local_addr()?).await?;
     let tenancy = Tenancy::new(stores, engine, ruler.clone());
+    let with_rules = config
+        .tenants
+        .overrides
+        .iter()
+        .filter(|(_, limits)| !(limits.rule_files.is_empty() && limits.loki_rule_files.is_empty()));
+    tenancy.start_rulers(with_rules.map(|(tenant, _)| tenant.clone())).await?;
     info!(
         otlp_grpc_addr = %grpc_listener.local_addr()?,
         otlp_http_addr = %http_listener.local_addr()?,
@@ -252,7 +257,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
             stop.clone(),
         ))
     });
-    let reloads = tokio::spawn(reload_on_sighup(ruler.clone(), stop.clone()));
+    let reloads = tokio::spawn(reload_on_sighup(tenancy.clone(), stop.clone()));
     let query_app = guarded(server_router(AdminState { tenancy: tenancy.clone() }));
     let query_http: ServerTask = match &tls {
         Some(tls) => tokio::spawn(crate::tls::serve(query_listener, query_app, tls.clone(), stop.clone())),

@@ -135,21 +135,47 @@ impl Tenancy {
                 .map_err(|e| unavailable(format!("the query engine of tenant {tenant:?}: {e}")))?,
         );
         let registry = self.stores.registry(tenant).unwrap_or_default();
-        // Rule files are the default tenant's; another tenant's ruler answers the rule APIs
-        // with no rules.
+        // The server's rule files are the default tenant's; another tenant has those of its
+        // overrides, if any.
+        let sources = self
+            .stores
+            .limits(tenant)
+            .map(|limits| RuleSources {
+                rule_files: limits.rule_files.clone(),
+                loki_rule_files: limits.loki_rule_files.clone(),
+            })
+            .unwrap_or_default();
         let ruler = Ruler::new(
             self.ruler_config.clone(),
-            RuleSources::default(),
+            sources,
             Arc::new(wake_query::rules::EngineQuerier::new(engine.clone())),
             Arc::new(wake_query::rules::StoreWriter::new(store.clone())),
             Arc::new(wake_query::prom::select::StoreSource::new(engine.clone())),
             &registry,
         )
         .map_err(|e| unavailable(format!("the ruler of tenant {tenant:?}: {e}")))?;
+        ruler.reload().await.map_err(|e| unavailable(format!("the rule files of tenant {tenant:?}: {e}")))?;
         let apps = Arc::new(TenantApps::new(store, engine, ruler));
         self.apps.write().insert(tenant.to_string(), apps.clone());
         info!(tenant, "tenant ready");
         Ok(apps)
+    }
+
+    /// Builds now the apps of every tenant whose overrides name rule files, so that their
+    /// rules run from the start; a rule file refused stops the server, as the server's own do.
+    pub async fn start_rulers(&self, tenants: impl Iterator<Item = String>) -> anyhow::Result<()> {
+        for tenant in tenants {
+            self.apps(&tenant).await.map_err(|refusal| anyhow::anyhow!("tenant {tenant:?}: {refusal}"))?;
+        }
+        Ok(())
+    }
+
+    /// Reloads every tenant's rule files (SIGHUP).
+    pub async fn reload_rules(&self) {
+        for apps in self.all() {
+            // `reload` logs a refusal itself.
+            let _ = apps.ruler.reload().await;
+        }
     }
 
     /// Every tenant's apps built so far.

@@ -337,3 +337,56 @@ tenants:
     assert!(!output.status.success(), "{stderr}");
     assert!(stderr.contains("tenants.overrides.x.query"), "{stderr}");
 }
+
+#[test]
+fn a_tenants_rule_files_run_over_its_data_alone() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let rules = |name: &str, record: &str| {
+        let path = dir.path().join(format!("{name}.yml"));
+        let text = format!(
+            "groups:\n  - name: {name}\n    interval: 1s\n    rules:\n      - record: {record}\n        expr: sum(team_r_requests)\n"
+        );
+        std::fs::write(&path, text).expect("rule file");
+        path.to_str().expect("utf-8").to_string()
+    };
+    let (tenant_rules, server_rules) = (rules("team-r", "team_r:requests"), rules("server", "server:requests"));
+    let config = dir.path().join("wake.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "rule_files: [{server_rules:?}]\nruler:\n  evaluation_interval: 1s\ntenants:\n  overrides:\n    team-r:\n      rule_files: [{tenant_rules:?}]\n"
+        ),
+    )
+    .expect("config");
+    let server = WakeServer::start(&dir.path().join("data"), &["--config", config.to_str().expect("utf-8")]);
+    let metrics = json!({"resourceMetrics": [{"scopeMetrics": [{"metrics": [
+        {"name": "team_r_requests", "gauge": {"dataPoints": [{"timeUnixNano": now_ns().to_string(), "asDouble": 2.0}]}}
+    ]}]}]});
+    assert_eq!(post_otlp(&server, "/v1/metrics", Some("team-r"), &metrics).0, 200);
+
+    let instant = |tenant: Option<&str>, query: &str| -> Value {
+        let (status, body) = get_as(&server, tenant, "/api/v1/query", &[("query", query.to_string())]);
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str::<Value>(&body).expect("JSON")["data"]["result"].clone()
+    };
+    wait_until(WAIT, "team-r's recording rule over its own data", || {
+        instant(Some("team-r"), "team_r:requests").as_array().is_some_and(|r| r.len() == 1 && r[0]["value"][1] == "2")
+    });
+    let (_, rules_of_r) = get_as(&server, Some("team-r"), "/api/v1/rules", &[]);
+    assert!(rules_of_r.contains("team_r:requests") && !rules_of_r.contains("server:requests"), "{rules_of_r}");
+    let (_, rules_of_default) = get_as(&server, None, "/api/v1/rules", &[]);
+    assert!(
+        rules_of_default.contains("server:requests") && !rules_of_default.contains("team_r:"),
+        "{rules_of_default}"
+    );
+    // The server's rule evaluated too (it lists a last evaluation), over the default tenant's
+    // data, which has no team_r_requests: no series, and none of team-r's in the default tenant.
+    wait_until(WAIT, "the server's rule evaluated", || {
+        let (_, body) = get_as(&server, None, "/api/v1/rules", &[]);
+        serde_json::from_str::<Value>(&body)
+            .is_ok_and(|v| v["data"]["groups"][0]["lastEvaluation"].as_str().is_some_and(|t| !t.starts_with("0001")))
+    });
+    assert_eq!(instant(None, "server:requests"), json!([]));
+    assert_eq!(instant(None, "team_r:requests"), json!([]));
+    assert_eq!(instant(Some("team-r"), "server:requests"), json!([]));
+}

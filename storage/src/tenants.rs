@@ -71,6 +71,11 @@ pub struct TenantLimits<Q = NoQueryLimits> {
     pub disk_share: Option<f64>,
     /// The query limits of this tenant.
     pub query: Q,
+    /// Globs of this tenant's Prometheus rule files (as the server's `rule_files:`), evaluated
+    /// over its data alone; its store opens at start-up so that they run without a request.
+    pub rule_files: Vec<String>,
+    /// Globs of this tenant's Loki rule files (as `loki_rule_files:`).
+    pub loki_rule_files: Vec<String>,
 }
 
 /// The query limits where no query engine defines them (the store's own tests).
