@@ -165,28 +165,42 @@ fn with_client_certificates_required_an_agent_with_one_delivers_and_others_are_r
     };
     assert!(with_cert("/healthz").0);
 
-    let node = Node::new();
-    let pod = node.path("var/log/pods/shop_web-0_0000-1111/app");
-    std::fs::create_dir_all(&pod).expect("pod dir");
     let lines: String = (0..10).map(|i| format!("2026-12-07T10:00:{i:02}.000000000Z stdout F line {i}\n")).collect();
-    std::fs::write(pod.join("0.log"), &lines).expect("log");
-    let endpoint = server.grpc_endpoint().replacen("http://", "https://", 1);
-    let _agent = node.agent(
-        &endpoint,
-        &[
-            "--ca-file",
-            ca,
-            "--client-cert-file",
-            pki.client_cert.to_str().unwrap(),
-            "--client-key-file",
-            pki.client_key.to_str().unwrap(),
-            "--batch-timeout",
-            "200ms",
-        ],
-    );
-    let sql = "SELECT%20count(*)%20FROM%20logs%20WHERE%20k8s_pod_name%20=%20%27web-0%27";
-    wait_until(Duration::from_secs(30), "the agent's lines over mutual TLS", || {
-        let (ok, out) = with_cert(&format!("/api/v1/sql?sql={sql}"));
-        ok && serde_json::from_str::<Value>(&out).is_ok_and(|v| v["rows"][0][0] == 10)
+    // A node whose pod `pod` wrote `lines`, its agent sending to `endpoint` with `extra` flags.
+    let agent_for = |pod: &str, endpoint: &str, extra: &[&str]| {
+        let node = Node::new();
+        let dir = node.path(&format!("var/log/pods/shop_{pod}_0000-1111/app"));
+        std::fs::create_dir_all(&dir).expect("pod dir");
+        std::fs::write(dir.join("0.log"), &lines).expect("log");
+        let mut args = vec!["--ca-file", ca, "--batch-timeout", "200ms"];
+        args.extend_from_slice(extra);
+        let agent = node.agent(endpoint, &args);
+        (node, agent)
+    };
+    let identity = [
+        "--client-cert-file",
+        pki.client_cert.to_str().unwrap(),
+        "--client-key-file",
+        pki.client_key.to_str().unwrap(),
+    ];
+    let grpc_endpoint = server.grpc_endpoint().replacen("http://", "https://", 1);
+    let _grpc_agent = agent_for("web-0", &grpc_endpoint, &identity);
+    // The same over OTLP/HTTP.
+    let http_endpoint = server.otlp_url("").replacen("http://", "https://", 1);
+    let _http_agent = agent_for("web-1", &http_endpoint, &[&["--protocol", "http"][..], &identity].concat());
+    for pod in ["web-0", "web-1"] {
+        let sql = format!("SELECT%20count(*)%20FROM%20logs%20WHERE%20k8s_pod_name%20=%20%27{pod}%27");
+        wait_until(Duration::from_secs(30), &format!("{pod}'s lines over mutual TLS"), || {
+            let (ok, out) = with_cert(&format!("/api/v1/sql?sql={sql}"));
+            ok && serde_json::from_str::<Value>(&out).is_ok_and(|v| v["rows"][0][0] == 10)
+        });
+    }
+    // An agent without a client certificate is refused at the handshake and delivers nothing.
+    let (_refused_node, refused) = agent_for("web-2", &http_endpoint, &["--protocol", "http"]);
+    wait_until(Duration::from_secs(30), "the refused agent's failed attempts", || {
+        refused.metric("wake_agent_export_retries_total") > 0.0
     });
+    let sql = "SELECT%20count(*)%20FROM%20logs%20WHERE%20k8s_pod_name%20=%20%27web-2%27";
+    let (ok, out) = with_cert(&format!("/api/v1/sql?sql={sql}"));
+    assert!(ok && serde_json::from_str::<Value>(&out).is_ok_and(|v| v["rows"][0][0] == 0), "{out}");
 }
