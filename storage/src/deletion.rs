@@ -28,6 +28,9 @@ use crate::schema::{SERIES_ID, Signal};
 
 const FILE_NAME: &str = "deletes.json";
 
+/// Deepest nesting of brackets a deletion query may have.
+const MAX_QUERY_NESTING: usize = 8;
+
 /// What a request deletes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
@@ -129,7 +132,24 @@ impl RowPredicate {
         match target {
             DeleteTarget::Series { series_ids, .. } => Ok(RowPredicate::Series(series_ids.iter().copied().collect())),
             DeleteTarget::Logs { query } => {
-                let parsed = logql::parse_query(query).map_err(|e| format!("invalid query {query:?}: {e}"))?;
+                // A selector with line filters nests a level or two: deeper text would only
+                // deepen the parser's recursion.
+                let mut depth = 0usize;
+                for byte in query.bytes() {
+                    match byte {
+                        b'(' | b'[' | b'{' => depth += 1,
+                        b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+                        _ => {}
+                    }
+                    if depth > MAX_QUERY_NESTING {
+                        return Err(format!("{query:?} nests deeper than {MAX_QUERY_NESTING} levels"));
+                    }
+                }
+                // logql-parser panics on some durations (`5555555555555555d` into `from_secs_f64`):
+                // a client's text must not take the server down.
+                let parsed = std::panic::catch_unwind(|| logql::parse_query(query))
+                    .map_err(|_| format!("invalid query {query:?}: it cannot be parsed"))?
+                    .map_err(|e| format!("invalid query {query:?}: {e}"))?;
                 let selector = RowSelector::from_matchers(query, parsed.selector, Signal::Logs)?;
                 let mut lines = Vec::new();
                 for stage in parsed.pipeline {
@@ -222,6 +242,9 @@ mod tests {
         assert!(validate_logs_query(r#"{service_name="api"} | json"#).is_err());
         assert!(validate_logs_query(r#"{nope="api"}"#).is_err(), "no such column");
         assert!(validate_logs_query("not logql").is_err());
+        // Found by the fuzz target tenant_and_delete: the parser panicked on it.
+        assert!(validate_logs_query("5555555555555555d").is_err());
+        assert!(validate_logs_query(&"(".repeat(10_000)).is_err());
     }
 
     #[test]
